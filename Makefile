@@ -1,0 +1,41 @@
+# robustlab: `make demo` runs the main job on Fashion-MNIST; `make test` runs the checks and tests.
+# Both bootstrap what they need on a fresh Debian machine with Python >= 3.10: a .venv here,
+# torch + torchvision, robustlab in editable mode with dev extras, and the Fashion-MNIST files.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.robustlab-installed
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint typecheck pytest data install clean-venv
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+data:
+	bash scripts/ensure-data.sh
+
+demo: $(STAMP) data
+	$(VENV)/bin/robustlab demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src
+
+pytest: $(STAMP) data
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+clean-venv:
+	rm -rf $(VENV)
