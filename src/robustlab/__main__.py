@@ -1,0 +1,5 @@
+"""``python -m robustlab`` runs the CLI."""
+
+from .cli import main
+
+main()
