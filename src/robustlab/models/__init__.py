@@ -1,0 +1,28 @@
+"""Model architectures, the ``Normalized`` wrapper and the ``create_model`` factory.
+
+Registered architectures (``list_models()``): ``resnet-mini`` (Fashion-MNIST on a CPU),
+``resnet18``, ``preact-resnet18``, ``resnet32`` (Madry et al.), ``wrn-34-10``, ``vgg16`` and
+``alexnet``; torchvision and timm classifiers are reached as ``"torchvision:<name>"`` and
+``"timm:<name>"``. Networks with strided stages expose ``stage_strides`` and take ``strides=``,
+the knob of the stride-shrinking defense (feature-map-strides paper, Sec. IV-B, Table IV).
+"""
+
+from . import resnet as _resnet  # noqa: F401  (registers resnet-mini, resnet18, ...)
+from . import vgg as _vgg  # noqa: F401  (registers vgg16, alexnet)
+from . import wrn as _wrn  # noqa: F401  (registers wrn-34-10)
+from ._registry import MODELS, ModelBuilder
+from .base import StagedNetwork
+from .factory import count_parameters, create_model, list_models, load_weights, model_from_recipe
+from .normalized import Normalized
+
+__all__ = [
+    "MODELS",
+    "ModelBuilder",
+    "Normalized",
+    "StagedNetwork",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "model_from_recipe",
+]

@@ -1,0 +1,298 @@
+"""``create_model``: one factory for our architectures and torchvision / timm models.
+
+Every model comes back wrapped in :class:`~robustlab.models.Normalized` (it takes [0, 1]
+images) and carries its recipe, a JSON-ready dict from which ``model_from_recipe`` rebuilds
+the same architecture (house plan, "Training": checkpoints hold weights plus the recipe, so
+``robustlab.load`` rebuilds a model without unpickling anything).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import inspect
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import CheckpointError, InputError, RobustlabError, UnknownNameError
+from ._registry import MODELS, ModelBuilder
+from .adapters import TIMM_PREFIX, TORCHVISION_PREFIX, build_timm, build_torchvision
+from .normalized import Normalized
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar", ".bin"}
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` filters with shell wildcards (``"resnet*"``).
+
+    torchvision and timm models are not listed; reach them as ``"torchvision:<name>"`` and
+    ``"timm:<name>"``.
+    """
+    names = MODELS.names()
+    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (shared parameters counted once).
+
+    Args:
+        model: any module.
+        trainable_only: count only parameters with ``requires_grad``.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed the CPU generator inside ``fork_rng`` so the caller's RNG state survives."""
+    if seed is None:
+        yield
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an int or None, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        # Only the CPU generator: the networks are built on the CPU, and torch.manual_seed
+        # would also reseed (and so change) every CUDA generator of the caller.
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Tuples become lists; anything JSON cannot hold raises."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise InputError(f"{where} must have string keys to go into a recipe, got {value!r}")
+        return {k: _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise InputError(
+        f"{where}={value!r} ({type(value).__name__}) cannot go into the model's JSON recipe; "
+        "pass plain numbers, strings, lists or dicts"
+    )
+
+
+def _resolve(name: str) -> tuple[str, ModelBuilder | None]:
+    """Return the canonical name and the registered builder (None for adapter names)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"model name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    lower = name.lower()
+    for prefix in (TORCHVISION_PREFIX, TIMM_PREFIX):
+        if lower.startswith(prefix):
+            inner = name[len(prefix) :].strip()
+            if not inner:
+                raise InputError(f"{name!r} names no model; write e.g. '{prefix}resnet50'")
+            return prefix + inner, None
+    try:
+        builder = MODELS.get(name)
+    except UnknownNameError as e:
+        raise UnknownNameError(
+            f"{e}; torchvision and timm models are reached as 'torchvision:<name>' "
+            "(e.g. 'torchvision:resnet50') and 'timm:<name>' (e.g. 'timm:convnext_tiny')"
+        ) from None
+    return name.lower().replace("_", "-"), builder
+
+
+def _builder_kwargs(arch: str, builder: ModelBuilder, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check ``kwargs`` against the builder and return every keyword option with defaults
+    filled in, so the recipe does not depend on this version's defaults."""
+    params = inspect.signature(builder).parameters
+    options = {
+        k: p
+        for k, p in params.items()
+        if k not in ("num_classes", "in_channels")
+        and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown and not takes_any:
+        raise InputError(
+            f"model {arch!r} does not take {', '.join(unknown)}; its options are: "
+            f"{', '.join(options) or '(none)'}"
+        )
+    resolved = {k: p.default for k, p in options.items() if p.default is not p.empty}
+    resolved.update(kwargs)
+    return resolved
+
+
+def _check_weights_path(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"weights file {path} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
+    pickled = path.suffix.lower() in _PICKLE_SUFFIXES
+    if not pickled:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        pickled = head == b"PK" or head[:1] == b"\x80"
+    if pickled:
+        raise CheckpointError(
+            f"{path} is a pickle-based torch file, and robustlab never unpickles files "
+            "(loading a pickle can run arbitrary code). In a process you trust, re-save the "
+            "inner network's weights once with safetensors: "
+            "safetensors.torch.save_file(net.state_dict(), 'weights.safetensors')"
+        )
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a local safetensors file holding ``net``'s full ``state_dict`` (strict).
+
+    Raises:
+        CheckpointError: for pickle files, missing or unreadable files, and key or shape
+            mismatches (naming the first offending keys).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _check_weights_path(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it is truncated, corrupted or "
+            "of another format"
+        ) from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        hint = ""
+        if any(k.startswith("model.") for k in unexpected) and {"mean", "std"} & set(unexpected):
+            hint = (
+                "; the file holds a Normalized wrapper's state_dict: save "
+                "model.model.state_dict() (the inner network) instead"
+            )
+        raise CheckpointError(
+            f"{path} does not match the network: missing keys {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}{hint}; full robustlab checkpoints load "
+            "with robustlab.load"
+        )
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} vs network {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path} has tensors of the wrong shape for this architecture: {'; '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}; check num_classes, in_channels and the options"
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> Normalized:
+    """Build a model by name and wrap it in :class:`Normalized`.
+
+    ``name`` is a registered architecture (:func:`list_models`), ``"torchvision:<name>"``
+    (random init via ``torchvision.models.get_model``, first convolution adapted to
+    ``in_channels``) or ``"timm:<name>"`` (``timm.create_model(..., pretrained=False)``; needs
+    ``pip install robustlab[timm]``). Nothing is ever downloaded.
+
+    The result carries ``robustlab_recipe = {"arch", "kwargs", "conversions"}``, a JSON-ready
+    dict; ``create_model(recipe["arch"], **recipe["kwargs"])`` rebuilds the architecture.
+    For registered architectures ``kwargs`` holds every option with its default filled in.
+
+    Args:
+        name: architecture name or ``torchvision:`` / ``timm:`` name.
+        num_classes: number of logits.
+        in_channels: input channels.
+        mean: per-channel mean (default 0.5 per channel); pass the dataset's.
+        std: per-channel std (default 0.5 per channel); pass the dataset's.
+        weights: a local ``.safetensors`` file with the inner network's ``state_dict``.
+            Pickle files (``.pt``, ``.pth``, ...) are refused.
+        seed: build the initial weights deterministically. The network is built on the CPU
+            inside ``torch.random.fork_rng(devices=[])`` with only the CPU generator seeded,
+            so the caller's global RNG state (CPU and CUDA) is the same after the call as
+            before it. Without a seed, initialization draws from the global RNG as usual in
+            PyTorch.
+        **kwargs: architecture options (e.g. ``strides=(1, 1, 2, 2)`` for ``resnet18``); for
+            adapters, passed to torchvision / timm.
+
+    Raises:
+        UnknownNameError: for an unknown name; the message lists the registered names and the
+            ``torchvision:`` / ``timm:`` prefixes.
+        InputError: for bad sizes, options, mean or std.
+        CheckpointError: for pickle or mismatching weight files.
+        RobustlabError: for a ``timm:`` name when timm is not installed.
+    """
+    arch, builder = _resolve(name)
+    for what, v in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{what} must be a positive int, got {v!r}")
+    mean_l = [0.5] * in_channels if mean is None else [float(v) for v in mean]
+    std_l = [0.5] * in_channels if std is None else [float(v) for v in std]
+    for what, values in (("mean", mean_l), ("std", std_l)):
+        if len(values) != in_channels:
+            raise InputError(
+                f"{what} needs one value per input channel ({in_channels}), got {values}"
+            )
+    options = dict(kwargs) if builder is None else _builder_kwargs(arch, builder, kwargs)
+    options = _jsonable(options, "model option")
+
+    with _seeded(seed):
+        if builder is not None:
+            net = builder(num_classes, in_channels, **kwargs)
+        elif arch.startswith(TORCHVISION_PREFIX):
+            net = build_torchvision(
+                arch[len(TORCHVISION_PREFIX) :], num_classes, in_channels, **kwargs
+            )
+        else:
+            net = build_timm(arch[len(TIMM_PREFIX) :], num_classes, in_channels, **kwargs)
+    if weights is not None:
+        load_weights(net, weights)
+
+    model = Normalized(net, mean_l, std_l)
+    model.robustlab_recipe = {
+        "arch": arch,
+        "kwargs": {
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "mean": mean_l,
+            "std": std_l,
+            **options,
+        },
+        "conversions": [],
+    }
+    return model
+
+
+def model_from_recipe(recipe: Mapping[str, Any]) -> Normalized:
+    """Rebuild the architecture a model's ``robustlab_recipe`` describes (random weights).
+
+    Raises:
+        RobustlabError: for a malformed recipe, or one listing conversions (defenses): those
+            are applied by ``robustlab.load``, which also restores the weights.
+    """
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("arch"), str):
+        raise RobustlabError(f"a model recipe is a dict with an 'arch' name, got {recipe!r}")
+    kwargs = recipe.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise RobustlabError(f"recipe 'kwargs' must be a dict, got {kwargs!r}")
+    conversions = recipe.get("conversions") or []
+    if conversions:
+        names = [c.get("name", c) if isinstance(c, Mapping) else c for c in conversions]
+        raise RobustlabError(
+            f"this recipe lists conversions {names}; models.model_from_recipe builds only the "
+            "base architecture, and conversions are applied by robustlab.load"
+        )
+    return create_model(recipe["arch"], **copy.deepcopy(dict(kwargs)))

@@ -1,0 +1,227 @@
+"""CIFAR VGG16 (with BatchNorm) and AlexNet with configurable downsampling strides.
+
+Both follow Appendix B of the feature-map-strides paper ("Modified architectures of AlexNet
+and VGG16", Fig. 9): "the adaptive average pooling is performed after the convolutional
+part", so the classifier sees a fixed-size vector whatever the stride configuration, and
+Table IV changes VGG16 from 2-2-2-2-2 to 1-1-2-2-2 and AlexNet from 2-2-2-2 to 1-1-2-2.
+
+Fig. 9 itself is not in the text we work from, so the details are our reading, checked
+against the authors' released AlexNet:
+
+* The adaptive average pool outputs 1x1, so the head takes ``channels`` features.
+* The head is ``Dropout, Linear(c, 512), ReLU, Dropout, Linear(512, 512), ReLU,
+  Linear(512, num_classes)`` for both networks (the released AlexNet's head; we use the same
+  for VGG16).
+* AlexNet: conv 5x5 (64, stride ``s1``) - ReLU - maxpool ``s2`` - conv 5x5 (192) - ReLU -
+  maxpool ``s3`` - conv 3x3 (384) - ReLU - conv 3x3 (256) - ReLU - conv 3x3 (256) - ReLU -
+  maxpool ``s4``; no BatchNorm, as in the release.
+* VGG16: the 13 3x3 convolutions of configuration D (64, 64 | 128, 128 | 256 x3 | 512 x3 |
+  512 x3), each followed by BN and ReLU; block ``i`` ends in a max-pool of stride ``s_i``.
+* A stride-1 max-pool keeps the map size by default (``stride1_pool="same"``, see
+  :class:`~robustlab.models.layers.StagePool`); ``"valid"`` reproduces the release's 2x2
+  stride-1 pool without padding, which trims one pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..core import InputError
+from ._registry import MODELS
+from .base import StagedNetwork, init_weights
+from .layers import PoolMode, StagePool, check_strides
+
+VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
+
+
+def _head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InputError(f"dropout must lie in [0, 1), got {dropout!r}")
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, 512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(512, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, num_classes),
+    )
+
+
+class VGG(StagedNetwork):
+    """VGG with BatchNorm for small images; block ``i`` ends in a max-pool of stride ``s_i``.
+
+    Args:
+        blocks: output width of each convolution, grouped by block.
+        strides: stride of the max-pool ending each block.
+        num_classes: number of logits.
+        in_channels: input channels.
+        dropout: dropout probability in the fully connected head.
+        stride1_pool: how a stride-1 max-pool treats the border ("same" or "valid").
+        arch: name used in error messages.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Sequence[int]] = VGG16_BLOCKS,
+        strides: Sequence[int] = (2, 2, 2, 2, 2),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+        stride1_pool: PoolMode = "same",
+        arch: str = "vgg16",
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        strides = check_strides(strides, len(blocks), arch)
+        layers: list[nn.Module] = []
+        c = in_channels
+        for widths, s in zip(blocks, strides, strict=True):
+            for w in widths:
+                layers += [
+                    nn.Conv2d(c, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                ]
+                c = w
+            layers.append(StagePool(s, stride1_pool))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c
+        self.classifier = _head(c, num_classes, dropout)
+        init_weights(self)
+
+    def stage_sites(self) -> list[nn.Module]:
+        """The max-pool ending each block."""
+        return [m for m in self.features if isinstance(m, StagePool)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the feature map before adaptive average pooling."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Adaptive average pooling to 1x1 and the fully connected head."""
+        return self.classifier(torch.flatten(self.avgpool(features), 1))
+
+
+class AlexNet(StagedNetwork):
+    """A CIFAR AlexNet with four downsampling points (conv1 stride and three max-pools).
+
+    See the module docstring for the layer list (feature-map-strides paper, Appendix B).
+
+    Args:
+        strides: stride of conv1 and of the three max-pools.
+        num_classes: number of logits.
+        in_channels: input channels.
+        dropout: dropout probability in the fully connected head.
+        stride1_pool: how a stride-1 max-pool treats the border ("same" or "valid").
+    """
+
+    arch = "alexnet"
+
+    def __init__(
+        self,
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+        stride1_pool: PoolMode = "same",
+    ) -> None:
+        super().__init__()
+        s1, s2, s3, s4 = check_strides(strides, 4, self.arch)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5, stride=s1, padding=2),
+            nn.ReLU(inplace=True),
+            StagePool(s2, stride1_pool),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            StagePool(s3, stride1_pool),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            StagePool(s4, stride1_pool),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = 256
+        self.classifier = _head(256, num_classes, dropout)
+        init_weights(self)
+
+    def stage_sites(self) -> list[nn.Module]:
+        """conv1, then the three max-pools."""
+        return [self.features[0]] + [m for m in self.features if isinstance(m, StagePool)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the feature map before adaptive average pooling."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Adaptive average pooling to 1x1 and the fully connected head."""
+        return self.classifier(torch.flatten(self.avgpool(features), 1))
+
+
+def vgg16(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    strides: Sequence[int] = (2, 2, 2, 2, 2),
+    dropout: float = 0.5,
+    stride1_pool: PoolMode = "same",
+) -> VGG:
+    """CIFAR VGG16 with BatchNorm (feature-map-strides paper, Appendix B and Table IV).
+
+    Args:
+        num_classes: number of logits.
+        in_channels: input channels.
+        strides: stride of the max-pool ending each of the 5 blocks (Table IV: 1-1-2-2-2).
+        dropout: dropout in the fully connected head.
+        stride1_pool: "same" keeps the map size at a stride-1 pool; "valid" trims a pixel.
+    """
+    return VGG(VGG16_BLOCKS, strides, num_classes, in_channels, dropout, stride1_pool)
+
+
+def alexnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    strides: Sequence[int] = (2, 2, 2, 2),
+    dropout: float = 0.5,
+    stride1_pool: PoolMode = "same",
+) -> AlexNet:
+    """CIFAR AlexNet (feature-map-strides paper, Appendix B and Table IV).
+
+    Args:
+        num_classes: number of logits.
+        in_channels: input channels.
+        strides: stride of conv1 and the three max-pools (Table IV: 1-1-2-2).
+        dropout: dropout in the fully connected head.
+        stride1_pool: "same" keeps the map size at a stride-1 pool; "valid" trims a pixel.
+    """
+    return AlexNet(strides, num_classes, in_channels, dropout, stride1_pool)
+
+
+MODELS.register(
+    "vgg16",
+    vgg16,
+    description="CIFAR VGG16 with BatchNorm, adaptive average pooling, FC head",
+    paper="feature-map-strides, Appendix B, Table IV",
+    input_size=(3, 32, 32),
+)
+MODELS.register(
+    "alexnet",
+    alexnet,
+    description="CIFAR AlexNet, adaptive average pooling, FC head",
+    paper="feature-map-strides, Appendix B, Table IV",
+    input_size=(3, 32, 32),
+)
