@@ -1,0 +1,71 @@
+"""Training objectives: each computes a loss from ``(model, x, y)``.
+
+``standard`` (cross-entropy with optional label smoothing) lives here; the robust objectives
+(PGD-AT, TRADES, MART, ALP, FAT, AWP, GradNorm, EdgeAlign, GSAT, ...) register into the same
+registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import Registry
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns: the loss to minimize and the logits on the clean batch
+    (or ``None`` when the objective never computed them), for running accuracy."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+class Objective(Protocol):
+    """A training loss. ``name`` and ``config()`` go into checkpoints and run configs."""
+
+    name: str
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """Loss on one batch; random draws (e.g. an attack's random start) use ``generator``."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready description (name and settings), stored in checkpoints."""
+        ...
+
+
+OBJECTIVES: Registry[type] = Registry("objective")
+
+
+@OBJECTIVES.register("standard")
+@dataclass(frozen=True)
+class Standard:
+    """Cross-entropy on clean inputs, with optional label smoothing (Szegedy et al. 2016)."""
+
+    label_smoothing: float = 0.0
+    name: str = "standard"
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """Cross-entropy of ``model(x)`` against ``y``."""
+        logits = model(x)
+        return ObjectiveOutput(F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {"name": self.name, "label_smoothing": self.label_smoothing}
+
+
+def create_objective(name: str, **kwargs: Any) -> Objective:
+    """Create a registered objective by name with its keyword arguments."""
+    obj: Objective = OBJECTIVES.get(name)(**kwargs)
+    return obj
