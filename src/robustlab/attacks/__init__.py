@@ -1,0 +1,100 @@
+"""Attacks, losses and gradient estimators for honest robustness evaluation.
+
+Every entry of :data:`ATTACKS` carries metadata (``ATTACKS.meta(name)``): ``paper``, ``kind``
+(gradient, score, ensemble, transfer) and ``norms`` (the threat norms it supports).
+
+Every attack is a configured object run on a model at call time::
+
+    result = PGD(ThreatModel("linf", 0.1), steps=20).run(model, x, y)
+    result.x_adv, result.success, result.forward_passes, result.backward_passes
+
+Gradient attacks take ``grad=Gradient()|EOT(n, normalize=...)`` and ``loss="ce"|"cw"|"dlr"``;
+randomized layers are met through ``core.randomness`` and non-differentiable ones through
+``core.bpda`` (``bpda="identity"|"smooth"`` on any gradient attack).
+"""
+
+from .apgd import APGD, APGDT, apgd_checkpoints
+from .base import (
+    EOT,
+    Attack,
+    AttackResult,
+    GradEstimate,
+    Gradient,
+    GradientEstimator,
+    ModelFn,
+    RunContext,
+    enforce,
+    in_ball,
+    logits_of,
+    lp_norm,
+    project,
+)
+from .ensemble import AutoAttack, Transfer, transfer_factory
+from .fab import FABT, project_hyperplane_box
+from .gradient import FGSM, MIFGSM, PGD, GradientAttack, Tracker
+from .losses import LOSSES, LossFn, ce_loss, cw_loss, dlr_loss, get_loss
+from .minimal import CWL2, DeepFool
+from .registry import ATTACKS, apgd_ce, apgd_dlr, autoattack_rand, create_attack
+from .square import Square, square_p_schedule
+
+_ENTRIES = (  # name, constructor, paper, kind, norms
+    ("fgsm", FGSM, "Goodfellow et al. 2015", "gradient", FGSM.norms),
+    ("pgd", PGD, "Madry et al. 2018", "gradient", PGD.norms),
+    ("mifgsm", MIFGSM, "Dong et al. 2018", "gradient", MIFGSM.norms),
+    ("apgd-ce", apgd_ce, "Croce & Hein 2020, Sec. 3", "gradient", APGD.norms),
+    ("apgd-dlr", apgd_dlr, "Croce & Hein 2020, Sec. 3.2", "gradient", APGD.norms),
+    ("apgd-t", APGDT, "Croce & Hein 2020, Sec. 3.2", "gradient", APGDT.norms),
+    ("fab-t", FABT, "Croce & Hein 2020 (FAB, ICML)", "gradient", FABT.norms),
+    ("square", Square, "Andriushchenko et al. 2020", "score", Square.norms),
+    ("autoattack", AutoAttack, "Croce & Hein 2020, Sec. 4", "ensemble", AutoAttack.norms),
+    ("autoattack-rand", autoattack_rand, "Croce & Hein 2020", "ensemble", AutoAttack.norms),
+    ("deepfool", DeepFool, "Moosavi-Dezfooli et al. 2016", "gradient", DeepFool.norms),
+    ("cw-l2", CWL2, "Carlini & Wagner 2017", "gradient", CWL2.norms),
+    ("transfer", transfer_factory, "Papernot et al. 2017", "transfer", ("linf", "l2")),
+)
+for _name, _ctor, _paper, _kind, _norms in _ENTRIES:
+    ATTACKS.register(_name, _ctor, paper=_paper, kind=_kind, norms=_norms)
+
+__all__ = [
+    "APGD",
+    "APGDT",
+    "ATTACKS",
+    "CWL2",
+    "EOT",
+    "FABT",
+    "FGSM",
+    "LOSSES",
+    "MIFGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "AutoAttack",
+    "DeepFool",
+    "GradEstimate",
+    "Gradient",
+    "GradientAttack",
+    "GradientEstimator",
+    "LossFn",
+    "ModelFn",
+    "RunContext",
+    "Square",
+    "Tracker",
+    "Transfer",
+    "apgd_ce",
+    "apgd_checkpoints",
+    "apgd_dlr",
+    "autoattack_rand",
+    "ce_loss",
+    "create_attack",
+    "cw_loss",
+    "dlr_loss",
+    "enforce",
+    "get_loss",
+    "in_ball",
+    "logits_of",
+    "lp_norm",
+    "project",
+    "project_hyperplane_box",
+    "square_p_schedule",
+    "transfer_factory",
+]

@@ -1,0 +1,237 @@
+"""FAB-T: the targeted Fast Adaptive Boundary attack (Croce & Hein, 2020, "Minimally distorted
+adversarial examples with a fast adaptive boundary attack", ICML, Sec. 3; the targeted version
+is the one AutoAttack runs, "Reliable evaluation ...", Sec. 4)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.bpda import BPDAMode
+from ..core.errors import InputError
+from ..core.types import ThreatModel
+from .base import GradEstimate, GradientEstimator, RunContext, lp_norm, select_targets
+from .gradient import GradientAttack, Tracker
+
+__all__ = ["FABT", "project_hyperplane_box"]
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def project_hyperplane_box(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str
+) -> torch.Tensor:
+    """Smallest L-inf or L2 step ``d`` with ``<w, x + d> = b`` and ``x + d`` in [0, 1].
+
+    The projection FAB needs (Croce & Hein, 2020, Sec. 3.1, Eq. 6). With ``c = b - <w, x>``,
+    the optimal step moves each coordinate toward the side that increases ``sign(c) <w, d>``,
+    by ``min(t, room_i)`` (L-inf) or ``min(t |w_i|, room_i)`` (L2), where ``room_i`` is the
+    distance to the box face. The reachable ``|<w, d>|`` is piecewise linear and increasing in
+    ``t``; sorting the breakpoints gives the ``t`` that meets the plane exactly, for a whole
+    batch at once. Where the plane cannot be reached inside the box the step goes to the
+    box corner closest to it.
+
+    Args:
+        x: points ``(N, D)``.
+        w: normals ``(N, D)``.
+        b: offsets ``(N,)``.
+        norm: ``"linf"`` or ``"l2"``.
+    """
+    c = b - (w * x).sum(dim=1)
+    s = torch.sign(c)
+    a = w.abs()
+    direction = s.unsqueeze(1) * torch.sign(w)
+    room = torch.where(direction > 0, 1 - x, x).clamp_min(0)
+    if norm == "linf":
+        bp, weight = room, a
+    else:
+        pos = a > 0
+        bp = torch.where(pos, room / a.clamp_min(1e-30), torch.full_like(room, 1e30))
+        weight = a * a
+    bp_sorted, order = bp.sort(dim=1)
+    wt_sorted = weight.gather(1, order)
+    sat = (wt_sorted * bp_sorted).cumsum(dim=1)
+    prefix = torch.cat([torch.zeros_like(sat[:, :1]), sat[:, :-1]], dim=1)  # sum over j < k
+    suffix = wt_sorted.flip(1).cumsum(dim=1).flip(1)  # sum over j >= k
+    reach = prefix + bp_sorted * suffix  # reachable |<w, d>| at t = bp_k
+    need = c.abs().unsqueeze(1)
+    k = (reach < need).sum(dim=1, keepdim=True)
+    feasible = k.squeeze(1) < x.shape[1]
+    kk = k.clamp(max=x.shape[1] - 1)
+    t = (need.squeeze(1) - prefix.gather(1, kk).squeeze(1)) / suffix.gather(1, kk).squeeze(
+        1
+    ).clamp_min(1e-30)
+    t = torch.where(feasible, t, torch.full_like(t, float("inf")))
+    t = t.unsqueeze(1)
+    mag = torch.minimum(t.expand_as(room) if norm == "linf" else t * a, room)
+    return direction * mag
+
+
+class FABT(GradientAttack):
+    """Targeted FAB (Croce & Hein, 2020, ICML, Alg. 1 with one target; AutoAttack's FAB-T).
+
+    For each of the ``n_target_classes`` runner-up classes ``t`` of the clean logits, FAB
+    linearizes the boundary ``z_t - z_y = 0`` at the iterate, projects both the iterate and the
+    original point onto it (inside the box), and moves to a convex combination of the two
+    projections, biased toward the original point (``alpha <= alpha_max``) and extrapolated by
+    ``eta``; once adversarial it records the point if it is closer and steps back toward the
+    original point by ``beta``. Success is misclassification within ``eps``.
+
+    FAB minimizes the perturbation; inside a threat model only points within ``eps`` count.
+    With ``early_stop`` a sample leaves the batch once it has an adversarial point within
+    ``eps`` (the returned point is then not the minimal one). Each iteration costs a forward
+    pass (is the new iterate adversarial?) and a forward and backward pass at the point the next
+    linearization uses (the iterate, or its back-stepped version). Fusing the check into the
+    gradient pass only pays when few iterates cross the boundary; measured on adversarially
+    trained CNNs about 80% do, so the check stays separate.
+
+    Args:
+        threat: L-inf or L2.
+        steps: iterations per target (100 in AutoAttack).
+        n_target_classes: target classes to try (9 in AutoAttack).
+        restarts: runs per target; all but the first start at a random point.
+        alpha_max: bound on the bias toward the original point.
+        eta: overshoot of the projection step.
+        beta: backward step factor after an adversarial iterate.
+        early_stop: stop attacking a sample once it is adversarial within ``eps``.
+        grad, bpda: see :class:`~robustlab.attacks.gradient.GradientAttack`.
+    """
+
+    name = "fab-t"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 100,
+        *,
+        n_target_classes: int = 9,
+        restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        early_stop: bool = True,
+        grad: GradientEstimator | None = None,
+        bpda: BPDAMode | None = None,
+    ) -> None:
+        super().__init__(threat, loss="cw", grad=grad, bpda=bpda)
+        if steps < 1 or restarts < 1 or n_target_classes < 1:
+            raise InputError("steps, restarts and n_target_classes must be >= 1")
+        self.steps = int(steps)
+        self.n_target_classes = int(n_target_classes)
+        self.restarts = int(restarts)
+        self.alpha_max = float(alpha_max)
+        self.eta = float(eta)
+        self.beta = float(beta)
+        self.early_stop = bool(early_stop)
+
+    def _diff(
+        self, ctx: RunContext, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+    ) -> GradEstimate:
+        def objective(z: torch.Tensor) -> torch.Tensor:
+            return z.gather(1, t.unsqueeze(1)).squeeze(1) - z.gather(1, y.unsqueeze(1)).squeeze(1)
+
+        return self._grad(ctx.model, x, objective)
+
+    def _attack(
+        self,
+        ctx: RunContext,
+        idx: torch.Tensor,
+        targets: torch.Tensor,
+        best_x: torch.Tensor,
+        best_d: torch.Tensor,
+        random_start: bool,
+    ) -> None:
+        """One FAB-T run on samples ``idx``; improves ``best_x``/``best_d`` in place."""
+        norm, eps = self.threat.norm, self.threat.eps
+        x0, y, t, ids = ctx.x[idx], ctx.y[idx], targets[idx], idx
+        shrink = ctx.shrink and self.early_stop
+        x1 = x0.clone()
+        if random_start:
+            if norm == "linf":
+                r = (
+                    2
+                    * torch.rand(
+                        x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype
+                    )
+                    - 1
+                )
+            else:
+                r = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
+            r = r / _expand(lp_norm(r, norm).clamp_min(1e-12), r)
+            radius = torch.minimum(best_d[ids], torch.full_like(best_d[ids], eps))
+            x1 = (x0 + 0.5 * _expand(radius, r) * r).clamp(0.0, 1.0)
+        est = self._diff(ctx, x1, y, t)
+        g, f = est.grad, est.loss
+        n = x0.shape[0]
+        for i in range(self.steps):
+            if n == 0:
+                break
+            w = g.flatten(1)
+            b = (w * x1.flatten(1)).sum(dim=1) - f
+            d = project_hyperplane_box(
+                torch.cat([x1.flatten(1), x0.flatten(1)]),
+                torch.cat([w, w]),
+                torch.cat([b, b]),
+                norm,
+            )
+            d1, d2 = d[:n].view_as(x1), d[n:].view_as(x1)
+            a1 = lp_norm(d1, norm).clamp_min(1e-8)
+            a2 = lp_norm(d2, norm).clamp_min(1e-8)
+            alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max)
+            alpha = _expand(alpha, x1)
+            x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
+            adv = ctx.model.predict(x1).argmax(dim=1) != y
+            done = self._record(x0, x1, adv, ids, best_x, best_d)
+            if i == self.steps - 1:
+                break
+            if not shrink:
+                done = torch.zeros_like(done)
+            back = adv & ~done
+            x1[back] = x0[back] + self.beta * (x1[back] - x0[back])
+            if bool(done.any()):
+                keep = ~done
+                x0, y, t, ids, x1 = x0[keep], y[keep], t[keep], ids[keep], x1[keep]
+                n = x0.shape[0]
+                if n == 0:
+                    break
+            est = self._diff(ctx, x1, y, t)
+            g, f = est.grad, est.loss
+
+    def _record(
+        self,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        adv: torch.Tensor,
+        ids: torch.Tensor,
+        best_x: torch.Tensor,
+        best_d: torch.Tensor,
+    ) -> torch.Tensor:
+        """Keep adversarial points closer than the best so far; return which rows are
+        adversarial within eps."""
+        if not bool(adv.any()):
+            return adv
+        dist = lp_norm(x1 - x0, self.threat.norm)
+        closer = adv & (dist < best_d[ids])
+        best_x[ids[closer]] = x1[closer]
+        best_d[ids[closer]] = dist[closer]
+        return adv & (best_d[ids] <= self.threat.eps)
+
+    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = ctx.x, ctx.y
+        clean = ctx.clean_logits()
+        n_classes = clean.shape[1]
+        best_x = x.clone()
+        best_d = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+        wrong = clean.argmax(dim=1) != y
+        best_d[wrong] = 0.0
+        for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
+            targets = select_targets(clean, rank)
+            for r in range(self.restarts):
+                idx = (best_d > self.threat.eps).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                self._attack(ctx, idx, targets, best_x, best_d, random_start=r > 0)
+        track = Tracker(x)
+        track.fallback(torch.arange(x.shape[0], device=x.device), best_x, None)
+        return track.result()

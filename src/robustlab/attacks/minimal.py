@@ -1,0 +1,209 @@
+"""Minimal-perturbation gradient attacks: DeepFool and Carlini-Wagner L2.
+
+Both search for the smallest adversarial perturbation; inside a threat model the base class
+projects their result onto the eps-ball, so success means "adversarial within eps".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..core.bpda import BPDAMode
+from ..core.errors import InputError
+from ..core.types import ThreatModel
+from .base import GradientEstimator, RunContext, lp_norm
+from .gradient import GradientAttack, Tracker
+
+__all__ = ["CWL2", "DeepFool"]
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _pick(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return z.gather(1, cls.unsqueeze(1)).squeeze(1)
+
+
+def _class_gap(cls: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Objective ``z_cls - z_y``."""
+    return lambda z: _pick(z, cls) - _pick(z, y)
+
+
+class DeepFool(GradientAttack):
+    """DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, 2016, "DeepFool: a simple and accurate
+    method to fool deep neural networks", CVPR, Alg. 2; the Lp version of Sec. 3.3).
+
+    At each step it linearizes the ``candidates - 1`` boundaries between the true class and the
+    top classes of the clean logits, moves to the closest linearized boundary (distance measured
+    in the dual norm of the threat norm), and accumulates the steps; the total is applied with an
+    ``overshoot``. A sample stops once misclassified.
+
+    Args:
+        threat: L-inf or L2.
+        steps: maximum iterations.
+        overshoot: relative overshoot of the accumulated step.
+        candidates: number of top clean classes considered (the true class included).
+        grad, bpda: see :class:`~robustlab.attacks.gradient.GradientAttack` (one estimator
+            call per candidate class and step).
+    """
+
+    name = "deepfool"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 50,
+        *,
+        overshoot: float = 0.02,
+        candidates: int = 10,
+        grad: GradientEstimator | None = None,
+        bpda: BPDAMode | None = None,
+    ) -> None:
+        super().__init__(threat, grad=grad, bpda=bpda)
+        if steps < 1 or candidates < 2:
+            raise InputError("DeepFool needs steps >= 1 and candidates >= 2")
+        self.steps = int(steps)
+        self.overshoot = float(overshoot)
+        self.candidates = int(candidates)
+
+    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fm, x, y = ctx.model, ctx.x, ctx.y
+        track = Tracker(x)
+        clean = ctx.clean_logits()
+        k = min(self.candidates, clean.shape[1])
+        others = clean.scatter(1, y.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices
+        wrong = clean.argmax(dim=1) != y
+        track.adversarial(wrong.nonzero().squeeze(1), x[wrong], clean[wrong])
+        act = (~wrong).nonzero().squeeze(1)
+        r_tot = torch.zeros_like(x)
+        x_cur = x.clone()
+        dual = "l1" if self.threat.norm == "linf" else "l2"
+        for _ in range(self.steps):
+            if act.numel() == 0:
+                break
+            xa, ya = x_cur[act], y[act]
+            fs, ws, logits = [], [], None
+            for j in range(others.shape[1]):
+                cls = others[act, j]
+                est = self._grad(fm, xa, _class_gap(cls, ya))
+                fs.append(est.loss)
+                ws.append(est.grad)
+                logits = est.logits
+            assert logits is not None
+            adv = logits.argmax(dim=1) != ya
+            track.adversarial(act[adv], xa[adv], logits[adv])
+            f = torch.stack(fs, dim=1)  # (n, k-1)
+            w = torch.stack(ws, dim=1)  # (n, k-1, ...)
+            wf = w.flatten(2)
+            wn = wf.abs().sum(dim=2) if dual == "l1" else wf.norm(dim=2)
+            dist = f.abs() / wn.clamp_min(1e-12)
+            best = dist.argmin(dim=1)
+            ar = torch.arange(act.numel(), device=x.device)
+            wl, fl, nl = w[ar, best], f[ar, best], wn[ar, best].clamp_min(1e-12)
+            if dual == "l1":
+                r = _expand((fl.abs() + 1e-4) / nl, wl) * wl.sign()
+            else:
+                r = _expand((fl.abs() + 1e-4) / nl**2, wl) * wl
+            keep = ~adv
+            r_tot[act[keep]] += r[keep]
+            act = act[keep]
+            x_cur[act] = (x[act] + (1 + self.overshoot) * r_tot[act]).clamp(0.0, 1.0)
+        if act.numel():
+            logits = fm.predict(x_cur[act])
+            adv = logits.argmax(dim=1) != y[act]
+            track.adversarial(act[adv], x_cur[act][adv], logits[adv])
+            track.fallback(act[~adv], x_cur[act][~adv], logits[~adv])
+        return track.result()
+
+
+class CWL2(GradientAttack):
+    """Carlini-Wagner L2 attack (Carlini & Wagner, 2017, "Towards Evaluating the Robustness of
+    Neural Networks", IEEE S&P, Sec. VI.A).
+
+    Minimizes ``||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j, -kappa)`` (targeted:
+    ``max(max_{j != t} z_j - z_t, -kappa)``) over ``x' = (tanh(w) + 1) / 2`` with Adam, and
+    binary-searches the constant ``c`` per sample: down after a success, up (x10 until an upper
+    bound is known) after a failure. Keeps the smallest adversarial perturbation found.
+
+    Args:
+        threat: L2 (the result is projected onto the eps-ball).
+        steps: Adam iterations per value of ``c``.
+        c: initial constant.
+        search_steps: binary-search steps over ``c``.
+        kappa: confidence margin.
+        lr: Adam learning rate.
+        grad, bpda: see :class:`~robustlab.attacks.gradient.GradientAttack`.
+    """
+
+    name = "cw-l2"
+    norms = ("l2",)
+    supports_targets = True
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 100,
+        *,
+        c: float = 1.0,
+        search_steps: int = 5,
+        kappa: float = 0.0,
+        lr: float = 0.01,
+        grad: GradientEstimator | None = None,
+        bpda: BPDAMode | None = None,
+    ) -> None:
+        super().__init__(threat, loss="cw", grad=grad, bpda=bpda)
+        if steps < 1 or search_steps < 1 or c <= 0:
+            raise InputError("CW-L2 needs steps >= 1, search_steps >= 1 and c > 0")
+        self.steps = int(steps)
+        self.c = float(c)
+        self.search_steps = int(search_steps)
+        self.kappa = float(kappa)
+        self.lr = float(lr)
+
+    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fm, x, y, t = ctx.model, ctx.x, ctx.y, ctx.targets
+        n = x.shape[0]
+        kappa = self.kappa
+        best_x = x.clone()
+        best_d = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
+        best_logits: torch.Tensor | None = None
+        c = torch.full((n,), self.c, device=x.device, dtype=x.dtype)
+        lower = torch.zeros_like(c)
+        upper = torch.full_like(c, 1e10)
+
+        def objective(z: torch.Tensor) -> torch.Tensor:  # to maximize: -max(margin, -kappa)
+            if t is None:
+                margin = _pick(z, y) - z.scatter(1, y.unsqueeze(1), float("-inf")).amax(dim=1)
+            else:
+                margin = z.scatter(1, t.unsqueeze(1), float("-inf")).amax(dim=1) - _pick(z, t)
+            return -margin.clamp_min(-kappa)
+
+        w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        for _ in range(self.search_steps):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=self.lr)
+            hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+            for _ in range(self.steps):
+                xa = (torch.tanh(w.detach()) + 1) / 2
+                est = self._grad(fm, xa, objective)
+                adv = self._is_adv(est.logits, y, t)
+                d = lp_norm(xa - x, "l2")
+                better = adv & (d < best_d)
+                best_x[better], best_d[better] = xa[better], d[better]
+                if best_logits is None:
+                    best_logits = est.logits.clone()
+                best_logits[better] = est.logits[better]
+                hit |= adv
+                dx = 2 * (xa - x) - _expand(c, x) * est.grad  # d/dx' of ||x'-x||^2 - c * objective
+                w.grad = dx * (1 - torch.tanh(w.detach()) ** 2) / 2
+                opt.step()
+            upper = torch.where(hit, torch.minimum(upper, c), upper)
+            lower = torch.where(hit, lower, torch.maximum(lower, c))
+            c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
+        found = best_d < float("inf")
+        if best_logits is None or not bool(found.all()):
+            return best_x, None
+        return best_x, best_logits

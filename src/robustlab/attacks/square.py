@@ -1,0 +1,264 @@
+"""Square Attack: a score-based random search (Andriushchenko, Croce, Flammarion & Hein, 2020,
+"Square Attack: a query-efficient black-box adversarial attack via random search", ECCV)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.errors import InputError
+from ..core.types import ThreatModel
+from .base import Attack, Ball, ModelFn, RunContext, lp_norm
+
+__all__ = ["Square", "square_p_schedule"]
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+_SCHEDULE = (
+    (10, 1),
+    (50, 2),
+    (200, 4),
+    (500, 8),
+    (1000, 16),
+    (2000, 32),
+    (4000, 64),
+    (6000, 128),
+    (8000, 256),
+)
+
+
+def square_p_schedule(it: int, n_queries: int, p_init: float) -> float:
+    """Fraction of pixels the square covers at iteration ``it`` (Andriushchenko et al., 2020,
+    Sec. 3 and App.): ``p_init`` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000
+    and 8000 of a 10,000-query budget, rescaled to ``n_queries``."""
+    it = int(it / n_queries * 10000)
+    for bound, div in _SCHEDULE:
+        if it <= bound:
+            return p_init / div
+    return p_init / 512
+
+
+def _window_mask(
+    n: int, h: int, w: int, s: int, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random ``s x s`` window per sample: boolean mask ``(n, 1, h, w)`` and its corners."""
+    top = torch.randint(0, h - s + 1, (n,), generator=gen, device=device)
+    left = torch.randint(0, w - s + 1, (n,), generator=gen, device=device)
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    in_r = (rows.unsqueeze(0) >= top.unsqueeze(1)) & (rows.unsqueeze(0) < (top + s).unsqueeze(1))
+    in_c = (cols.unsqueeze(0) >= left.unsqueeze(1)) & (cols.unsqueeze(0) < (left + s).unsqueeze(1))
+    return (in_r.unsqueeze(2) & in_c.unsqueeze(1)).unsqueeze(1), top, left
+
+
+def _pseudo_gaussian(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The L2 attack's ``s x s`` update shape (Andriushchenko et al., 2020, Sec. 3.2): two halves
+    of opposite sign, each made of concentric square rings whose mass grows toward the centre
+    like ``sum_k 1 / (k + 1)^2``; normalized to unit L2 norm."""
+
+    def block(hh: int, ww: int) -> torch.Tensor:
+        r = torch.arange(hh, device=device, dtype=dtype)
+        c = torch.arange(ww, device=device, dtype=dtype)
+        ring = torch.maximum(
+            (r - (hh - 1) / 2).abs().unsqueeze(1), (c - (ww - 1) / 2).abs().unsqueeze(0)
+        )
+        depth = (max(hh, ww) - 1) / 2 - ring  # 0 at the border, largest at the centre
+        k = torch.arange(0, max(hh, ww) + 1, device=device, dtype=dtype)
+        cum = (1.0 / (k + 1) ** 2).cumsum(0)
+        return cum[depth.floor().clamp_min(0).long()]
+
+    half = s // 2
+    left = block(s, max(half, 1))
+    right = -block(s, s - max(half, 1)) if s > 1 else left.new_zeros(s, 0)
+    m = torch.cat([left, right], dim=1)
+    return m / m.norm().clamp_min(1e-12)
+
+
+class Square(Attack):
+    """Square Attack (Andriushchenko et al., 2020), L-inf (Alg. 1-2) and L2 (Alg. 3).
+
+    A random search that needs only scores: at every query it changes the perturbation inside
+    one random square window per sample (L-inf: to a random vertex ``+-eps`` per channel; L2: by
+    moving perturbation mass from a second window into a pseudo-Gaussian bump) and keeps the
+    change when the margin loss ``z_y - max_{j != y} z_j`` decreases. The window covers a
+    fraction ``p`` of the image that follows the reference schedule from ``p_init``. Samples
+    leave the batch as soon as their margin is negative. A proposal that leaves a point
+    unchanged (all its window's pixels already at the drawn vertex, or clipped by the box) is
+    not evaluated: it could not improve, so only the model call is saved; ``queries`` counts
+    the evaluations actually made, ``n_queries`` the iterations.
+
+    Under randomness (``eot > 1``) each query evaluates the margin ``eot`` times with fresh
+    draws and uses the mean: the expected margin loss.
+
+    Args:
+        threat: L-inf or L2.
+        n_queries: query budget per sample (5,000 in AutoAttack), each costing ``eot``
+            forward passes.
+        p_init: initial window fraction (0.8 in AutoAttack for L-inf and L2).
+        restarts: runs on the samples still robust.
+        eot: forward passes averaged per query.
+    """
+
+    name = "square"
+    supports_targets = True
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        n_queries: int = 5000,
+        *,
+        p_init: float = 0.8,
+        restarts: int = 1,
+        eot: int = 1,
+    ) -> None:
+        super().__init__(threat)
+        if n_queries < 1 or restarts < 1 or eot < 1:
+            raise InputError("n_queries, restarts and eot must be >= 1")
+        if not 0 < p_init <= 1:
+            raise InputError(f"p_init must lie in (0, 1], got {p_init}")
+        self.n_queries = int(n_queries)
+        self.p_init = float(p_init)
+        self.restarts = int(restarts)
+        self.eot = int(eot)
+
+    def _margin(
+        self, fm: ModelFn, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean margin over ``eot`` draws (negative = adversarial) and mean logits."""
+        total: torch.Tensor | None = None
+        logits_sum: torch.Tensor | None = None
+        with torch.no_grad():
+            for _ in range(self.eot if fm.stochastic else 1):
+                z = fm(x)
+                cls = t if t is not None else y
+                z_c = z.gather(1, cls.unsqueeze(1)).squeeze(1)
+                other = z.scatter(1, cls.unsqueeze(1), float("-inf")).amax(dim=1)
+                m = z_c - other if t is None else other - z_c
+                total = m if total is None else total + m
+                logits_sum = z if logits_sum is None else logits_sum + z
+        assert total is not None and logits_sum is not None
+        k = self.eot if fm.stochastic else 1
+        return total / k, logits_sum / k
+
+    def _init(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        eps = self.threat.eps
+        if self.threat.norm == "linf":  # vertical stripes of +-eps (Sec. 3.1)
+            signs = (
+                torch.randint(0, 2, (n, c, 1, w), generator=gen, device=x.device).to(x.dtype) * 2
+                - 1
+            )
+            return (x + eps * signs).clamp(0.0, 1.0)
+        # L2: a grid of pseudo-Gaussian bumps with random signs (Sec. 3.2)
+        s = max(h // 5, 1)
+        bump = _pseudo_gaussian(s, x.device, x.dtype)
+        delta = torch.zeros_like(x)
+        for i in range(0, h - s + 1, s):
+            for j in range(0, w - s + 1, s):
+                sign = (
+                    torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).to(x.dtype)
+                    * 2
+                    - 1
+                )
+                delta[:, :, i : i + s, j : j + s] = sign * bump
+        delta = delta / _expand(lp_norm(delta, "l2").clamp_min(1e-12), delta)
+        return (x + eps * delta).clamp(0.0, 1.0)
+
+    def _propose(
+        self, ball: Ball, x_best: torch.Tensor, p: float, gen: torch.Generator
+    ) -> torch.Tensor:
+        x = ball.x
+        n, c, h, w = x.shape
+        eps = self.threat.eps
+        if self.threat.norm == "linf":
+            s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
+            mask, _, _ = _window_mask(n, h, w, s, gen, x.device)
+            signs = (
+                torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).to(x.dtype) * 2
+                - 1
+            )
+            return ball.project(torch.where(mask, x + eps * signs, x_best))
+        s = min(max(int(round(math.sqrt(p * h * w))), 3), h, w)
+        delta = x_best - x
+        m1, top, left = _window_mask(n, h, w, s, gen, x.device)
+        m2, _, _ = _window_mask(n, h, w, s, gen, x.device)
+        both = (m1 | m2).to(x.dtype)
+        unused = (eps**2 - lp_norm(delta, "l2") ** 2).clamp_min(0)
+        budget = ((delta * both) ** 2).flatten(2).sum(dim=2) + unused.unsqueeze(1) / c  # (n, c)
+        bump = _pseudo_gaussian(s, x.device, x.dtype)
+        flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+        signs = (
+            torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).to(x.dtype) * 2 - 1
+        )
+        rows = top.view(n, 1, 1) + torch.arange(s, device=x.device).view(1, s, 1)
+        cols = left.view(n, 1, 1) + torch.arange(s, device=x.device).view(1, 1, s)
+        b = torch.where(flip.view(n, 1, 1), bump.t().expand(n, s, s), bump.expand(n, s, s))
+        bidx = torch.arange(n, device=x.device).view(n, 1, 1)
+        old = delta[bidx, :, rows, cols].permute(0, 3, 1, 2)  # (n, c, s, s)
+        old = old / old.flatten(2).norm(dim=2).clamp_min(1e-12).view(n, c, 1, 1)
+        new = signs * b.unsqueeze(1) + old
+        new = new / new.flatten(2).norm(dim=2).clamp_min(1e-12).view(n, c, 1, 1)
+        new = new * budget.sqrt().view(n, c, 1, 1)
+        delta = delta * (1 - m2.to(x.dtype))
+        delta[bidx, :, rows, cols] = new.permute(0, 2, 3, 1)
+        delta = delta / _expand(lp_norm(delta, "l2").clamp_min(1e-12), delta) * eps
+        return ball.project(x + delta)
+
+    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fm, x, y, t = ctx.model, ctx.x, ctx.y, ctx.targets
+        n = x.shape[0]
+        counts = ctx.queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        clean = ctx.clean_logits()
+        best = x.clone()
+        margin = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
+        logits_best = clean.clone()
+        done = self._is_adv(clean, y, t)
+        margin[done] = -1.0
+        k = self.eot if fm.stochastic else 1
+        for _ in range(self.restarts):
+            idx = (margin > 0).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xs, ys = x[idx], y[idx]
+            ts = t[idx] if t is not None else None
+            ball = self._ball(xs)
+            xb = ball.project(self._init(xs, ctx.generator))
+            mb, lb = self._margin(fm, xb, ys, ts)
+            counts[idx] += k
+            better = mb < margin[idx]
+            best[idx[better]], margin[idx[better]], logits_best[idx[better]] = (
+                xb[better],
+                mb[better],
+                lb[better],
+            )
+            act = (mb > 0).nonzero().squeeze(1)
+            for it in range(1, self.n_queries):
+                if act.numel() == 0:
+                    break
+                p = square_p_schedule(it, self.n_queries, self.p_init)
+                x_new = self._propose(ball[act], xb[act], p, ctx.generator)
+                # A proposal that leaves the point unchanged (its window already holds those
+                # signs, or the box clips the change away) cannot improve: skip its query.
+                moved = (x_new != xb[act]).flatten(1).any(dim=1)
+                ev = act
+                if not bool(moved.all()):
+                    ev, x_new = act[moved], x_new[moved]
+                    if ev.numel() == 0:
+                        continue
+                m_new, l_new = self._margin(fm, x_new, ys[ev], ts[ev] if ts is not None else None)
+                counts[idx[ev]] += k
+                imp = m_new < mb[ev]
+                upd = ev[imp]
+                xb[upd], mb[upd] = x_new[imp], m_new[imp]
+                g_ids = idx[upd]
+                better = m_new[imp] < margin[g_ids]
+                best[g_ids[better]] = x_new[imp][better]
+                margin[g_ids[better]] = m_new[imp][better]
+                logits_best[g_ids[better]] = l_new[imp][better]
+                if bool(imp.any()):
+                    act = act[mb[act] > 0]
+        return best, logits_best

@@ -1,0 +1,58 @@
+"""Honest robustness evaluation: attack batteries, resumable runs and the results ledger.
+
+::
+
+    from robustlab.evaluate import Ledger, run_battery
+
+    result = run_battery(model, test_set, "standard", n=1000, seed=0, state_dir="runs/x/state")
+    Ledger("runs/x/ledger.sqlite").add(result)
+    print(result.markdown())
+
+A battery keeps the per-sample worst case over its attacks and attacks only samples that are
+still robust (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks", Sec. 4-5). Randomized models are judged by fresh
+predictions, optionally ensembled and repeated (Athalye et al., 2018, "Obfuscated Gradients Give
+a False Sense of Security", Sec. 4.3).
+"""
+
+from .battery import BATTERIES, Battery, BatteryFactory, create_battery, describe_attack, jsonable
+from .ledger import CSV_COLUMNS, Ledger, LedgerRow, record
+from .result import AttackSummary, EvalResult, decode_mask, encode_mask, mean_std
+from .runner import (
+    ProgressCallback,
+    ProgressEvent,
+    derive_seed,
+    ensemble_predict,
+    model_hash,
+    model_name,
+    run_battery,
+    versions,
+)
+from .state import EvalState
+
+__all__ = [
+    "BATTERIES",
+    "CSV_COLUMNS",
+    "AttackSummary",
+    "Battery",
+    "BatteryFactory",
+    "EvalResult",
+    "EvalState",
+    "Ledger",
+    "LedgerRow",
+    "ProgressCallback",
+    "ProgressEvent",
+    "create_battery",
+    "decode_mask",
+    "derive_seed",
+    "describe_attack",
+    "encode_mask",
+    "ensemble_predict",
+    "jsonable",
+    "mean_std",
+    "model_hash",
+    "model_name",
+    "record",
+    "run_battery",
+    "versions",
+]

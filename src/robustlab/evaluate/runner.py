@@ -1,0 +1,506 @@
+"""The battery runner: per-sample worst case over attacks, honest for randomized models.
+
+:func:`run_battery` evaluates a model on a dataset with a :class:`~robustlab.evaluate.Battery`
+the way AutoAttack does (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with
+an ensemble of diverse parameter-free attacks", Sec. 4-5): samples misclassified clean count as
+broken from the start, each attack sees only the samples every earlier attack failed to break,
+and a sample is robust only if it survives all of them.
+
+Randomized defenses get the treatment Athalye et al. (2018, "Obfuscated Gradients Give a False
+Sense of Security", Sec. 4.3) and the AutoAttack ``rand`` protocol ask for: when
+:func:`robustlab.core.randomness.is_stochastic` says the model draws randomness, the verdict on
+an adversarial input comes from a *fresh* prediction (new draws, never the attack's own logits),
+predictions can average the softmax over ``ensemble`` draws, and ``repeats`` re-runs the whole
+battery with independent randomness to report mean and standard deviation.
+
+Randomness is explicit and derived, never taken from the clock or the global RNG: the attack
+generator of every (repeat, batch, attack) and the seeds of the model's random layers at every
+stage are derived from ``seed``, so a run repeats bit for bit on the same machine, and a run
+resumed from its saved state (``state_dir``) gives exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import logits_of
+from ..core.checkpoint import content_hash
+from ..core.checks import check_images, check_labels
+from ..core.errors import InputError
+from ..core.randomness import is_stochastic, seed_stochastic, stochastic_layers
+from ..core.types import ThreatModel
+from .battery import Battery, create_battery, jsonable
+from .result import AttackSummary, EvalResult, mean_std
+from .state import EvalState
+
+__all__ = [
+    "ProgressCallback",
+    "ProgressEvent",
+    "derive_seed",
+    "ensemble_predict",
+    "model_hash",
+    "model_name",
+    "run_battery",
+    "versions",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+_LAYER_SEED_BITS = 40  # seed_stochastic multiplies by ~2**20; keep the product below 2**63
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What :func:`run_battery` reports to its ``progress`` callback.
+
+    Attributes:
+        kind: ``"start"`` (once, before any work; ``completed`` counts batches restored from a
+            saved state), ``"attack"`` (an attack finished on a batch), ``"batch"`` (a batch
+            finished and its state was saved) or ``"end"`` (once, after the last batch).
+        completed: batches finished so far, over all repeats.
+        total: batches in the whole run (``repeats * batches``).
+        repeat: the current repeat (0-based).
+        batch: the current batch (0-based).
+        attack: the label of the attack that finished (``"attack"`` events only).
+        robust: samples of the current batch still robust after this stage.
+        size: samples in the current batch.
+    """
+
+    kind: Literal["start", "attack", "batch", "end"]
+    completed: int
+    total: int
+    repeat: int = 0
+    batch: int = 0
+    attack: str | None = None
+    robust: int = 0
+    size: int = 0
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+"""``progress(event)``; the CLI turns events into a rich progress bar. Library code never prints."""
+
+
+def derive_seed(seed: int, *parts: int | str, bits: int = 63) -> int:
+    """A seed in ``[0, 2**bits)`` derived from ``seed`` and a path of ``parts`` (SHA-256).
+
+    Different paths give independent seeds; the same path always gives the same one.
+    """
+    blob = json.dumps([int(seed), *parts], separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << bits) - 1)
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-256 over every state-dict tensor of ``model`` (name, dtype, shape, bytes).
+
+    The same logic as the checkpoint content hash (:func:`robustlab.core.checkpoint
+    .content_hash`) with an empty header, so it identifies the weights, not the file.
+    """
+    return content_hash(dict(model.state_dict()), {})
+
+
+def model_name(model: nn.Module) -> str:
+    """A short name for tables: the recipe's architecture and conversions, else the class name."""
+    recipe = getattr(model, "robustlab_recipe", None)
+    if not isinstance(recipe, Mapping) or "arch" not in recipe:
+        return type(model).__name__
+    parts = [str(recipe["arch"])]
+    for conv in recipe.get("conversions", []) or []:
+        if isinstance(conv, Mapping):
+            parts.append(str(conv.get("name", conv.get("conversion", "conversion"))))
+        else:
+            parts.append(str(conv))
+    return "+".join(parts)
+
+
+def versions() -> dict[str, str]:
+    """Versions of robustlab, torch and python (for ledger rows)."""
+    from .. import __version__
+
+    return {"robustlab": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+@torch.no_grad()
+def ensemble_predict(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Class predictions from ``draws`` forward passes: argmax of the mean softmax.
+
+    Each forward of a randomized model draws fresh randomness, so ``draws > 1`` predicts with
+    the expectation over the defense's randomness (the ensemble prediction of the randomized
+    defenses' papers). With one draw it is the plain argmax of the logits.
+    """
+    if draws < 1:
+        raise InputError(f"draws must be >= 1, got {draws}")
+    if draws == 1:
+        return logits_of(model(x)).argmax(dim=1)
+    probs: torch.Tensor | None = None
+    for _ in range(draws):
+        p = F.softmax(logits_of(model(x)).float(), dim=1)
+        probs = p if probs is None else probs + p
+    assert probs is not None
+    return probs.argmax(dim=1)
+
+
+class _Samples:
+    """The first ``n`` samples of a dataset or of ``(x, y)`` tensors, served by position."""
+
+    def __init__(self, data: Any, n: int | None) -> None:
+        if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+            x, y = data
+            check_images(x, "x")
+            check_labels(y, x.shape[0])
+            self._x: torch.Tensor | None = x
+            self._y: torch.Tensor | None = y
+            self._dataset: Any = None
+            total = int(x.shape[0])
+            self.name = "tensors"
+            self.split: str | None = None
+            self.threat: ThreatModel | None = None
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self._x = self._y = None
+            self._dataset = data
+            total = len(data)
+            info = getattr(data, "info", None)
+            self.name = str(getattr(info, "name", type(data).__name__))
+            split = getattr(data, "split", None)
+            self.split = str(split) if split is not None else None
+            threat = getattr(info, "threat", None)
+            self.threat = threat if isinstance(threat, ThreatModel) else None
+        else:
+            raise InputError(
+                f"data must be a dataset (e.g. robustlab.data.load_dataset(...)) or an (x, y) "
+                f"pair of tensors, got {type(data).__name__}"
+            )
+        if n is None:
+            n = total
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be None or an int >= 1, got {n!r}")
+        if total == 0:
+            raise InputError(f"the dataset {self.name!r} is empty")
+        if n > total:
+            raise InputError(
+                f"n={n} samples were asked for, but the {self.name!r} data holds only {total}; "
+                f"pass n <= {total} (or n=None for all)"
+            )
+        self.n = n
+        base = getattr(self._dataset, "indices", None)
+        if isinstance(base, torch.Tensor) and base.numel() == total:
+            self.indices = [int(i) for i in base[:n].tolist()]
+        else:
+            self.indices = list(range(n))
+        if self._x is not None and self._y is not None:
+            self.fingerprint = content_hash({"x": self._x[:n], "y": self._y[:n]}, {})
+        else:
+            self.fingerprint = ""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity of the data (part of the state key and the result config)."""
+        d: dict[str, Any] = {"name": self.name, "split": self.split}
+        if self.fingerprint:
+            d["fingerprint"] = self.fingerprint
+        return d
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of positions ``[start, stop)``."""
+        if self._x is not None and self._y is not None:
+            return self._x[start:stop], self._y[start:stop].long()
+        ds = self._dataset
+        images = getattr(ds, "images", None)
+        targets = getattr(ds, "targets", None)
+        if (
+            isinstance(images, torch.Tensor)
+            and isinstance(targets, torch.Tensor)
+            and images.shape[0] == len(ds) == targets.shape[0]
+        ):
+            x = images[start:stop]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            return x, targets[start:stop].long()
+        items = [ds[i] for i in range(start, stop)]
+        x = torch.stack([torch.as_tensor(it[0]) for it in items]).float()
+        y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+        return x, y
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _seed_layers(model: nn.Module, seed: int) -> None:
+    if stochastic_layers(model):
+        seed_stochastic(model, seed)
+
+
+def run_battery(
+    model: nn.Module,
+    data: Any,
+    battery: Battery | str,
+    *,
+    threat: ThreatModel | None = None,
+    battery_options: Mapping[str, Any] | None = None,
+    n: int | None = None,
+    batch_size: int = 256,
+    repeats: int = 1,
+    ensemble: int = 1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    name: str | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
+
+    For every repeat and batch: predict clean; samples predicted wrong are broken. Then run the
+    attacks in order, each on the samples still robust only; a sample an attack breaks leaves
+    the pool. The verdict on an attack's output is the model's prediction there: for a
+    randomized model a *fresh* prediction (new draws, ``ensemble`` of them), not the attack's
+    own logits, which saw the draws it optimized against.
+
+    Per-attack numbers (:class:`~robustlab.evaluate.AttackSummary`): the cumulative worst-case
+    robust accuracy after that attack, and the attack's own success rate on the samples it saw.
+
+    The model's train/eval mode is not changed (a warning is issued in training mode), and the
+    model is not moved. The seeds of its random layers (:class:`core.randomness.Stochastic`)
+    are set per stage from ``seed`` (:func:`core.randomness.seed_stochastic`); they keep the
+    last one afterwards.
+
+    Args:
+        model: the classifier, taking [0, 1] images (see ``attacks.logits_of`` for outputs).
+        data: a dataset whose items are ``(image, label)`` (``robustlab.data.load_dataset``),
+            or an ``(x, y)`` pair of tensors.
+        battery: a :class:`Battery`, or a name in :data:`~robustlab.evaluate.BATTERIES`.
+        threat: the threat model of a named battery; default the dataset's default threat.
+        battery_options: options of a named battery (e.g. ``{"surrogate": net}`` for ``full``).
+        n: evaluate the first ``n`` samples (as RobustBench does); default all.
+        batch_size: samples per batch (also the unit of saved progress).
+        repeats: run the whole battery this many times with independent randomness (derived
+            from ``seed``) and report mean and standard deviation.
+        ensemble: predict by the mean softmax over this many draws (clean and adversarial),
+            for randomized models; a deterministic model is evaluated once per prediction.
+        seed: the root of every generator of the run.
+        device: where the inputs go; default the model's device. The model must be there.
+        state_dir: save the per-sample state after every batch under
+            ``state_dir/<key>/state.safetensors`` and resume from it. The key hashes the model
+            weights, the data and its indices, the battery configuration, ``seed``,
+            ``repeats``, ``ensemble`` and ``batch_size``; a finished state is returned at once.
+        progress: called with a :class:`ProgressEvent` at the start, after every attack and
+            batch, and at the end.
+        name: the model's name for tables; default :func:`model_name`.
+
+    Returns:
+        An :class:`~robustlab.evaluate.EvalResult`.
+
+    Raises:
+        UnknownNameError: for an unknown battery name (listing the known ones).
+        InputError: for bad arguments, ``n`` larger than the data, a named battery with no
+            threat, or a model on another device than ``device``.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batch_size = _check_int("batch_size", batch_size, 1)
+    repeats = _check_int("repeats", repeats, 1)
+    ensemble = _check_int("ensemble", ensemble, 1)
+    seed = _check_int("seed", seed, 0)
+    samples = _Samples(data, n)
+    if isinstance(battery, str):
+        threat = threat if threat is not None else samples.threat
+        if threat is None:
+            raise InputError(
+                f"battery {battery!r} needs a threat model; pass threat=ThreatModel(norm, eps)"
+            )
+        battery = create_battery(battery, threat, **dict(battery_options or {}))
+    elif not isinstance(battery, Battery):
+        raise InputError(f"battery must be a Battery or a battery name, got {type(battery).__name__}")
+
+    dev = _model_device(model) if device is None else torch.device(device)
+    mdev = _model_device(model)
+    if mdev.type != dev.type or (dev.index is not None and mdev.index not in (None, dev.index)):
+        raise InputError(
+            f"the model is on {mdev} but device={dev} was asked for; move it with model.to({str(dev)!r})"
+        )
+    if model.training:
+        warnings.warn(
+            "run_battery got a model in training mode (batch-norm and dropout behave as in "
+            "training); call model.eval() first unless that is intended",
+            stacklevel=2,
+        )
+    stochastic = is_stochastic(model)
+    draws = ensemble if stochastic else 1
+    mhash = model_hash(model)
+    recipe = getattr(model, "robustlab_recipe", None)
+    header = getattr(model, "robustlab_header", None)
+    n_total = samples.n
+    batches = (n_total + batch_size - 1) // batch_size
+    labels = battery.labels
+    config: dict[str, Any] = {
+        "format": STATE_FORMAT,
+        "model_hash": mhash,
+        "dataset": samples.describe(),
+        "n": n_total,
+        "battery": battery.config(),
+        "seed": seed,
+        "repeats": repeats,
+        "ensemble": ensemble,
+        "batch_size": batch_size,
+    }
+    key = hashlib.sha256(
+        json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    config["stochastic"] = stochastic
+    config["prediction_draws"] = draws
+    if isinstance(header, Mapping) and header.get("content_hash"):
+        config["checkpoint_hash"] = str(header["content_hash"])
+
+    state = EvalState.new(key, config, repeats, len(labels), n_total, batches)
+    folder: Path | None = None
+    if state_dir is not None:
+        folder = Path(state_dir) / key[:20]
+        loaded = EvalState.load(folder, state)
+        if loaded is not None:
+            state = loaded
+
+    total = repeats * batches
+    completed = int(state.done.sum())
+
+    def report(event: ProgressEvent) -> None:
+        if progress is not None:
+            progress(event)
+
+    report(ProgressEvent("start", completed, total))
+    for r in range(repeats):
+        for b in range(batches):
+            if bool(state.done[r, b]):
+                continue
+            t_batch = time.perf_counter()
+            lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
+            x, y = samples.batch(lo, hi)
+            x, y = x.to(dev), y.to(dev)
+            _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, "clean", bits=_LAYER_SEED_BITS))
+            correct = ensemble_predict(model, x, draws) == y
+            robust = correct.clone()
+            state.clean[r, lo:hi] = correct.cpu()
+            success = torch.zeros(len(labels), hi - lo, dtype=torch.bool)
+            seen = torch.zeros(len(labels), hi - lo, dtype=torch.bool)
+            for i, (label, attack) in enumerate(zip(labels, battery.attacks, strict=True)):
+                idx = robust.nonzero().squeeze(1)
+                if idx.numel():
+                    gen = torch.Generator(device=dev)
+                    gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
+                    _seed_layers(
+                        model,
+                        derive_seed(seed, "repeat", r, "batch", b, "attack", i, "model",
+                                    bits=_LAYER_SEED_BITS),
+                    )
+                    t0 = time.perf_counter()
+                    res = attack.run(model, x[idx], y[idx], generator=gen)
+                    if stochastic:
+                        # the verdict comes from fresh draws, never from the attack's own logits
+                        _seed_layers(
+                            model,
+                            derive_seed(seed, "repeat", r, "batch", b, "attack", i, "predict",
+                                        bits=_LAYER_SEED_BITS),
+                        )
+                        pred = ensemble_predict(model, res.x_adv, draws)
+                    else:
+                        pred = res.logits.argmax(dim=1)
+                    broken = pred != y[idx]
+                    state.attack_seconds[r, i] += time.perf_counter() - t0
+                    state.forward[r, i] += int(res.forward_passes)
+                    state.backward[r, i] += int(res.backward_passes)
+                    robust[idx[broken]] = False
+                    cpu_idx = idx.cpu()
+                    seen[i, cpu_idx] = True
+                    success[i, cpu_idx] = broken.cpu()
+                report(ProgressEvent("attack", completed, total, r, b, label,
+                                     int(robust.sum()), hi - lo))
+            state.robust[r, lo:hi] = robust.cpu()
+            state.success[r, :, lo:hi] = success
+            state.seen[r, :, lo:hi] = seen
+            state.done[r, b] = True
+            state.seconds += time.perf_counter() - t_batch
+            if folder is not None:
+                state.save(folder)
+            completed += 1
+            report(ProgressEvent("batch", completed, total, r, b, None, int(robust.sum()), hi - lo))
+    report(ProgressEvent("end", completed, total))
+    return _result(state, battery, samples, name or model_name(model), recipe, config)
+
+
+def _result(
+    state: EvalState,
+    battery: Battery,
+    samples: _Samples,
+    name: str,
+    recipe: Any,
+    config: dict[str, Any],
+) -> EvalResult:
+    clean_accs = state.clean.double().mean(dim=1).tolist()
+    robust_accs = state.robust.double().mean(dim=1).tolist()
+    clean_mean, clean_std = mean_std(clean_accs)
+    robust_mean, robust_std = mean_std(robust_accs)
+    per_attack: dict[str, AttackSummary] = {}
+    broken_so_far = torch.zeros_like(state.clean)
+    configs = battery.config()["attacks"]
+    for i, label in enumerate(battery.labels):
+        broken_so_far = broken_so_far | state.success[:, i]
+        cum = (state.clean & ~broken_so_far).double().mean(dim=1).tolist()
+        mean, std = mean_std(cum)
+        seen = int(state.seen[:, i].sum())
+        broken = int(state.success[:, i].sum())
+        cfg = {k: v for k, v in configs[i].items() if k != "label"}
+        per_attack[label] = AttackSummary(
+            label=label,
+            config=cfg,
+            robust_acc=mean,
+            robust_std=std,
+            success_rate=broken / seen if seen else float("nan"),
+            seen=seen,
+            broken=broken,
+            forward_passes=int(state.forward[:, i].sum()),
+            backward_passes=int(state.backward[:, i].sum()),
+            seconds=float(state.attack_seconds[:, i].sum()),
+        )
+    return EvalResult(
+        clean_acc=clean_mean,
+        clean_std=clean_std,
+        robust_acc=robust_mean,
+        robust_std=robust_std,
+        per_attack=per_attack,
+        n=samples.n,
+        indices=list(samples.indices),
+        seconds=float(state.seconds),
+        config=config,
+        clean_correct=state.clean.clone(),
+        robust=state.robust.clone(),
+        success={lab: state.success[:, i].clone() for i, lab in enumerate(battery.labels)},
+        seen={lab: state.seen[:, i].clone() for i, lab in enumerate(battery.labels)},
+        clean_accs=[float(v) for v in clean_accs],
+        robust_accs=[float(v) for v in robust_accs],
+        model_hash=str(config["model_hash"]),
+        model_name=name,
+        recipe=jsonable(recipe) if isinstance(recipe, Mapping) else {},
+        dataset=samples.name,
+        versions=versions(),
+    )

@@ -1,0 +1,212 @@
+import json
+
+import pytest
+import torch
+from evaluate_toys import Spy, linear_model, toy_data
+
+from robustlab.attacks import EOT, FGSM, PGD
+from robustlab.core import InputError, ThreatModel, UnknownNameError
+from robustlab.evaluate import (
+    BATTERIES,
+    Battery,
+    EvalResult,
+    create_battery,
+    describe_attack,
+    run_battery,
+)
+
+T = ThreatModel("linf", 0.15)
+
+
+def test_worst_case_is_the_or_of_per_attack_successes_on_the_samples_seen():
+    net = linear_model()
+    x, y = toy_data(net, n=80)
+    battery = Battery([FGSM(ThreatModel("linf", 0.05)), PGD(T, steps=5), PGD(T, steps=10)])
+    assert battery.labels == ("fgsm", "pgd", "pgd#2")
+    r = run_battery(net, (x, y), battery, batch_size=32)
+
+    broken = ~r.clean_correct
+    for label in battery.labels:
+        assert not bool((r.success[label] & ~r.seen[label]).any())  # success only where seen
+        # an attack sees exactly the samples still robust after everything before it
+        assert torch.equal(r.seen[label], ~broken)
+        broken = broken | r.success[label]
+    assert torch.equal(r.robust, ~broken)
+    assert r.robust_acc == pytest.approx(r.robust.double().mean().item())
+    assert r.clean_acc == pytest.approx((70 / 80) if r.clean_correct.sum() == 70 else r.clean_acc)
+    accs = [s.robust_acc for s in r.per_attack.values()]
+    assert accs == sorted(accs, reverse=True) and accs[-1] == r.robust_acc
+    assert r.per_attack["fgsm"].seen == int(r.clean_correct.sum())
+    assert r.per_attack["fgsm"].broken > 0 and r.robust_acc < r.clean_acc
+
+
+def test_a_broken_sample_is_not_passed_to_the_next_attack():
+    net = linear_model()
+    x, y = toy_data(net, n=64)
+    log: list = []
+    r = run_battery(net, (x, y), Battery([PGD(T, steps=10), Spy(T, log)]), batch_size=64)
+    (call,) = log
+    survivors = r.clean_correct[0] & ~r.success["pgd"][0]
+    assert 0 < call["x"].shape[0] == int(survivors.sum()) < int(r.clean_correct.sum())
+    assert torch.equal(call["x"], x[survivors]) and torch.equal(call["y"], y[survivors])
+    assert r.per_attack["spy"].seen == int(survivors.sum())
+    assert r.per_attack["spy"].forward_passes == int(survivors.sum())  # it was charged for those only
+
+
+def test_no_attack_runs_when_every_sample_is_already_broken():
+    net = linear_model()
+    x, y = toy_data(net, n=8)
+    y = (y + 1) % 3  # every sample misclassified clean
+    log: list = []
+    r = run_battery(net, (x, y), Battery([Spy(T, log)]))
+    assert log == [] and r.clean_acc == 0 and r.robust_acc == 0 and r.per_attack["spy"].seen == 0
+
+
+def test_eps_zero_gives_clean_accuracy():
+    net = linear_model()
+    x, y = toy_data(net, n=48)
+    zero = ThreatModel("linf", 0.0)
+    r = run_battery(net, (x, y), Battery([PGD(zero, steps=5), FGSM(zero)]), batch_size=20)
+    assert r.robust_acc == r.clean_acc == pytest.approx(42 / 48)
+    assert torch.equal(r.robust, r.clean_correct)
+
+
+def test_more_pgd_steps_never_raise_the_worst_case():
+    net = linear_model(hidden=16, seed=1)
+    x, y = toy_data(net, n=96, wrong=0, seed=1)
+    accs = [
+        run_battery(net, (x, y), Battery([PGD(ThreatModel("linf", 0.08), steps=s)])).robust_acc
+        for s in (1, 5, 20)
+    ]
+    assert accs == sorted(accs, reverse=True) and accs[-1] < 1.0
+    steps = Battery([PGD(ThreatModel("linf", 0.08), steps=s) for s in (1, 5, 20)])
+    r = run_battery(net, (x, y), steps)
+    cumulative = [s.robust_acc for s in r.per_attack.values()]
+    assert cumulative == sorted(cumulative, reverse=True)
+
+
+def test_a_run_repeats_bit_for_bit_and_the_seed_matters():
+    net = linear_model(hidden=16, seed=1)
+    x, y = toy_data(net, n=64, seed=1)
+    b = Battery([PGD(ThreatModel("linf", 0.05), steps=3)])
+    a1 = run_battery(net, (x, y), b, seed=3, batch_size=16)
+    a2 = run_battery(net, (x, y), b, seed=3, batch_size=16)
+    assert a1.to_dict()["masks"] == a2.to_dict()["masks"] and a1.robust_acc == a2.robust_acc
+    assert a1.config == a2.config
+
+
+def test_result_is_json_ready_and_round_trips():
+    net = linear_model()
+    x, y = toy_data(net, n=20)
+    r = run_battery(net, (x, y), Battery([FGSM(T)]), repeats=2)
+    d = json.loads(json.dumps(r.to_dict()))
+    back = EvalResult.from_dict(d)
+    assert back.to_dict() == r.to_dict()
+    assert torch.equal(back.robust, r.robust) and back.robust.shape == (2, 20)
+    md = r.markdown()
+    assert "| clean |" in md and "after fgsm" in md and "worst case" in md and "±" in md
+
+
+def test_dataset_input_uses_its_threat_indices_and_first_n():
+    from robustlab.data import load_dataset
+
+    ds = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60, limit=30)
+    net = linear_model()
+    r = run_battery(net, ds, "quick", n=12, batch_size=5)
+    assert r.n == 12 and r.indices == ds.indices[:12].tolist() and r.dataset == "synthetic"
+    assert r.per_attack["pgd"].config["threat"] == {"norm": "linf", "eps": 0.1}
+    assert r.per_attack["pgd"].config["steps"] == 20
+    x = torch.stack([ds[i][0] for i in range(12)])
+    y = torch.tensor([ds[i][1] for i in range(12)])
+    same = run_battery(net, (x, y), "quick", threat=ThreatModel("linf", 0.1), n=12, batch_size=5)
+    assert torch.equal(same.robust, r.robust) and torch.equal(same.clean_correct, r.clean_correct)
+
+
+def test_describe_attack_holds_threat_steps_loss_and_eot():
+    d = describe_attack(PGD(ThreatModel("l2", 0.5), steps=7, loss="cw", grad=EOT(n=5)))
+    assert d["name"] == "pgd" and d["class"] == "PGD" and d["steps"] == 7 and d["loss"] == "cw"
+    assert d["threat"] == {"norm": "l2", "eps": 0.5}
+    assert d["grad"]["type"] == "EOT" and d["grad"]["n"] == 5
+    json.dumps(d)
+
+
+def test_named_batteries():
+    assert {"quick", "standard", "rand", "full"} <= set(BATTERIES.names())
+    quick = create_battery("quick", T)
+    assert quick.name == "quick" and isinstance(quick.attacks[0], PGD) and quick.attacks[0].steps == 20
+    standard = create_battery("standard", T).config()["attacks"]
+    assert [a["label"] for a in standard] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert standard[1]["n_target_classes"] == 9 and standard[3]["n_queries"] == 5000
+    rand = create_battery("rand", T).config()["attacks"]
+    assert [(a["label"], a["loss"], a["grad"]["n"]) for a in rand] == [
+        ("apgd-ce-eot", "ce", 20), ("apgd-dlr-eot", "dlr", 20)]
+    surrogate = linear_model(seed=3)
+    full = create_battery("full", T, surrogate=surrogate)
+    assert full.labels == ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-ce-eot", "apgd-dlr-eot",
+                           "transfer")
+    assert full.config()["attacks"][-1]["surrogate"]["parameters"] == 51
+    assert create_battery("full", T).labels[-1] == "apgd-dlr-eot"
+
+
+def test_unknown_battery_lists_the_known_ones():
+    net = linear_model()
+    x, y = toy_data(net, n=4)
+    with pytest.raises(UnknownNameError, match="unknown battery 'strong'.*quick.*standard"):
+        run_battery(net, (x, y), "strong", threat=T)
+    with pytest.raises(UnknownNameError, match="quick"):
+        create_battery("nope", T)
+
+
+def test_bad_inputs_are_clear_errors():
+    net = linear_model()
+    x, y = toy_data(net, n=10)
+    b = Battery([FGSM(T)])
+    with pytest.raises(InputError, match=r"n=11 samples were asked for.*only 10"):
+        run_battery(net, (x, y), b, n=11)
+    with pytest.raises(InputError, match="n must be None or an int >= 1"):
+        run_battery(net, (x, y), b, n=0)
+    with pytest.raises(InputError, match="batch_size must be an int >= 1"):
+        run_battery(net, (x, y), b, batch_size=0)
+    with pytest.raises(InputError, match="needs a threat model"):
+        run_battery(net, (x, y), "quick")
+    with pytest.raises(InputError, match="at least one attack"):
+        Battery([])
+    with pytest.raises(InputError, match="Attack objects"):
+        Battery([net])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="must lie in"):
+        run_battery(net, (x * 3, y), b)
+
+
+def test_training_mode_warns():
+    net = linear_model().train()
+    x, y = toy_data(net, n=4)
+    with pytest.warns(UserWarning, match="training mode"):
+        run_battery(net, (x, y), Battery([FGSM(T)]))
+
+
+def test_standard_battery_on_a_small_sample():
+    net = linear_model(num_classes=5, hidden=16, seed=2)
+    x, y = toy_data(net, n=6, wrong=1, seed=2)
+    r = run_battery(net, (x, y), "standard", threat=ThreatModel("linf", 0.05), batch_size=6)
+    assert list(r.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert r.robust_acc <= r.clean_acc
+    cfg = r.per_attack["apgd-ce"].config
+    assert cfg["steps"] == 100 and cfg["loss"] == "ce"
+
+
+def test_inputs_follow_the_model_device_and_a_mismatch_is_an_error():
+    net = linear_model()
+    x, y = toy_data(net, n=8)
+    with pytest.raises(InputError, match="the model is on cpu but device=cuda"):
+        run_battery(net, (x, y), Battery([FGSM(T)]), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_matches_cpu():
+    net = linear_model()
+    x, y = toy_data(net, n=64)
+    b = Battery([FGSM(T)])
+    cpu = run_battery(net, (x, y), b, batch_size=16)
+    gpu = run_battery(net.cuda(), (x, y), b, batch_size=16)
+    assert torch.equal(cpu.clean_correct, gpu.clean_correct)
+    assert abs(cpu.robust_acc - gpu.robust_acc) <= 1 / 64

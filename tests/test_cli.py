@@ -1,0 +1,38 @@
+from typer.testing import CliRunner
+
+from robustlab.cli import app
+
+runner = CliRunner()
+
+
+def test_info_lists_registries():
+    r = runner.invoke(app, ["info"])
+    assert r.exit_code == 0, r.output
+    for word in ("fashion-mnist", "resnet-mini", "standard", "cyclic", "timm:<name>"):
+        assert word in r.output
+
+
+def test_train_then_evaluate(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--dataset", "digits", "--model", "resnet-mini", "--epochs", "1",
+                            "--batch-size", "64", "--limit", "256", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "model.safetensors").exists() and (out / "metrics.jsonl").exists()
+    r = runner.invoke(app, ["evaluate", str(out / "model.safetensors"), "--n", "100", "--device", "cpu",
+                            "--ledger", str(tmp_path / "ledger.sqlite")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ledger.sqlite").exists()
+    assert "clean accuracy" in r.output and "digits" in r.output
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "mnist-xl", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "unknown dataset 'mnist-xl'" in r.output and "fashion-mnist" in r.output
+
+
+def test_evaluate_refuses_a_pickle(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x04N.")
+    r = runner.invoke(app, ["evaluate", str(bad), "--device", "cpu"])
+    assert r.exit_code == 2 and "never unpickles" in r.output
