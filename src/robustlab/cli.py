@@ -134,20 +134,46 @@ def _eps(text: str) -> float:
 
 
 class _RichBattery:
-    """Turns run_battery's progress events into a rich progress bar (the CLI owns the console)."""
+    """Turns run_battery's progress events into a rich progress bar (the CLI owns the console).
 
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
+    The bar lives from the battery's ``start`` event to its ``end`` event, so it never overlaps
+    the training bars of a pipeline that trains, then evaluates.
+    """
+
+    def __init__(self) -> None:
+        self.progress: Any = None
         self.task: Any = None
 
     def __call__(self, event: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         if event.kind == "start":
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=console, transient=True)
+            self.progress.start()
             self.task = self.progress.add_task("attacking", total=event.total, completed=event.completed)
+        elif self.progress is None:
+            return
         elif event.kind == "attack":
             self.progress.update(self.task, description=f"repeat {event.repeat + 1} batch "
                                  f"{event.batch + 1}: {event.attack} ({event.robust}/{event.size} robust)")
         elif event.kind == "batch":
             self.progress.update(self.task, completed=event.completed)
+        elif event.kind == "end":
+            self.progress.stop()
+            self.progress = None
+
+    def close(self) -> None:
+        """Stop the bar if a battery ended early (an error)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 @app.command()
@@ -168,7 +194,6 @@ def evaluate(
     state_dir: Annotated[Path | None, typer.Option(help="save per-batch state here and resume from it")] = None,
 ) -> None:
     """Evaluate a checkpoint: clean accuracy and worst-case robust accuracy under an attack battery."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import load
     from .core import ThreatModel
@@ -195,12 +220,14 @@ def evaluate(
             return
         default = get_info(name, **kw).threat
         threat = ThreatModel(norm or default.norm, _eps(eps) if eps is not None else default.eps)  # type: ignore[arg-type]
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
+        bar = _RichBattery()
+        try:
             result = run_battery(model, test, battery, threat=threat, batch_size=batch_size,
                                  repeats=repeats, ensemble=ensemble, seed=seed, device=dev,
-                                 state_dir=state_dir, progress=_RichBattery(bar),
+                                 state_dir=state_dir, progress=bar,
                                  name=checkpoint.stem if checkpoint.stem != "model" else None)
+        finally:
+            bar.close()
         row = Ledger(ledger).add(result, extra={"checkpoint": str(checkpoint)})
     except RobustlabError as e:
         _fail(e)
@@ -263,26 +290,43 @@ def leaderboard(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(min=1)] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 4,
+    at_epochs: Annotated[int, typer.Option(min=1, help="epochs of the PGD-AT model")] = 4,
     train_limit: Annotated[int | None, typer.Option(help="train on a subset (default: all 60,000)")] = None,
+    at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 15_000,
     test_limit: Annotated[int | None, typer.Option(help="test on a subset (default: all 10,000)")] = None,
+    eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 500,
+    battery: Annotated[str, typer.Option(help="quick, standard, rand or full")] = "standard",
     device: str = "auto",
     fresh: Annotated[bool, typer.Option(help="ignore earlier progress in OUT and start over")] = False,
 ) -> None:
-    """The main job: train resnet-mini on Fashion-MNIST and write OUT/report.md."""
+    """The main job: standard and PGD-AT resnet-mini on Fashion-MNIST, attacked; writes OUT/report.md."""
+    import shutil
+
     from .experiments import DemoConfig, run_demo
     from .train import RichProgress
 
     try:
         dev = _device(device)
-        cfg = DemoConfig(epochs=epochs, train_limit=train_limit, test_limit=test_limit)
+        cfg = DemoConfig(epochs=epochs, at_epochs=at_epochs, train_limit=train_limit,
+                         at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
+                         battery=battery)
+        if fresh and out.exists():
+            shutil.rmtree(out)
         torch.manual_seed(cfg.seed)
-        r = run_demo(out, cfg, device=dev, callbacks=[RichProgress()], resume=not fresh)
+        bar = _RichBattery()
+        try:
+            r = run_demo(out, cfg, device=dev, callbacks=[RichProgress()], progress=bar)
+        finally:
+            bar.close()
     except RobustlabError as e:
         _fail(e)
         return
-    console.print(f"clean accuracy {100 * r['clean_accuracy']:.2f}% on {r['test_images']} test images "
-                  f"in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
+    for m in r["models"]:
+        console.print(f"{m['name']:>9}: clean {100 * m['clean_accuracy']:.2f}% on {r['test_images']} test images; "
+                      f"worst-case robust {100 * m['robust_accuracy']:.2f}% on {r['eval_n']} "
+                      f"({battery} battery, {r['threat']['norm']} eps {r['threat']['eps']:g})")
+    console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
 
 
 def main() -> None:

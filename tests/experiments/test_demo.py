@@ -1,0 +1,32 @@
+"""The demo pipeline end to end on tiny data (the real run is ``make demo``)."""
+
+import json
+
+from robustlab.evaluate import Ledger
+from robustlab.experiments import DemoConfig, run_demo
+
+TINY = DemoConfig(
+    dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
+    test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2,
+)
+
+
+def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
+    r = run_demo(tmp_path, TINY)
+    names = [m["name"] for m in r["models"]]
+    assert names == ["standard", "pgd-at"]
+    for m in r["models"]:
+        assert 0.0 <= m["robust_accuracy"] <= m["clean_accuracy_eval_n"] <= 1.0
+        assert list(m["per_attack"]) == ["pgd"]
+    assert r["models"][1]["train_images"] == 256 and r["eval_n"] == 60
+    report = (tmp_path / "report.md").read_text()
+    assert "resnet-mini (pgd-at)" in report and "worst case (%)" in report and "first 60" in report
+    assert json.loads((tmp_path / "results.json").read_text())["eval_n"] == 60
+    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 2
+
+    # A second run resumes everything (training and battery state) and gives the same numbers.
+    again = run_demo(tmp_path, TINY)
+    for a, b in zip(r["models"], again["models"], strict=True):
+        assert a["clean_accuracy"] == b["clean_accuracy"]
+        assert a["robust_accuracy"] == b["robust_accuracy"]
+    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 4
