@@ -19,6 +19,7 @@ so neither pays for weight gradients.
 Usage::
 
     python benchmarks/attacks_vs_torchattacks.py --n 500
+    python benchmarks/attacks_vs_torchattacks.py --checkpoint runs/demo/pgd-at/model.safetensors
     python benchmarks/attacks_vs_torchattacks.py --n 100 --skip-autoattack   # quick look
 """
 
@@ -54,6 +55,15 @@ def load_fmnist(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_model(args: argparse.Namespace) -> nn.Module:
     from robustlab.models import create_model
+
+    if args.checkpoint:
+        import robustlab
+
+        model = robustlab.load(args.checkpoint)
+        print(f"loaded {args.checkpoint}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model.eval()
 
     weights = args.weights if args.weights and Path(args.weights).exists() else None
     model = create_model(
@@ -120,6 +130,11 @@ def main() -> None:
         "--weights",
         default=None,
         help="safetensors of the inner network: load if present, else save after training",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a robustlab checkpoint to attack instead, e.g. runs/demo/pgd-at/model.safetensors",
     )
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed repeats of PGD-20 and bare passes"

@@ -69,6 +69,7 @@ def build_from_recipe(recipe: dict[str, Any]) -> nn.Module:
     model: nn.Module = model_from_recipe(base)
     for conv in conversions:
         model = apply_conversion(model, conv)
+    setattr(model, "robustlab_recipe", copy.deepcopy(recipe))  # noqa: B010
     return model
 
 

@@ -192,6 +192,7 @@ def evaluate(
     device: str = "auto",
     ledger: Annotated[Path, typer.Option(help="SQLite ledger the result row is added to")] = Path("runs/ledger.sqlite"),
     state_dir: Annotated[Path | None, typer.Option(help="save per-batch state here and resume from it")] = None,
+    surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model: the full battery adds a transfer attack from it")] = None,
 ) -> None:
     """Evaluate a checkpoint: clean accuracy and worst-case robust accuracy under an attack battery."""
 
@@ -222,7 +223,13 @@ def evaluate(
         threat = ThreatModel(norm or default.norm, _eps(eps) if eps is not None else default.eps)  # type: ignore[arg-type]
         bar = _RichBattery()
         try:
+            options: dict[str, Any] = {}
+            if surrogate is not None:
+                if battery.strip().lower() != "full":
+                    raise RobustlabError("--surrogate is used by the full battery only; add --battery full")
+                options["surrogate"] = load(surrogate, device=dev)
             result = run_battery(model, test, battery, threat=threat, batch_size=batch_size,
+                                 battery_options=options,
                                  repeats=repeats, ensemble=ensemble, seed=seed, device=dev,
                                  state_dir=state_dir, progress=bar,
                                  name=checkpoint.stem if checkpoint.stem != "model" else None)

@@ -70,3 +70,17 @@ def test_cli_errors_are_clear(tmp_path, checkpoint):
     assert r.exit_code == 2 and "--eps must be a number" in r.output
     r = runner.invoke(app, ["leaderboard", "--ledger", str(tmp_path / "missing.sqlite")])
     assert r.exit_code == 2 and "no ledger at" in r.output
+
+
+def test_full_battery_with_a_surrogate_adds_a_transfer_attack(tmp_path, checkpoint):
+    ledger = tmp_path / "ledger.sqlite"
+    r = runner.invoke(app, ["evaluate", str(checkpoint), "--n", "12", "--device", "cpu",
+                            "--battery", "full", "--surrogate", str(checkpoint),
+                            "--ledger", str(ledger)])
+    assert r.exit_code == 0, r.output
+    (row,) = Ledger(ledger).rows()
+    assert any("transfer" in a["name"] for a in row.attacks), [a["name"] for a in row.attacks]
+    r = runner.invoke(app, ["evaluate", str(checkpoint), "--n", "12", "--device", "cpu",
+                            "--battery", "quick", "--surrogate", str(checkpoint),
+                            "--ledger", str(ledger)])
+    assert r.exit_code == 2 and "--battery full" in r.output

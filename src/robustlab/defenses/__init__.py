@@ -29,4 +29,26 @@ def apply_conversion(model: nn.Module, conversion: dict[str, Any]) -> nn.Module:
     return CONVERSIONS.get(name)(model, **conversion.get("options", {}))
 
 
-__all__ = ["CONVERSIONS", "apply_conversion"]
+from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined above)
+    DOWNSAMPLERS,
+    METHODS,
+    AddNoise,
+    BlurPool,
+    Downsampled,
+    FLCPool,
+    convert_downsampling,
+)
+from .stochastic_downsampling import StochasticDownsample  # noqa: E402
+
+__all__ = [
+    "CONVERSIONS",
+    "DOWNSAMPLERS",
+    "METHODS",
+    "AddNoise",
+    "BlurPool",
+    "Downsampled",
+    "FLCPool",
+    "StochasticDownsample",
+    "apply_conversion",
+    "convert_downsampling",
+]

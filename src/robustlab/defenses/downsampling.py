@@ -1,0 +1,317 @@
+"""The downsampling baselines of the stochastic-downsampling paper and the model surgery.
+
+``convert_downsampling(model, method)`` rewrites every strided convolution of any ``nn.Module``
+(and, with ``include_pooling=True``, every strided max/avg pooling) into the same operation at
+stride 1, with the same weights, followed by a downsampler; every output shape stays the
+original's. Methods (paper Sec. 3 "To perform ablation studies" and Table 1):
+
+- ``sd``: :class:`~robustlab.defenses.stochastic_downsampling.StochasticDownsample`;
+- ``sd+addnoise``: SD, then Gaussian noise;
+- ``addnoise``: the strided convolution is kept (Eq. 4) and noise is added after it;
+- ``avgpool``: 2x2 (stride x stride) average pooling;
+- ``dropout-avgpool``: Dropout(0.5) after the stride-1 convolution, then average pooling;
+- ``blurpool``: Zhang (2019), "Making Convolutional Networks Shift-Invariant Again": a
+  normalized binomial blur (3x3 by default) with reflect padding, subsampled by the stride;
+- ``flc``: FrequencyLowCut pooling (Grabinski et al., 2022): keep the central (low-frequency)
+  ``ceil(H / s)`` x ``ceil(W / s)`` block of the centred 2-D spectrum;
+- ``asap``: ASAP (Grabinski et al., 2023): FLC after a 2-D Hamming window
+  (``sqrt(outer(hamming(H), hamming(W)))``) on the full spectrum, against sinc artifacts.
+
+FLC and ASAP here use the ``norm="forward"`` FFT pair and keep the real part, so a constant map
+stays constant; the official FLC layer returns the modulus of an unnormalized inverse transform
+(a rectified signal, four times larger). Their official placement also puts the pooling *before*
+a stride-1 convolution, the reverse of SD's convolution-then-downsample used here for every
+method so that all methods differ only in the downsampler.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import InputError, Registry
+from ..core.randomness import Stochastic
+from . import CONVERSIONS
+from .stochastic_downsampling import StochasticDownsample
+
+
+def _out_size(h: int, w: int, stride: tuple[int, int]) -> tuple[int, int]:
+    return math.ceil(h / stride[0]), math.ceil(w / stride[1])
+
+
+class AddNoise(Stochastic):
+    """Add random noise to a feature map, in training and at test time (paper: "AddNoise").
+
+    Args:
+        std: Gaussian standard deviation, or the half-width of the uniform noise.
+        distribution: ``"normal"`` (``std * N(0, 1)``) or ``"uniform"`` (``U[-std, std]``).
+    """
+
+    def __init__(self, std: float = 0.15, distribution: str = "normal") -> None:
+        super().__init__()
+        if not std >= 0:
+            raise InputError(f"AddNoise std must be >= 0, got {std!r}")
+        if distribution not in ("normal", "uniform"):
+            raise InputError(f"unknown noise distribution {distribution!r}; use normal or uniform")
+        self.std = float(std)
+        self.distribution = distribution
+
+    @property
+    def stochastic_active(self) -> bool:
+        """No randomness when ``std`` is 0."""
+        return self.std > 0
+
+    def extra_repr(self) -> str:
+        return f"std={self.std}, distribution={self.distribution!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.std == 0:
+            return x
+
+        def sample(g: torch.Generator) -> torch.Tensor:
+            if self.distribution == "normal":
+                return torch.randn(x.shape, generator=g, device=x.device)
+            return 2 * torch.rand(x.shape, generator=g, device=x.device) - 1
+
+        noise = self.draw(sample, key=tuple(x.shape), device=x.device)
+        return x + self.std * noise.to(x.dtype)
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang, 2019): binomial blur with reflect padding, then stride.
+
+    Args:
+        stride: the subsampling factor (int or pair).
+        filter_size: 1-D binomial filter length (Zhang's default 3: ``[1, 2, 1]``).
+    """
+
+    def __init__(self, stride: int | tuple[int, int] = 2, filter_size: int = 3) -> None:
+        super().__init__()
+        self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        if filter_size < 1:
+            raise InputError(f"filter_size must be >= 1, got {filter_size}")
+        row = torch.tensor([math.comb(filter_size - 1, k) for k in range(filter_size)], dtype=torch.float32)
+        kernel = torch.outer(row, row)
+        self.kernel: torch.Tensor
+        self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
+        self.filter_size = filter_size
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, filter_size={self.filter_size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        k = self.filter_size
+        lo, hi = (k - 1) // 2, k // 2
+        mode = "reflect" if min(x.shape[-2:]) > max(lo, hi) else "replicate"
+        x = F.pad(x, (lo, hi, lo, hi), mode=mode)
+        weight = self.kernel.to(x.dtype).expand(c, 1, k, k)
+        return F.conv2d(x, weight, stride=self.stride, groups=c)
+
+
+class FLCPool(nn.Module):
+    """Frequency low-cut pooling; with ``window=True`` it is ASAP (see the module docstring).
+
+    Args:
+        stride: the downsampling factor; the output is ``ceil(H / s)`` x ``ceil(W / s)``.
+        window: apply the 2-D Hamming window to the spectrum first (ASAP).
+    """
+
+    def __init__(self, stride: int | tuple[int, int] = 2, window: bool = False) -> None:
+        super().__init__()
+        self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        self.window = window
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, window={self.window}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        oh, ow = _out_size(h, w, self.stride)  # type: ignore[arg-type]
+        dtype = x.dtype
+        spec = torch.fft.fftshift(torch.fft.fft2(x.float(), norm="forward"), dim=(-2, -1))
+        if self.window:
+            wh = torch.hamming_window(h, periodic=False, device=x.device)
+            ww = torch.hamming_window(w, periodic=False, device=x.device)
+            spec = spec * torch.sqrt(torch.outer(wh, ww))
+        top, left = h // 2 - oh // 2, w // 2 - ow // 2  # keeps the DC term at the crop's centre
+        spec = spec[..., top : top + oh, left : left + ow]
+        out = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1)), norm="forward").real
+        return out.to(dtype)
+
+
+class Downsampled(nn.Module):
+    """A strided operation rewritten as the same operation at stride 1 plus a downsampler.
+
+    ``stride`` reports the original stride (the stage strides of a network stay readable);
+    ``op`` holds the stride-1 operation with the original weights, ``down`` the downsampler.
+    """
+
+    def __init__(self, op: nn.Module, down: nn.Module, stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.op = op
+        self.down = down
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.op(x))
+
+
+DownsamplerFactory = Callable[..., nn.Module]
+DOWNSAMPLERS: Registry[DownsamplerFactory] = Registry("downsampling method")
+
+
+def _sd(stride: tuple[int, int], *, spp: int = 2, jitter: str = "uniform", normal_std: float = 1.0,
+        reduction: str = "mean", per_sample: bool = False, deterministic: bool = False) -> nn.Module:
+    return StochasticDownsample(stride, spp=spp, jitter=jitter, normal_std=normal_std,  # type: ignore[arg-type]
+                                reduction=reduction, per_sample=per_sample, deterministic=deterministic)  # type: ignore[arg-type]
+
+
+def _sd_addnoise(stride: tuple[int, int], *, std: float = 0.15, distribution: str = "normal", **sd: Any) -> nn.Module:
+    return nn.Sequential(_sd(stride, **sd), AddNoise(std, distribution))
+
+
+def _avgpool(stride: tuple[int, int]) -> nn.Module:
+    return nn.AvgPool2d(stride, stride, ceil_mode=True)
+
+
+def _dropout_avgpool(stride: tuple[int, int], *, p: float = 0.5) -> nn.Module:
+    return nn.Sequential(nn.Dropout(p), _avgpool(stride))
+
+
+def _blurpool(stride: tuple[int, int], *, filter_size: int = 3) -> nn.Module:
+    return BlurPool(stride, filter_size)
+
+
+def _flc(stride: tuple[int, int]) -> nn.Module:
+    return FLCPool(stride, window=False)
+
+
+def _asap(stride: tuple[int, int]) -> nn.Module:
+    return FLCPool(stride, window=True)
+
+
+DOWNSAMPLERS.register("sd", _sd, paper="stochastic-downsampling, Sec. 3, Eq. 3")
+DOWNSAMPLERS.register("sd+addnoise", _sd_addnoise, paper="stochastic-downsampling, Table 1")
+DOWNSAMPLERS.register("avgpool", _avgpool, paper="stochastic-downsampling, Sec. 3")
+DOWNSAMPLERS.register("dropout-avgpool", _dropout_avgpool, paper="stochastic-downsampling, Sec. 3")
+DOWNSAMPLERS.register("blurpool", _blurpool, paper="Zhang 2019")
+DOWNSAMPLERS.register("flc", _flc, paper="Grabinski et al. 2022")
+DOWNSAMPLERS.register("asap", _asap, paper="Grabinski et al. 2023")
+METHODS = ("sd", "sd+addnoise", "addnoise", "avgpool", "dropout-avgpool", "blurpool", "flc", "asap")
+
+
+def _stride(module: nn.Module) -> tuple[int, int]:
+    s = module.stride  # type: ignore[union-attr]
+    if isinstance(s, int):
+        return (s, s)
+    return (int(s[0]), int(s[1]))  # type: ignore[index]
+
+
+def _targets(model: nn.Module, include_pooling: bool) -> list[tuple[nn.Module, str, nn.Module]]:
+    found = []
+    for parent in model.modules():
+        if isinstance(parent, Downsampled):
+            continue  # already converted
+        for name, child in parent.named_children():
+            kinds: tuple[type, ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d) if include_pooling else (nn.Conv2d,)
+            if isinstance(child, kinds) and max(_stride(child)) > 1:
+                found.append((parent, name, child))
+    return found
+
+
+def _downsampled(child: nn.Module, method: str, options: dict[str, Any]) -> nn.Module:
+    stride = _stride(child)
+    if method == "addnoise":
+        noise = {k: options[k] for k in ("std", "distribution") if k in options}
+        return Downsampled(child, AddNoise(**noise), stride)
+    op = copy.copy(child)  # shares the parameters; only the stride changes
+    op.stride = (1, 1) if isinstance(child, nn.Conv2d) else 1  # type: ignore[assignment]
+    if isinstance(op, nn.MaxPool2d | nn.AvgPool2d):
+        op.ceil_mode = False
+    return Downsampled(op, DOWNSAMPLERS.get(method)(stride, **options), stride)
+
+
+def convert_downsampling(
+    model: nn.Module,
+    method: str = "sd",
+    *,
+    include_pooling: bool = False,
+    inplace: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Replace every strided convolution of ``model`` by a stride-1 convolution + a downsampler.
+
+    Args:
+        model: any ``nn.Module`` (robustlab models, torchvision and timm networks).
+        method: one of :data:`METHODS` (see the module docstring).
+        include_pooling: also convert strided max/avg pooling layers.
+        inplace: rewrite ``model`` itself; by default a converted deep copy is returned.
+        **options: options of the method: for ``sd`` ``spp``, ``jitter``, ``normal_std``,
+            ``reduction``, ``per_sample``, ``deterministic``; for ``addnoise`` and
+            ``sd+addnoise`` ``std`` and ``distribution`` (plus the ``sd`` ones for the latter);
+            ``p`` for ``dropout-avgpool``; ``filter_size`` for ``blurpool``.
+
+    Returns:
+        The converted model. A robustlab model records the conversion in its recipe, so
+        ``robustlab.save`` / ``robustlab.load`` rebuild it.
+
+    Raises:
+        UnknownNameError: for an unknown method (the message lists the known ones).
+        InputError: for options the method does not take, or a model without strided layers.
+    """
+    if method not in METHODS:
+        DOWNSAMPLERS.get(method)  # raises UnknownNameError listing the registered names
+    if method != "addnoise":
+        try:
+            DOWNSAMPLERS.get(method)((2, 2), **options)
+        except TypeError as e:
+            raise InputError(f"bad option for downsampling method {method!r}: {e}") from None
+    else:
+        unknown = set(options) - {"std", "distribution"}
+        if unknown:
+            raise InputError(f"addnoise takes std= and distribution=, not {sorted(unknown)}")
+    out = model if inplace else copy.deepcopy(model)
+    targets = _targets(out, include_pooling)
+    if not targets:
+        raise InputError(
+            f"{type(model).__name__} has no strided convolution"
+            + ("" if include_pooling else " (pass include_pooling=True to convert strided pooling)")
+        )
+    for parent, name, child in targets:
+        setattr(parent, name, _downsampled(child, method, options))
+    recipe = getattr(out, "robustlab_recipe", None)
+    if isinstance(recipe, dict):
+        recipe = copy.deepcopy(recipe)
+        entry = {"name": "downsampling", "options": {"method": method, "include_pooling": include_pooling, **options}}
+        recipe["conversions"] = [*recipe.get("conversions", []), entry]
+        setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute, not a submodule)
+    return out
+
+
+def _replay(model: nn.Module, **options: Any) -> nn.Module:
+    """The checkpoint-replay form of :func:`convert_downsampling` (in place, recipe untouched)."""
+    recipe = getattr(model, "robustlab_recipe", None)
+    out = convert_downsampling(model, inplace=True, **options)
+    if recipe is not None:
+        setattr(out, "robustlab_recipe", recipe)  # noqa: B010
+    return out
+
+
+CONVERSIONS.register("downsampling", _replay, paper="stochastic-downsampling, Sec. 3")
+
+__all__ = [
+    "DOWNSAMPLERS",
+    "METHODS",
+    "AddNoise",
+    "BlurPool",
+    "Downsampled",
+    "FLCPool",
+    "convert_downsampling",
+]

@@ -1,0 +1,195 @@
+"""Stochastic Downsampling (``stochastic-downsampling.txt``, Sec. 3, Eq. 3; Appendix C).
+
+A strided convolution becomes the same convolution at stride 1 followed by a Monte-Carlo
+estimate of each output pixel's footprint integral: ``spp`` bilinear samples at random
+positions inside the footprint, averaged (Eq. 3)::
+
+    F_down[u, v] = 1/n * sum_i F(alpha * x_i, alpha * y_i),  x_i ~ U[u, u+1],  y_i ~ U[v, v+1]
+
+``F(., .)`` is bilinear interpolation with pixel ``k`` covering ``[k, k + 1)`` (its centre at
+``k + 1/2``, ``grid_sample``'s ``align_corners=False`` convention) and border padding. Under this
+convention the centre sample of a 2x2 footprint is exactly the 2x2 box average, which is what
+``deterministic=True`` computes.
+
+Where the paper is silent this follows the public layer (Appendix C): one jitter tensor per
+forward, shared by the whole batch and all channels, redrawn every forward (``per_sample=True``
+draws one per sample instead); ``normal`` jitter is ``0.5 + normal_std * N(0, 1)`` output pixels,
+not clipped. It departs from the public layer where that layer is wrong or wasteful:
+
+- sample positions are built from integer pixel indices (the public layer's
+  ``arange(-1, 1, 2 / res)`` yields ``res + 1`` points for some sizes and then crashes);
+- the output size is ``ceil(H / factor)``, which is exactly the output size of the strided
+  convolution the layer replaces (``floor((H' - 1) / s) + 1`` for the stride-1 map ``H'``), or
+  a fixed ``size``;
+- the input is never copied ``spp`` times: the samples are taken in turn from the one input and
+  reduced as they come, so the extra memory is that of one output map, not ``spp`` inputs.
+
+The default ``spp=2`` is the paper's (Sec. 3 and its SPP ablation, Table 5); the public layer
+defaults to 16.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..core import InputError
+from ..core.randomness import Stochastic
+
+Jitter = Literal["uniform", "normal"]
+Reduction = Literal["mean", "sum", "min", "max"]
+
+_REDUCTIONS = ("mean", "sum", "min", "max")
+_JITTERS = ("uniform", "normal")
+
+
+def _pair(value: int | float | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise InputError(f"{what} must be an int or a pair of ints, got {value!r}")
+        a, b = value
+    else:
+        a = b = value  # type: ignore[assignment]
+    if int(a) != a or int(b) != b or int(a) < 1 or int(b) < 1:
+        raise InputError(f"{what} must be positive integers, got {value!r}")
+    return int(a), int(b)
+
+
+class StochasticDownsample(Stochastic):
+    """Downsample a feature map by Monte-Carlo bilinear sampling of each output pixel's footprint.
+
+    Args:
+        factor: downsampling factor (int or ``(fy, fx)``; default 2); the output is
+            ``ceil(H / fy)`` by ``ceil(W / fx)``.
+        size: a fixed output size ``(H_out, W_out)`` instead.
+        spp: samples per output pixel (the paper uses 2; Table 5 ablates 1-16).
+        jitter: ``"uniform"`` (``U[0, 1)`` of an output pixel, Eq. 3) or ``"normal"``.
+        normal_std: std of the ``normal`` jitter, in output pixels (public layer: 1).
+        reduction: how the samples combine: ``mean`` (Eq. 3), ``sum``, ``min`` or ``max``.
+        per_sample: draw a separate jitter tensor for every sample of the batch.
+        deterministic: sample only the pixel centres (one sample; the deterministic twin used
+            for transfer attacks). For a factor of 2 this is the 2x2 box average.
+    """
+
+    def __init__(
+        self,
+        factor: int | tuple[int, int] | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        spp: int = 2,
+        jitter: Jitter = "uniform",
+        normal_std: float = 1.0,
+        reduction: Reduction = "mean",
+        per_sample: bool = False,
+        deterministic: bool = False,
+    ) -> None:
+        super().__init__()
+        if factor is not None and size is not None:
+            raise InputError("StochasticDownsample takes factor= or size=, not both")
+        if factor is None and size is None:
+            factor = 2
+        self.factor = _pair(factor, "factor")
+        self.size = _pair(size, "size")
+        if not isinstance(spp, int) or spp < 1:
+            raise InputError(f"spp must be a positive int, got {spp!r}")
+        if jitter not in _JITTERS:
+            raise InputError(f"unknown jitter {jitter!r}; use one of {', '.join(_JITTERS)}")
+        if reduction not in _REDUCTIONS:
+            raise InputError(f"unknown reduction {reduction!r}; use one of {', '.join(_REDUCTIONS)}")
+        if not normal_std >= 0:
+            raise InputError(f"normal_std must be >= 0, got {normal_std!r}")
+        self.spp = spp
+        self.jitter = jitter
+        self.normal_std = float(normal_std)
+        self.reduction = reduction
+        self.per_sample = bool(per_sample)
+        self.deterministic = bool(deterministic)
+
+    @property
+    def stochastic_active(self) -> bool:
+        """Random unless ``deterministic`` (centre sampling)."""
+        return not self.deterministic
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """The output size for an ``h`` x ``w`` input."""
+        if self.size is not None:
+            return self.size
+        assert self.factor is not None
+        return math.ceil(h / self.factor[0]), math.ceil(w / self.factor[1])
+
+    def extra_repr(self) -> str:
+        where = f"factor={self.factor}" if self.factor is not None else f"size={self.size}"
+        if self.deterministic:
+            return f"{where}, deterministic=True"
+        return (f"{where}, spp={self.spp}, jitter={self.jitter!r}, reduction={self.reduction!r}"
+                + (f", normal_std={self.normal_std}" if self.jitter == "normal" else "")
+                + (", per_sample=True" if self.per_sample else ""))
+
+    def _draw_jitter(self, n: int, oh: int, ow: int, device: torch.device) -> torch.Tensor:
+        shape = (n, self.spp, oh, ow, 2)
+
+        def sample(g: torch.Generator) -> torch.Tensor:
+            if self.jitter == "uniform":
+                return torch.rand(shape, generator=g, device=device)
+            return 0.5 + self.normal_std * torch.randn(shape, generator=g, device=device)
+
+        return self.draw(sample, key=(n, self.spp, oh, ow), device=device)
+
+    def forward(self, x: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+        """Downsample ``x`` (N, C, H, W).
+
+        Args:
+            x: the feature map.
+            jitter: optional fixed offsets inside each output pixel, in output pixels, last axis
+                ``(x, y)``: shape ``(spp, H_out, W_out, 2)`` (shared by the batch) or
+                ``(N, spp, H_out, W_out, 2)``. Default: drawn from the layer's generator.
+        """
+        if x.dim() != 4:
+            raise InputError(f"StochasticDownsample expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        oh, ow = self.output_size(h, w)
+        if jitter is None:
+            if self.deterministic:
+                jitter = torch.full((1, 1, oh, ow, 2), 0.5, device=x.device)
+            else:
+                jitter = self._draw_jitter(n if self.per_sample else 1, oh, ow, x.device)
+        else:
+            if jitter.dim() == 4:
+                jitter = jitter.unsqueeze(0)
+            if jitter.dim() != 5 or jitter.shape[0] not in (1, n) or tuple(jitter.shape[2:]) != (oh, ow, 2):
+                raise InputError(
+                    f"jitter must have shape (spp, {oh}, {ow}, 2) or ({n}, spp, {oh}, {ow}, 2), "
+                    f"got {tuple(jitter.shape)}"
+                )
+            jitter = jitter.to(x.device)
+        jitter = jitter.to(x.dtype)
+        # Normalized grid_sample coordinates of output pixel u's left edge: -1 + 2 u / out.
+        gy = torch.arange(oh, device=x.device, dtype=x.dtype).view(1, 1, oh, 1)
+        gx = torch.arange(ow, device=x.device, dtype=x.dtype).view(1, 1, 1, ow)
+        px = (gx + jitter[..., 0]) * (2.0 / ow) - 1.0
+        py = (gy + jitter[..., 1]) * (2.0 / oh) - 1.0
+        grid = torch.stack((px, py), dim=-1)  # (n or 1, spp, oh, ow, 2)
+        out: torch.Tensor | None = None
+        for i in range(grid.shape[1]):
+            g = grid[:, i].expand(n, oh, ow, 2)
+            s = F.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=False)
+            if out is None:
+                out = s
+            elif self.reduction in ("mean", "sum"):
+                out = out + s
+            elif self.reduction == "min":
+                out = torch.minimum(out, s)
+            else:
+                out = torch.maximum(out, s)
+        assert out is not None
+        if self.reduction == "mean" and grid.shape[1] > 1:
+            out = out / grid.shape[1]
+        return out
+
+
+__all__ = ["StochasticDownsample"]
