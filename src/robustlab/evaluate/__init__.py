@@ -16,6 +16,7 @@ a False Sense of Security", Sec. 4.3).
 """
 
 from .battery import BATTERIES, Battery, BatteryFactory, create_battery, describe_attack, jsonable
+from .corruption import CorruptionResult, evaluate_corruptions
 from .ledger import CSV_COLUMNS, Ledger, LedgerRow, record
 from .result import AttackSummary, EvalResult, decode_mask, encode_mask, mean_std
 from .runner import (
@@ -36,6 +37,7 @@ __all__ = [
     "AttackSummary",
     "Battery",
     "BatteryFactory",
+    "CorruptionResult",
     "EvalResult",
     "EvalState",
     "Ledger",
@@ -47,6 +49,7 @@ __all__ = [
     "derive_seed",
     "describe_attack",
     "encode_mask",
+    "evaluate_corruptions",
     "ensemble_predict",
     "jsonable",
     "mean_std",
