@@ -36,3 +36,22 @@ def test_evaluate_refuses_a_pickle(tmp_path):
     bad.write_bytes(b"\x80\x04N.")
     r = runner.invoke(app, ["evaluate", str(bad), "--device", "cpu"])
     assert r.exit_code == 2 and "never unpickles" in r.output
+
+
+def test_convert_writes_a_loadable_converted_model(tmp_path):
+    import robustlab
+    from robustlab.defenses import Downsampled, StochasticDownsample
+
+    src = tmp_path / "base.safetensors"
+    robustlab.save(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1, seed=0), src,
+                   dataset="fashion-mnist")
+    out = tmp_path / "sd.safetensors"
+    r = runner.invoke(app, ["convert", str(src), "--out", str(out), "--method", "sd", "--spp", "4"])
+    assert r.exit_code == 0, r.output
+    model = robustlab.load(out)
+    layers = [m for m in model.modules() if isinstance(m, StochasticDownsample)]
+    assert layers and all(m.spp == 4 for m in layers)
+    assert sum(isinstance(m, Downsampled) for m in model.modules()) == len(layers)
+    r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "x.safetensors"), "--method", "maxblur"])
+    assert r.exit_code == 2 and "unknown downsampling method 'maxblur'" in r.output
+    assert not (tmp_path / "x.safetensors").exists()

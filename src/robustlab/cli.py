@@ -295,6 +295,75 @@ def leaderboard(
 
 
 @app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="a model .safetensors file")],
+    out: Annotated[Path, typer.Option(help="where the converted model is written")],
+    method: Annotated[str, typer.Option(help="sd, sd+addnoise, addnoise, avgpool, dropout-avgpool, blurpool, flc or asap")] = "sd",
+    spp: Annotated[int | None, typer.Option(min=1, help="sd: samples per output pixel (paper: 2)")] = None,
+    jitter: Annotated[str | None, typer.Option(help="sd: uniform or normal")] = None,
+    normal_std: Annotated[float | None, typer.Option(help="sd: std of the normal jitter, output pixels")] = None,
+    std: Annotated[float | None, typer.Option(help="addnoise, sd+addnoise: noise std")] = None,
+    deterministic: Annotated[bool, typer.Option(help="sd: sample pixel centres (the deterministic twin)")] = False,
+    include_pooling: Annotated[bool, typer.Option(help="also convert strided max/avg pooling")] = False,
+) -> None:
+    """Rewrite every strided convolution as stride 1 + a downsampler (stochastic downsampling and baselines)."""
+    from . import load, save
+    from .defenses import convert_downsampling
+
+    options: dict[str, Any] = {k: v for k, v in
+                               {"spp": spp, "jitter": jitter, "normal_std": normal_std, "std": std}.items()
+                               if v is not None}
+    if deterministic:
+        options["deterministic"] = True
+    try:
+        model = load(checkpoint)
+        header: dict[str, Any] = getattr(model, "robustlab_header", {})
+        converted = convert_downsampling(model, method, include_pooling=include_pooling, **options)
+        path = save(converted, out, dataset=header.get("dataset"), train_config=header.get("train_config"),
+                    extra={"converted_from": str(checkpoint)})
+    except RobustlabError as e:
+        _fail(e)
+        return
+    n = sum(type(m).__name__ == "Downsampled" for m in converted.modules())
+    console.print(f"converted {n} strided layers with [bold]{method}[/] {options or ''}; wrote [bold]{path}[/] "
+                  "(finetune it through the Python Trainer)")
+
+
+RECIPES = ("sd-study",)
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="the recipe: sd-study")],
+    profile: Annotated[str, typer.Option(help="quick (minutes), cpu (about an hour on 2 cores) or full (a GPU)")] = "quick",
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<recipe>-<profile>)")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="start from this trained model instead of training one")] = None,
+    model: Annotated[str | None, typer.Option(help="architecture (default resnet-mini)")] = None,
+    eps: Annotated[str | None, typer.Option(help="L-inf radius, e.g. 4/255 (the paper's, default) or 0.1")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default 3; quick: 1)")] = None,
+    eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked")] = None,
+    device: str = "auto",
+) -> None:
+    """Run a recipe that reproduces a paper's tables; writes OUT/report.md and resumes when rerun."""
+    from .experiments.sd_study import run_sd_study, study_config
+
+    try:
+        if recipe not in RECIPES:
+            raise RobustlabError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+        dev = _device(device)
+        cfg = study_config(profile, model=model, eps=None if eps is None else _eps(eps),
+                           seeds=None if seeds is None else tuple(range(seeds)), eval_n=eval_n)
+        folder = out or Path("runs") / f"{recipe}-{profile}"
+        torch.manual_seed(0)
+        r = run_sd_study(folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
+                         log=lambda line: console.print(line, highlight=False))
+    except RobustlabError as e:
+        _fail(e)
+        return
+    console.print(f"{recipe} ({profile}) finished in {r['seconds']:.0f} s; report: [bold]{folder / 'report.md'}[/]")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 4,

@@ -37,6 +37,7 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     Downsampled,
     FLCPool,
     convert_downsampling,
+    deterministic_twin,
 )
 from .stochastic_downsampling import StochasticDownsample  # noqa: E402
 
@@ -51,4 +52,5 @@ __all__ = [
     "StochasticDownsample",
     "apply_conversion",
     "convert_downsampling",
+    "deterministic_twin",
 ]

@@ -295,6 +295,26 @@ def convert_downsampling(
     return out
 
 
+def deterministic_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every downsampler's randomness switched off.
+
+    :class:`StochasticDownsample` layers sample their pixel centres (``deterministic=True``, for a
+    factor of 2 the 2x2 box average) and :class:`AddNoise` layers add nothing; the weights are
+    the same. Adversarial examples crafted on the twin and transferred to the randomized model
+    test whether the randomness, rather than the weights, is what resists gradient attacks
+    (Athalye et al., 2018, Sec. 4.3; the stochastic-downsampling paper's Sec. 5.3 transfers from
+    the baseline instead). The copy keeps the original's recipe for reports, but it is not the
+    recipe's model: do not save it as one.
+    """
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, StochasticDownsample):
+            m.deterministic = True
+        elif isinstance(m, AddNoise):
+            m.std = 0.0
+    return twin
+
+
 def _replay(model: nn.Module, **options: Any) -> nn.Module:
     """The checkpoint-replay form of :func:`convert_downsampling` (in place, recipe untouched)."""
     recipe = getattr(model, "robustlab_recipe", None)
@@ -314,4 +334,5 @@ __all__ = [
     "Downsampled",
     "FLCPool",
     "convert_downsampling",
+    "deterministic_twin",
 ]

@@ -1,0 +1,635 @@
+"""The stochastic-downsampling study (``stochastic-downsampling.txt``), run honestly.
+
+Recipe ``sd-study`` (``robustlab run sd-study --profile quick|cpu|full``):
+
+1. **Baseline**: the architecture trained with cross-entropy until the training loss settles
+   (the paper's "Baseline ... until the training loss converges", App. A.3), or a checkpoint
+   given as ``baseline=``.
+2. **Finetuning** (paper Sec. 3 and App. A.3): every method converts the baseline's strided
+   convolutions (:func:`robustlab.defenses.convert_downsampling`) and is finetuned for 5 epochs
+   with SGD and cosine annealing at a low learning rate, once per seed. Scaled to Fashion-MNIST:
+   the paper finetunes ImageNet-pretrained ConvNeXts at 5e-5 (ImageNet-100) to 4e-4 (CIFAR-100);
+   a ``resnet-mini`` trained from scratch on 28x28 images needs 1e-2 for the new downsamplers to
+   be absorbed in 5 epochs (the base rate of its training is 0.1), on a stratified subset of the
+   training set whose size each profile states.
+3. **Evaluation** on the first ``eval_n`` test images, L-inf, the paper's protocol (Sec. 4.1:
+   eps = 4/255, alpha = 0.01) by default:
+
+   - Table 1: i.i.d. (clean) accuracy, PGD, AutoAttack standard, Square alone, and the mean
+     corruption error on a Fashion-MNIST-C generated here (:mod:`robustlab.data.corruptions`);
+   - the honest columns the paper lacks: PGD with EOT over 20 and 64 draws, AutoAttack ``rand``
+     (APGD-CE and APGD-DLR with EOT-20), PGD transferred from the model's deterministic twin
+     (:func:`robustlab.defenses.deterministic_twin`) and the per-sample worst case over every
+     attack run on the model;
+   - Table 3: AddNoise standard-deviation sweep with and without SD (AutoAttack's attacks as
+     cumulative columns, plus AutoAttack ``rand``); Table 4: PGD and AutoAttack transferred
+     from the baseline; Table 5: samples per pixel.
+
+Randomized models are judged by a fresh prediction on each adversarial example (the evaluator
+never reuses the draws an attack optimized against). Every finished piece is stored under the
+run folder (checkpoints, ``evals/*.json``) and skipped when the recipe runs again, so a killed
+run resumes. ``report.md``, ``results.json`` and ``clean_vs_robust.png`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import EOT, PGD, AutoAttack, Square, Transfer
+from ..checkpoints import load
+from ..core.errors import InputError
+from ..core.metrics import accuracy
+from ..core.randomness import is_stochastic, seed_stochastic
+from ..core.types import ThreatModel
+from ..data import get_info, load_dataset, make_loader
+from ..data.base import ImageDataset
+from ..defenses import convert_downsampling, deterministic_twin
+from ..evaluate import Battery, create_battery, evaluate_corruptions, mean_std, run_battery
+from ..models import create_model
+from ..report import markdown_table
+from ..train import TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PROFILES", "SDStudyConfig", "Variant", "run_sd_study"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the study: a downsampling method with options, or the baseline itself.
+
+    Attributes:
+        label: the row label (the paper's naming).
+        method: a :data:`robustlab.defenses.METHODS` name; ``None`` for the unconverted baseline.
+        options: the method's options as ``(name, value)`` pairs.
+    """
+
+    label: str
+    method: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the variant."""
+        return re.sub(r"[^a-z0-9.]+", "-", self.label.lower()).strip("-")
+
+    def opts(self) -> dict[str, Any]:
+        """The options as a dict."""
+        return dict(self.options)
+
+
+BASELINE = Variant("Baseline")
+
+
+def addnoise(std: float) -> Variant:
+    """AddNoise with Gaussian noise of standard deviation ``std`` after the strided conv."""
+    return Variant(f"AddNoise (std={std:g})", "addnoise", (("std", std),))
+
+
+def sd_addnoise(std: float) -> Variant:
+    """SD followed by Gaussian noise of standard deviation ``std``."""
+    return Variant(f"SD + AddNoise (std={std:g})", "sd+addnoise", (("std", std),))
+
+
+def sd_spp(spp: int) -> Variant:
+    """SD with ``spp`` samples per output pixel (Table 5)."""
+    return Variant("SD" if spp == 2 else f"SD (spp={spp})", "sd", () if spp == 2 else (("spp", spp),))
+
+
+SD = Variant("SD", "sd")
+# The paper's AddNoise (uniform) gives no range; U[-0.5, 0.5] has the width of torch.rand.
+ADDNOISE_UNIFORM = Variant("AddNoise (uniform)", "addnoise", (("distribution", "uniform"), ("std", 0.5)))
+
+TABLE1_ALL = (
+    BASELINE,
+    Variant("ASAP", "asap"),
+    Variant("FLC", "flc"),
+    Variant("AvgPool", "avgpool"),
+    Variant("DropOut + AvgPool", "dropout-avgpool"),
+    Variant("BlurPool", "blurpool"),
+    ADDNOISE_UNIFORM,
+    addnoise(0.75),
+    SD,
+    sd_addnoise(0.15),
+)
+TABLE4 = (BASELINE, addnoise(0.75), SD, sd_addnoise(0.15))
+
+
+@dataclass(frozen=True)
+class SDStudyConfig:
+    """Everything the study's numbers depend on; :data:`PROFILES` holds the named settings."""
+
+    profile: str = "quick"
+    dataset: str = "fashion-mnist"
+    model: str = "resnet-mini"
+    baseline_epochs: int = 4
+    baseline_lr: float = 0.1
+    baseline_limit: int | None = None
+    finetune_epochs: int = 5
+    finetune_lr: float = 0.01
+    finetune_limit: int | None = 5000
+    batch_size: int = 128
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eps: float = 4 / 255
+    pgd_steps: int = 20
+    pgd_alpha: float = 0.01
+    eval_n: int = 200
+    clean_n: int | None = None
+    eval_batch_size: int = 200
+    square_queries: int = 5000
+    autoattack: bool = True
+    eot_draws: tuple[int, ...] = (20, 64)
+    aa_rand: bool = True
+    aa_rand_eot: int = 20
+    twin_transfer: bool = True
+    corruption_n: int = 500
+    table1: tuple[Variant, ...] = TABLE1_ALL
+    noise_sweep: tuple[float, ...] = (0.05, 0.15, 0.5, 1.0)
+    spp_sweep: tuple[int, ...] = (1, 2, 4, 8, 16)
+    transfer_from_baseline: tuple[Variant, ...] = TABLE4
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (saved as the run's resolved config)."""
+        d = asdict(self)
+        for key in ("table1", "transfer_from_baseline"):
+            d[key] = [v.label for v in getattr(self, key)]
+        return d
+
+
+PROFILES: dict[str, SDStudyConfig] = {
+    # The demo's slice: one seed, five methods, cheap attacks; minutes on 2 CPU cores.
+    "quick": SDStudyConfig(
+        profile="quick", seeds=(0,), finetune_limit=2000, eval_n=100, clean_n=2000,
+        pgd_steps=10, square_queries=200, autoattack=False, eot_draws=(20,), aa_rand=False,
+        corruption_n=200, table1=(BASELINE, Variant("AvgPool", "avgpool"), addnoise(0.75), SD, sd_addnoise(0.15)),
+        noise_sweep=(), spp_sweep=(1, 2, 16), transfer_from_baseline=TABLE4,
+    ),
+    # What a 2-core CPU finishes in about an hour: three seeds, every Table 1 method.
+    "cpu": SDStudyConfig(
+        profile="cpu", seeds=(0, 1, 2), finetune_limit=3000, eval_n=100, clean_n=None,
+        pgd_steps=20, square_queries=1000, autoattack=True, eot_draws=(20, 64), aa_rand=True,
+        corruption_n=300, noise_sweep=(0.15, 0.5), spp_sweep=(1, 2, 4, 8, 16),
+    ),
+    # The paper's scale, for a GPU: full finetuning set, 1000 test images, Square at 5000.
+    "full": SDStudyConfig(
+        profile="full", seeds=(0, 1, 2), baseline_epochs=15, finetune_limit=None, eval_n=1000,
+        clean_n=None, eval_batch_size=500, corruption_n=10000,
+        noise_sweep=(0.05, 0.1, 0.15, 0.3, 0.5, 0.75, 0.9, 1.0),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class _Study:
+    def __init__(self, cfg: SDStudyConfig, out: Path, device: torch.device, baseline: str | None,
+                 log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.device = device
+        self.baseline_path = baseline
+        self.log = log
+        self.info = get_info(cfg.dataset)
+        self.threat = ThreatModel("linf", cfg.eps)
+        self.test = load_dataset(cfg.dataset, "test", limit=cfg.clean_n, seed=0)
+        self.eval_set = load_dataset(cfg.dataset, "test", limit=cfg.eval_n, seed=0)
+        self._finetune_set: ImageDataset | None = None
+        self._baseline: nn.Module | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- training ----------------------------------------------------------------------------
+
+    def baseline(self) -> nn.Module:
+        if self._baseline is not None:
+            return self._baseline
+        cfg = self.cfg
+        if self.baseline_path is not None:
+            self.log(f"baseline: {self.baseline_path}")
+            model = load(self.baseline_path, device=self.device)
+        else:
+            path = self.out / "baseline" / "model.safetensors"
+            if path.exists():
+                model = load(path, device=self.device)
+            else:
+                self.log(f"baseline: training {cfg.model} for {cfg.baseline_epochs} epochs")
+                t0 = time.perf_counter()
+                train = load_dataset(cfg.dataset, "train", limit=cfg.baseline_limit, seed=0)
+                net = create_model(cfg.model, num_classes=self.info.num_classes, in_channels=self.info.in_channels,
+                                   mean=self.info.mean, std=self.info.std, seed=0)
+                tcfg = TrainConfig(epochs=cfg.baseline_epochs, batch_size=cfg.batch_size, lr=cfg.baseline_lr,
+                                   schedule="onecycle", seed=0)
+                model = Trainer(net, "standard", tcfg, out_dir=self.out / "baseline", device=self.device,
+                                dataset_name=cfg.dataset).fit(train, resume=True).model
+                self.timings["baseline training"] = time.perf_counter() - t0
+        self._baseline = model.to(self.device).eval()
+        return self._baseline
+
+    def finetune_set(self) -> ImageDataset:
+        if self._finetune_set is None:
+            self._finetune_set = load_dataset(self.cfg.dataset, "train", limit=self.cfg.finetune_limit, seed=0)
+        return self._finetune_set
+
+    def model(self, v: Variant, seed: int) -> nn.Module:
+        """The baseline converted by ``v`` and finetuned with ``seed`` (cached on disk)."""
+        if v.method is None:
+            return self.baseline()
+        cfg = self.cfg
+        folder = self.out / "models" / v.slug / f"seed{seed}"
+        path = folder / "model.safetensors"
+        if path.exists():
+            return load(path, device=self.device).eval()
+        self.log(f"finetuning {v.label} (seed {seed}): {cfg.finetune_epochs} epochs on "
+                 f"{len(self.finetune_set())} images")
+        t0 = time.perf_counter()
+        net = convert_downsampling(self.baseline(), v.method, **v.opts())
+        seed_stochastic(net, 10_000 + seed)
+        tcfg = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
+                           schedule="cosine", seed=seed)
+        model = Trainer(net, "standard", tcfg, out_dir=folder, device=self.device,
+                        dataset_name=cfg.dataset).fit(self.finetune_set(), resume=True).model
+        self.timings["finetuning"] = self.timings.get("finetuning", 0.0) + time.perf_counter() - t0
+        return model.eval()
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def _battery(self, model: nn.Module, battery: Battery, seed: int, name: str) -> dict[str, Any]:
+        res = run_battery(model, self.eval_set, battery, threat=self.threat, n=len(self.eval_set),
+                          batch_size=self.cfg.eval_batch_size, seed=seed, device=self.device,
+                          state_dir=self.out / "eval-state", name=name)
+        return {
+            "acc": res.robust_acc,
+            "clean_acc": res.clean_acc,
+            "robust": "".join("1" if b else "0" for b in res.robust[0].tolist()),
+            "per_attack": {k: s.robust_acc for k, s in res.per_attack.items()},
+            "seconds": res.seconds,
+        }
+
+    def load(self, v: Variant, seed: int) -> dict[str, Any]:
+        """Everything evaluated so far for (variant, seed)."""
+        path = self.out / "evals" / f"{v.slug}-seed{seed}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _pgd(self, grad: Any = None) -> PGD:
+        return PGD(self.threat, steps=self.cfg.pgd_steps, step_size=self.cfg.pgd_alpha, grad=grad)
+
+    def evaluate(self, v: Variant, seed: int, columns: Sequence[str]) -> dict[str, Any]:
+        """The asked columns for (variant, seed), computing only what is not on disk yet."""
+        path = self.out / "evals" / f"{v.slug}-seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done = self.load(v, seed)
+        todo = [c for c in columns if c not in done]
+        if not todo:
+            return done
+        model = self.model(v, seed)
+        stochastic = is_stochastic(model)
+        done["stochastic"] = stochastic
+        name = f"{v.label} s{seed}"
+        for col in todo:
+            t0 = time.perf_counter()
+            self.log(f"  {v.label} (seed {seed}): {col}")
+            if col == "clean":
+                seed_stochastic(model, seed)
+                with torch.no_grad():
+                    acc = accuracy(model, make_loader(self.test, 500), self.device)
+                done[col] = {"acc": acc}
+            elif col == "mce":
+                cr = evaluate_corruptions(model, self.test, n=min(self.cfg.corruption_n, len(self.test)),
+                                          batch_size=500, seed=seed, device=self.device)
+                done[col] = {"acc": cr.mce, **cr.to_dict()}
+            elif col.startswith("pgd-eot") and not stochastic:
+                if "pgd" not in done:
+                    done["pgd"] = self._battery(model, Battery([self._pgd()], "pgd"), seed, name)
+                done[col] = {**done["pgd"], "same_as": "pgd"}
+            elif col in ("aa-rand", "twin") and not stochastic:
+                done[col] = {"acc": None, "note": "deterministic model"}
+            else:
+                done[col] = self._battery(model, self._attack_battery(col, model), seed, name)
+            done[col]["wall"] = round(time.perf_counter() - t0, 1)
+            _write_json(path, done)
+        return done
+
+    def _attack_battery(self, col: str, model: nn.Module) -> Battery:
+        cfg = self.cfg
+        if col == "pgd":
+            return Battery([self._pgd()], "pgd")
+        if col.startswith("pgd-eot"):
+            return Battery([self._pgd(EOT(int(col[len("pgd-eot"):])))], col)
+        if col == "square":
+            return Battery([Square(self.threat, cfg.square_queries)], "square")
+        if col == "aa":
+            return create_battery("standard", self.threat)
+        if col == "aa-rand":
+            return create_battery("rand", self.threat, eot=cfg.aa_rand_eot)
+        if col == "twin":
+            return Battery([Transfer(deterministic_twin(model), self._pgd())], "twin-transfer")
+        if col == "tb-pgd":
+            return Battery([Transfer(self.baseline(), self._pgd())], "baseline-transfer-pgd")
+        if col == "tb-aa":
+            return Battery([Transfer(self.baseline(), AutoAttack(self.threat, "standard"))], "baseline-transfer-aa")
+        raise InputError(f"unknown study column {col!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+ADV_COLUMNS = ("pgd", "square", "aa", "aa-rand", "twin", "tb-pgd", "tb-aa")
+
+
+def _cols_table1(cfg: SDStudyConfig) -> list[str]:
+    cols = ["clean", "pgd"]
+    if cfg.autoattack:
+        cols.append("aa")
+    cols += ["square", "mce", *[f"pgd-eot{n}" for n in cfg.eot_draws]]
+    if cfg.aa_rand:
+        cols.append("aa-rand")
+    if cfg.twin_transfer:
+        cols.append("twin")
+    return cols
+
+
+def _stat(evals: Sequence[dict[str, Any]], col: str, key: str = "acc") -> str:
+    vals = [e[col][key] for e in evals if col in e and e[col].get(key) is not None]
+    if not vals:
+        return "—"
+    m, s = mean_std([100 * v for v in vals])
+    return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+
+
+def _worst(evals: Sequence[dict[str, Any]]) -> str:
+    """Per seed, the fraction of samples that survived every attack run on that model."""
+    vals = []
+    for e in evals:
+        masks = [e[c]["robust"] for c in e if isinstance(e[c], dict) and "robust" in e[c]]
+        if masks:
+            alive = [all(m[i] == "1" for m in masks) for i in range(len(masks[0]))]
+            vals.append(100 * sum(alive) / len(alive))
+    if not vals:
+        return "—"
+    m, s = mean_std(vals)
+    return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+
+
+def _worst_value(e: dict[str, Any]) -> float | None:
+    masks = [e[c]["robust"] for c in e if isinstance(e[c], dict) and "robust" in e[c]]
+    if not masks:
+        return None
+    return sum(all(m[i] == "1" for m in masks) for i in range(len(masks[0]))) / len(masks[0])
+
+
+def run_sd_study(
+    out_dir: str | os.PathLike[str] = "runs/sd-study",
+    config: SDStudyConfig | str = "quick",
+    *,
+    device: str | torch.device = "cpu",
+    baseline: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the stochastic-downsampling study and write ``report.md`` under ``out_dir``.
+
+    Args:
+        out_dir: the run folder (resumes from what it holds).
+        config: a profile name in :data:`PROFILES` or a :class:`SDStudyConfig`.
+        device: where models train and are attacked.
+        baseline: a trained model checkpoint to start from instead of training one.
+        log: called with one line per step (the CLI prints them).
+
+    Returns:
+        The numbers of every table (also written to ``results.json``).
+    """
+    if isinstance(config, str):
+        if config not in PROFILES:
+            raise InputError(f"unknown sd-study profile {config!r}; known profiles: {', '.join(PROFILES)}")
+        config = PROFILES[config]
+    cfg = config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists():
+        prev = json.loads(saved.read_text())
+        if prev.get("config") != cfg.to_dict():
+            raise InputError(f"{out} holds a study run with another configuration; pass a new --out or "
+                             "delete the folder to start over")
+    _write_json(saved, {"config": cfg.to_dict(), "baseline": None if baseline is None else str(baseline)})
+    say = log or (lambda s: logger.info("%s", s))
+    t_start = time.perf_counter()
+    study = _Study(cfg, out, torch.device(device), None if baseline is None else str(baseline), say)
+
+    results: dict[str, Any] = {"config": cfg.to_dict(), "tables": {}}
+    # Table 1 (+ honest columns)
+    cols1 = _cols_table1(cfg)
+    t1 = {}
+    for v in cfg.table1:
+        t1[v.label] = [study.evaluate(v, s, cols1) for s in cfg.seeds]
+    results["tables"]["table1"] = t1
+    # Table 3: AddNoise sweep with and without SD
+    t3: dict[str, list[dict[str, Any]]] = {}
+    cols3 = ["clean", *(["aa"] if cfg.autoattack else ["pgd"]), "mce", *(["aa-rand"] if cfg.aa_rand else [])]
+    sweep = [*[addnoise(s) for s in cfg.noise_sweep], *[sd_addnoise(s) for s in cfg.noise_sweep], SD]
+    for v in [BASELINE, *[w for w in cfg.table1 if w.method in ("addnoise", "sd+addnoise")], *sweep]:
+        if v.label not in t3:
+            t3[v.label] = [study.evaluate(v, s, cols3) for s in cfg.seeds]
+    results["tables"]["table3"] = t3
+    # Table 4: transfer from the baseline
+    cols4 = ["tb-pgd", *(["tb-aa"] if cfg.autoattack else [])]
+    results["tables"]["table4"] = {v.label: [study.evaluate(v, s, cols4) for s in cfg.seeds]
+                                   for v in cfg.transfer_from_baseline}
+    # Table 5: samples per pixel
+    cols5 = ["clean", "pgd", *[f"pgd-eot{n}" for n in cfg.eot_draws[:1]]]
+    results["tables"]["table5"] = {sd_spp(p).label: [study.evaluate(sd_spp(p), s, cols5) for s in cfg.seeds]
+                                   for p in cfg.spp_sweep}
+    # every table's entries again from disk, so a model's worst case counts every attack it met
+    variants = {v.label: v for v in [*cfg.table1, *sweep, *cfg.transfer_from_baseline, BASELINE,
+                                     *[sd_spp(p) for p in cfg.spp_sweep]]}
+    for rows in results["tables"].values():
+        for label in rows:
+            rows[label] = [study.load(variants[label], s) for s in cfg.seeds]
+    t1 = results["tables"]["table1"]
+    elapsed = time.perf_counter() - t_start
+    results.update({
+        "seconds": round(elapsed, 1), "device": str(device), "torch": torch.__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "finetune_images": len(study.finetune_set()), "clean_images": len(study.test),
+        "eval_images": len(study.eval_set),
+    })
+    _write_json(out / "results.json", results)
+    _plot(out / "clean_vs_robust.png", t1, cfg)
+    (out / "report.md").write_text(_report(results, cfg))
+    return results
+
+
+def _mean(evals: Sequence[dict[str, Any]], col: str) -> float | None:
+    vals = [e[col]["acc"] for e in evals if col in e and e[col].get("acc") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _plot(path: Path, t1: dict[str, list[dict[str, Any]]], cfg: SDStudyConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label, evals in t1.items():
+        clean = _mean(evals, "clean")
+        pgd = _mean(evals, "pgd")
+        worst = [w for w in (_worst_value(e) for e in evals) if w is not None]
+        if clean is None or pgd is None:
+            continue
+        ax.scatter(100 * clean, 100 * pgd, marker="o", color="tab:blue")
+        ax.annotate(label, (100 * clean, 100 * pgd), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if worst:
+            w = 100 * sum(worst) / len(worst)
+            ax.scatter(100 * clean, w, marker="x", color="tab:red")
+            ax.plot([100 * clean, 100 * clean], [100 * pgd, w], color="grey", lw=0.6, ls=":")
+    ax.scatter([], [], marker="o", color="tab:blue", label="PGD (the paper's protocol)")
+    ax.scatter([], [], marker="x", color="tab:red", label="worst case over every attack (EOT included)")
+    ax.set_xlabel("clean (i.i.d.) accuracy (%)")
+    ax.set_ylabel(f"robust accuracy (%), L-inf eps = {cfg.eps:.4g}")
+    ax.set_title(f"{cfg.model} on {cfg.dataset}: clean vs robust accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_COL_NAMES = {
+    "clean": "i.i.d. acc", "pgd": "PGD", "aa": "AutoAttack", "square": "Square", "mce": "mCE ↓",
+    "aa-rand": "AA rand (EOT)", "twin": "transfer from twin", "tb-pgd": "PGD (transfer)",
+    "tb-aa": "AutoAttack (transfer)",
+}
+
+
+def _col_name(c: str) -> str:
+    if c.startswith("pgd-eot"):
+        return f"PGD + EOT-{c[len('pgd-eot'):]}"
+    return _COL_NAMES.get(c, c)
+
+
+def _table(rows: dict[str, list[dict[str, Any]]], cols: Sequence[str], worst: bool = False) -> str:
+    out = []
+    for label, evals in rows.items():
+        row = {"method": label}
+        for c in cols:
+            row[f"{_col_name(c)} (%)"] = _stat(evals, c)
+        if worst:
+            row["worst case, all attacks (%)"] = _worst(evals)
+        out.append(row)
+    return markdown_table(out)
+
+
+def _aa_table(rows: dict[str, list[dict[str, Any]]], cfg: SDStudyConfig) -> str:
+    out = []
+    for label, evals in rows.items():
+        row = {"method": label, "i.i.d. acc (%)": _stat(evals, "clean")}
+        if cfg.autoattack:
+            for a in ("apgd-ce", "apgd-t", "fab-t", "square"):
+                vals = [e["aa"]["per_attack"][a] for e in evals if "aa" in e]
+                m, s = mean_std([100 * v for v in vals])
+                row[f"{a} (%)"] = f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+        else:
+            row["PGD (%)"] = _stat(evals, "pgd")
+        row["mCE ↓ (%)"] = _stat(evals, "mce")
+        if cfg.aa_rand:
+            row["AA rand (EOT) (%)"] = _stat(evals, "aa-rand")
+        out.append(row)
+    return markdown_table(out)
+
+
+def _report(r: dict[str, Any], cfg: SDStudyConfig) -> str:
+    t = r["tables"]
+    seeds = len(cfg.seeds)
+    ms = "mean ± std over 3 seeds" if seeds == 3 else f"over {seeds} seed(s)"
+    eots = ", ".join(f"EOT-{n}" for n in cfg.eot_draws)
+    parts = [
+        f"# Stochastic Downsampling study ({cfg.profile} profile)\n\n",
+        f"{cfg.model} on {cfg.dataset}. Baseline trained with cross-entropy ({cfg.baseline_epochs} epochs, or the "
+        f"checkpoint given); every method converts its strided convolutions and is finetuned "
+        f"{cfg.finetune_epochs} epochs (SGD, cosine, lr {cfg.finetune_lr:g}) on {r['finetune_images']} training "
+        f"images, per seed. Clean accuracy on {r['clean_images']} test images; attacks on the first "
+        f"{r['eval_images']} test images, L-inf eps = {cfg.eps:.4g} ({cfg.eps * 255:.3g}/255), PGD "
+        f"{cfg.pgd_steps} steps of {cfg.pgd_alpha:g} with a random start; Square {cfg.square_queries} queries; "
+        f"mCE = mean error over 15 corruptions x 5 severities of {min(cfg.corruption_n, r['clean_images'])} "
+        f"generated Fashion-MNIST-C images. Numbers are percentages, {ms}. Randomized models are judged "
+        f"by a fresh prediction on every adversarial example. Device {r['device']} ({r['threads']} threads), "
+        f"torch {r['torch']}; the study took {r['seconds']:.0f} s in this run (resumed parts not counted).\n\n",
+        "## Table 1 analogue, with the honest columns the paper lacks\n\n",
+        "The paper's columns (i.i.d., PGD, AutoAttack, Square, mCE) come first; then PGD with "
+        f"{eots} (expectation over the model's randomness), AutoAttack `rand` (APGD-CE and APGD-DLR "
+        f"with EOT-{cfg.aa_rand_eot}), PGD crafted on the deterministic twin (same weights, SD sampling "
+        "pixel centres, AddNoise off) and transferred, and the per-sample worst case over every attack "
+        "run on the model. On deterministic models EOT equals the plain gradient, so those cells "
+        "repeat PGD; `—` marks what was not run.\n\n",
+        _table(t["table1"], _cols_table1(cfg), worst=True),
+        "\n![clean vs robust accuracy](clean_vs_robust.png)\n\n",
+        "## Table 3 analogue: AddNoise with and without SD\n\n",
+        ("AutoAttack's attacks as cumulative columns (robust accuracy once that attack and all before "
+         "it have run), as the paper's Table 3.\n\n" if cfg.autoattack else
+         "This profile skips AutoAttack; PGD stands in.\n\n"),
+        _aa_table(t["table3"], cfg),
+        "\n## Table 4 analogue: attacks transferred from the baseline\n\n",
+        _table(t["table4"], ["tb-pgd", *(["tb-aa"] if cfg.autoattack else [])]),
+        "\n## Table 5 analogue: samples per pixel\n\n",
+        _table(t["table5"], ["clean", "pgd", *[f"pgd-eot{n}" for n in cfg.eot_draws[:1]]]),
+        "\n## Verdict\n\n",
+        _verdict(t, cfg),
+    ]
+    return "".join(parts)
+
+
+def _verdict(t: dict[str, Any], cfg: SDStudyConfig) -> str:
+    """Plain sentences computed from the numbers above (nothing here is written by hand)."""
+    t1 = t["table1"]
+    lines = []
+    base = t1.get("Baseline")
+    sd = t1.get("SD")
+    if base and sd:
+        bc, sc = _mean(base, "clean"), _mean(sd, "clean")
+        bp, sp = _mean(base, "pgd"), _mean(sd, "pgd")
+        if bc is not None and sc is not None and bp is not None and sp is not None:
+            lines.append(f"- Clean accuracy: baseline {100 * bc:.2f}%, SD {100 * sc:.2f}% "
+                         f"({100 * (sc - bc):+.2f} pp).")
+            lines.append(f"- PGD without EOT (the paper's protocol): baseline {100 * bp:.2f}%, SD {100 * sp:.2f}%.")
+        eot = f"pgd-eot{cfg.eot_draws[-1]}" if cfg.eot_draws else None
+        se = _mean(sd, eot) if eot else None
+        if se is not None and sp is not None:
+            lines.append(f"- PGD with EOT-{cfg.eot_draws[-1]} against SD: {100 * se:.2f}% "
+                         f"({100 * (se - sp):+.2f} pp against plain PGD).")
+        worst = [w for w in (_worst_value(e) for e in sd) if w is not None]
+        bworst = [w for w in (_worst_value(e) for e in base) if w is not None]
+        if worst and bworst:
+            lines.append(f"- Worst case over every attack: baseline {100 * sum(bworst) / len(bworst):.2f}%, "
+                         f"SD {100 * sum(worst) / len(worst):.2f}%.")
+        sq, bsq = _mean(sd, "square"), _mean(base, "square")
+        if sq is not None and bsq is not None:
+            lines.append(f"- Square ({cfg.square_queries} queries): baseline {100 * bsq:.2f}%, SD {100 * sq:.2f}%.")
+    return "\n".join(lines) + "\n" if lines else "Not enough results for a verdict.\n"
+
+
+def study_config(profile: str, **overrides: Any) -> SDStudyConfig:
+    """A profile with some fields replaced (``None`` values are ignored)."""
+    if profile not in PROFILES:
+        raise InputError(f"unknown sd-study profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    return replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
+
