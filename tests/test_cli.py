@@ -55,3 +55,11 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "x.safetensors"), "--method", "maxblur"])
     assert r.exit_code == 2 and "unknown downsampling method 'maxblur'" in r.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_run_rejects_unknown_recipe_and_profile(tmp_path):
+    r = runner.invoke(app, ["run", "sd-studdy", "--out", str(tmp_path / "a")])
+    assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: sd-study" in r.output
+    r = runner.invoke(app, ["run", "sd-study", "--profile", "huge", "--out", str(tmp_path / "b")])
+    assert r.exit_code != 0 and "known profiles: quick, cpu, full" in r.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -141,3 +141,22 @@ def test_flc_keeps_the_low_frequencies_exactly():
     x = (row[None, :] * torch.ones(16, 1, dtype=torch.float64))[None, None]
     got = FLCPool(2)(x)
     torch.testing.assert_close(got, x[..., ::2, ::2], atol=1e-9, rtol=0)
+
+
+def test_deterministic_twin_switches_randomness_off_and_leaves_the_original():
+    from robustlab.defenses import deterministic_twin
+
+    torch.manual_seed(0)
+    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    x = torch.rand(3, 1, 28, 28)
+    avg = convert_downsampling(model, "avgpool").eval()
+    for method in ("sd", "sd+addnoise"):
+        conv = convert_downsampling(model, method).eval()
+        twin = deterministic_twin(conv)
+        assert is_stochastic(conv) and not is_stochastic(twin), method
+        with torch.no_grad():
+            a, b = twin(x), twin(x)
+            assert torch.equal(a, b)
+            # centre sampling at factor 2 is the 2x2 box average; the noise is off
+            assert torch.allclose(a, avg(x), atol=1e-5), method
+            assert not torch.equal(conv(x), conv(x))  # the original is still random

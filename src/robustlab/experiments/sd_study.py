@@ -427,7 +427,7 @@ def run_sd_study(
     saved = out / "config.json"
     if saved.exists():
         prev = json.loads(saved.read_text())
-        if prev.get("config") != cfg.to_dict():
+        if prev.get("config") != json.loads(json.dumps(cfg.to_dict())):
             raise InputError(f"{out} holds a study run with another configuration; pass a new --out or "
                              "delete the folder to start over")
     _write_json(saved, {"config": cfg.to_dict(), "baseline": None if baseline is None else str(baseline)})

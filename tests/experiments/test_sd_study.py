@@ -1,0 +1,71 @@
+"""The sd-study recipe end to end on tiny data (the real runs are the quick/cpu/full profiles)."""
+
+import json
+
+import pytest
+
+from robustlab.core import InputError
+from robustlab.experiments.sd_study import (
+    ADV_COLUMNS,
+    BASELINE,
+    SD,
+    _worst_value,
+    addnoise,
+    run_sd_study,
+    study_config,
+)
+
+TINY = study_config(
+    "quick", dataset="digits", baseline_epochs=2, baseline_limit=600, finetune_limit=200, finetune_epochs=1,
+    batch_size=64, eval_n=24, clean_n=120, eval_batch_size=24, pgd_steps=3, square_queries=10,
+    eot_draws=(2, 3), corruption_n=16, table1=(BASELINE, SD, addnoise(0.5)), noise_sweep=(0.2,),
+    spp_sweep=(1, 2), transfer_from_baseline=(BASELINE, SD), seeds=(0, 1), eps=0.05,
+)
+
+
+def test_sd_study_runs_every_table_resumes_and_reports(tmp_path):
+    r = run_sd_study(tmp_path, TINY)
+    t = r["tables"]
+    assert list(t["table1"]) == ["Baseline", "SD", "AddNoise (std=0.5)"]
+    assert set(t["table3"]) == {"Baseline", "AddNoise (std=0.5)", "AddNoise (std=0.2)",
+                                "SD + AddNoise (std=0.2)", "SD"}
+    assert list(t["table5"]) == ["SD (spp=1)", "SD"]
+    for rows in t.values():
+        for evals in rows.values():
+            assert len(evals) == 2  # two seeds
+            for e in evals:
+                for col, v in e.items():
+                    if isinstance(v, dict) and v.get("acc") is not None:
+                        assert 0.0 <= v["acc"] <= 1.0, col
+                worst = _worst_value(e)
+                for col in ADV_COLUMNS:
+                    if col in e and e[col].get("acc") is not None and worst is not None:
+                        assert worst <= e[col]["acc"] + 1e-9  # the worst case is per sample
+    base, sd = t["table1"]["Baseline"][0], t["table1"]["SD"][0]
+    assert base["stochastic"] is False and sd["stochastic"] is True
+    assert base["pgd-eot3"]["same_as"] == "pgd" and base["twin"]["acc"] is None
+    assert "same_as" not in sd["pgd-eot3"] and sd["twin"]["acc"] is not None
+    assert 0.0 <= sd["mce"]["acc"] <= 1.0 and len(sd["mce"]["accuracy"]) == 15
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("Table 1 analogue", "Table 3 analogue", "Table 4 analogue", "Table 5 analogue", "Verdict"):
+        assert heading in report
+    assert "PGD + EOT-3 (%)" in report and "transfer from twin (%)" in report
+    assert (tmp_path / "clean_vs_robust.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results.json").read_text())["eval_images"] == 24
+
+    # a second run finds every model and evaluation on disk and gives the same tables
+    ckpt = tmp_path / "models" / "sd" / "seed0" / "model.safetensors"
+    mtime = ckpt.stat().st_mtime_ns
+    again = run_sd_study(tmp_path, TINY)
+    assert ckpt.stat().st_mtime_ns == mtime
+    assert again["tables"] == r["tables"]
+
+    with pytest.raises(InputError, match="another configuration"):
+        run_sd_study(tmp_path, study_config("quick"))
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(InputError, match="quick, cpu, full"):
+        study_config("fast")
+    with pytest.raises(InputError, match="quick, cpu, full"):
+        run_sd_study("/nonexistent-never-created", "fast")
