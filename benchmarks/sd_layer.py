@@ -8,7 +8,8 @@ are compared too.
 Measured at a ResNet-18 layer size (CIFAR ResNet-18's second stage input: 128 channels at 32x32,
 downsampled to 16x16; batch ``--batch``), forward + backward, for spp 2 and 16. Peak extra
 memory is the peak of allocated memory above what was allocated before the call: on CUDA from
-``torch.cuda.max_memory_allocated``, on CPU from the profiler's allocation events.
+``torch.cuda.max_memory_allocated``, on CPU from the peak resident set size of a fresh process
+per measurement (so the input gradient, which both need, counts for both).
 
 Usage::
 
@@ -18,9 +19,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,24 +47,57 @@ def tiled(x: torch.Tensor, jitter: torch.Tensor, oh: int, ow: int) -> torch.Tens
 
 
 def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
+    """Peak memory above what was allocated before ``fn`` (CUDA allocator statistics)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    events.sort(key=lambda e: e.time_range.start)
-    cur = peak = 0
-    for e in events:
-        cur += e.cpu_memory_usage
-        peak = max(peak, cur)
-    return peak
+
+def cpu_peak_extra_bytes(impl: str, spp: int, args: argparse.Namespace) -> int:
+    """Peak resident memory above the set-up's, for one forward + backward in a fresh process.
+
+    CPU tensors have no allocator statistics, so each measurement runs in its own interpreter
+    (``--child``) that sets up the input, warms the kernels up on a one-image batch, reads its
+    resident set size, resets the kernel's peak counter (``/proc/self/clear_refs``), runs
+    ``impl`` once and reads the peak (``VmHWM``). Linux only.
+    """
+    cmd = [sys.executable, __file__, "--child", impl, "--spp", str(spp), "--batch", str(args.batch),
+           "--channels", str(args.channels), "--size", str(args.size)]
+    # a fixed mmap threshold: every large block is mapped on allocation and unmapped on free,
+    # so the resident set follows the live tensors (glibc otherwise recycles freed blocks)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def _child(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    oh = ow = args.size // 2
+    x = torch.randn(args.batch, args.channels, args.size, args.size, requires_grad=True)
+    small = x[:1].detach().clone().requires_grad_(True)
+    layer = StochasticDownsample(2, spp=args.spp)
+    jitter = torch.rand(args.spp, oh, ow, 2)
+
+    def run(inp: torch.Tensor) -> None:
+        out = layer(inp, jitter=jitter) if args.child == "ours" else tiled(inp, jitter, oh, ow)
+        out.sum().backward()
+        inp.grad = None
+
+    run(small)
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    run(x)
+    print((_status_kib("VmHWM") - before) * 1024)
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
@@ -83,7 +121,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--child", choices=("ours", "tiled"), help=argparse.SUPPRESS)
+    parser.add_argument("--spp", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
     dev = torch.device(args.device)
     oh = ow = args.size // 2
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=dev, requires_grad=True)
@@ -91,26 +134,41 @@ def main() -> None:
     print(f"device {dev}, input {tuple(x.shape)} ({mb:.1f} MiB), output {oh}x{ow}, "
           f"forward + backward, median of {args.repeats}; torch threads {torch.get_num_threads()}")
     print(f"{'spp':>4} {'ours ms':>9} {'tiled ms':>9} {'time ratio':>11} {'ours MiB':>9} {'tiled MiB':>10} "
-          f"{'mem ratio':>10} {'target':>8}")
-    for spp in (2, 16):
+          f"{'mem ratio':>10} {'ours +MiB':>10} {'tiled +MiB':>11} {'+ratio':>7} {'target':>8}")
+
+    def measure(spp: int) -> tuple[float, float, int, int, float]:
         layer = StochasticDownsample(2, spp=spp)
         jitter = torch.rand(spp, oh, ow, 2, device=dev)
         with torch.no_grad():
             diff = (layer(x, jitter=jitter) - tiled(x, jitter, oh, ow)).abs().max().item()
 
-        def ours(layer: StochasticDownsample = layer, jitter: torch.Tensor = jitter) -> None:
+        def ours() -> None:
             layer(x, jitter=jitter).sum().backward()
             x.grad = None
 
-        def theirs(jitter: torch.Tensor = jitter) -> None:
+        def theirs() -> None:
             tiled(x, jitter, oh, ow).sum().backward()
             x.grad = None
 
         t_ours, t_tiled = timed(ours, dev, args.repeats), timed(theirs, dev, args.repeats)
-        m_ours, m_tiled = peak_extra_bytes(ours, dev), peak_extra_bytes(theirs, dev)
+        if dev.type == "cuda":
+            m_ours, m_tiled = peak_extra_bytes(ours, dev), peak_extra_bytes(theirs, dev)
+        else:
+            m_ours, m_tiled = cpu_peak_extra_bytes("ours", spp, args), cpu_peak_extra_bytes("tiled", spp, args)
+        return t_ours, t_tiled, m_ours, m_tiled, diff
+
+    _, _, one_ours, one_tiled, _ = measure(1)
+    mib = 2**20
+    for spp in (2, 16):
+        t_ours, t_tiled, m_ours, m_tiled, diff = measure(spp)
+        add_ours, add_tiled = m_ours - one_ours, m_tiled - one_tiled
         print(f"{spp:>4} {1e3 * t_ours:9.1f} {1e3 * t_tiled:9.1f} {t_ours / t_tiled:11.3f} "
-              f"{m_ours / 2**20:9.1f} {m_tiled / 2**20:10.1f} {m_ours / m_tiled:10.3f} {f'<= {1 / spp:.3f}':>8}"
+              f"{m_ours / mib:9.1f} {m_tiled / mib:10.1f} {m_ours / m_tiled:10.3f} {add_ours / mib:10.1f} "
+              f"{add_tiled / mib:11.1f} {add_ours / max(add_tiled, 1):7.3f} {f'<= {1 / spp:.3f}':>8}"
               f"   (max |ours - tiled| = {diff:.2e})")
+    print(f"MiB: peak above the memory held before the call (input gradient and output included); "
+          f"+MiB: the same minus that implementation's spp=1 peak ({one_ours / mib:.1f} / {one_tiled / mib:.1f} MiB), "
+          "i.e. the memory the Monte-Carlo samples add.")
     print("targets: memory ratio <= 1/spp, time ratio <= 1.0")
 
 

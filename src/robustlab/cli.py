@@ -371,8 +371,9 @@ def demo(
     train_limit: Annotated[int | None, typer.Option(help="train on a subset (default: all 60,000)")] = None,
     at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 15_000,
     test_limit: Annotated[int | None, typer.Option(help="test on a subset (default: all 10,000)")] = None,
-    eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 500,
+    eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 200,
     battery: Annotated[str, typer.Option(help="quick, standard, rand or full")] = "standard",
+    sd_study: Annotated[str, typer.Option(help="sd-study profile to include: quick, cpu, full or none")] = "quick",
     device: str = "auto",
     fresh: Annotated[bool, typer.Option(help="ignore earlier progress in OUT and start over")] = False,
 ) -> None:
@@ -386,13 +387,18 @@ def demo(
         dev = _device(device)
         cfg = DemoConfig(epochs=epochs, at_epochs=at_epochs, train_limit=train_limit,
                          at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
-                         battery=battery)
+                         battery=battery, sd_study=None if sd_study == "none" else sd_study)
+        if sd_study != "none":
+            from .experiments.sd_study import study_config
+
+            study_config(sd_study)  # an unknown profile fails before any training
         if fresh and out.exists():
             shutil.rmtree(out)
         torch.manual_seed(cfg.seed)
         bar = _RichBattery()
         try:
-            r = run_demo(out, cfg, device=dev, callbacks=[RichProgress()], progress=bar)
+            r = run_demo(out, cfg, device=dev, callbacks=[RichProgress()], progress=bar,
+                         log=lambda line: console.print(line, highlight=False))
         finally:
             bar.close()
     except RobustlabError as e:
@@ -402,6 +408,8 @@ def demo(
         console.print(f"{m['name']:>9}: clean {100 * m['clean_accuracy']:.2f}% on {r['test_images']} test images; "
                       f"worst-case robust {100 * m['robust_accuracy']:.2f}% on {r['eval_n']} "
                       f"({battery} battery, {r['threat']['norm']} eps {r['threat']['eps']:g})")
+    if r["sd_study"] is not None:
+        console.print(f"sd-study ({r['sd_study']['profile']}): {out / 'sd-study' / 'report.md'}")
     console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
 
 

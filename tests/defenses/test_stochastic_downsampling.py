@@ -125,11 +125,39 @@ def test_output_size_matches_a_strided_convolution_for_every_size():
     assert StochasticDownsample(size=(3, 5))(torch.randn(1, 1, 9, 9)).shape == (1, 1, 3, 5)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("memory_efficient", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck(memory_efficient, reduction):
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     jitter = torch.rand(2, 3, 3, 2, dtype=torch.float64)
-    layer = StochasticDownsample(2, spp=2)
+    layer = StochasticDownsample(2, spp=2, reduction=reduction, memory_efficient=memory_efficient)
     assert torch.autograd.gradcheck(lambda t: layer(t, jitter=jitter), (x,))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_in_place_backward_equals_the_autograd_loop(per_sample):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9, 7, requires_grad=True)
+    jitter = torch.rand(3, 8, 5, 4, 2) if per_sample else torch.rand(8, 5, 4, 2)
+    w = torch.randn(3, 4, 5, 4)
+    grads, outs = [], []
+    for eff in (True, False):
+        out = StochasticDownsample(2, spp=8, memory_efficient=eff)(x, jitter=jitter)
+        (gx,) = torch.autograd.grad((out * w).sum(), x)
+        grads.append(gx)
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-6)
+
+
+def test_double_backward_needs_the_plain_loop():
+    x = torch.randn(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    jitter = torch.rand(2, 3, 3, 2, dtype=torch.float64)
+    plain = StochasticDownsample(2, spp=2, memory_efficient=False)
+    assert torch.autograd.gradgradcheck(lambda t: plain(t, jitter=jitter) ** 2, (x,))
+    (g,) = torch.autograd.grad((StochasticDownsample(2, spp=2)(x, jitter=jitter) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()
 
 
 def test_bad_arguments_are_clear_errors():

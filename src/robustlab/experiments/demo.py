@@ -9,8 +9,12 @@
    test images, keeping the per-sample worst case. Each evaluation is a row of the ledger
    ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``).
 
-Everything resumes: training from its last epoch, the battery from its last finished batch.
-Subset sizes are printed in ``runs/demo/report.md``. Later issues add the defense studies.
+4. The stochastic-downsampling study's ``quick`` profile
+   (:mod:`robustlab.experiments.sd_study`) with the standard model of step 1 as its baseline;
+   its full report is ``runs/demo/sd-study/report.md`` and its Table 1 is repeated in the demo's.
+
+Everything resumes: training from its last epoch, the battery from its last finished batch, the
+study from its last finished model and evaluation. Subset sizes are printed in the reports.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..models import create_model
 from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
+from .sd_study import SDStudyConfig, run_sd_study, study_config, summary_markdown
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,12 @@ class DemoConfig:
     at_train_limit: int | None = 15_000
     at_steps: int = 5
     at_lr: float = 0.1
-    eval_n: int = 500
+    eval_n: int = 200
     battery: str = "standard"
-    eval_batch_size: int = 250
+    eval_batch_size: int = 200
+    sd_study: str | SDStudyConfig | None = "quick"
+    """A :data:`~robustlab.experiments.sd_study.PROFILES` name (run on this dataset and model), a
+    full config, or ``None`` to skip the study."""
 
 
 def _train(
@@ -88,10 +96,12 @@ def run_demo(
     callbacks: Sequence[Callback] = (),
     progress: Callable[[Any], None] | None = None,
     resume: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the numbers written to ``report.md`` (and ``results.json``).
 
-    ``progress`` receives the battery's :class:`~robustlab.evaluate.ProgressEvent` objects.
+    ``progress`` receives the battery's :class:`~robustlab.evaluate.ProgressEvent` objects;
+    ``log`` the study's one-line steps.
     """
     from ..evaluate import Ledger, run_battery
 
@@ -149,9 +159,23 @@ def run_demo(
             "history": m["history"],
             "battery_markdown": result.markdown(),
         })
+    sd: dict[str, Any] | None = None
+    if cfg.sd_study is not None:
+        t0 = time.perf_counter()
+        scfg = (study_config(cfg.sd_study, dataset=cfg.dataset, model=cfg.model)
+                if isinstance(cfg.sd_study, str) else cfg.sd_study)
+        sres = run_sd_study(out / "sd-study", scfg, device=device, baseline=out / "standard" / "model.safetensors",
+                            log=log, callbacks=callbacks)
+        sd = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
+              "eps": scfg.eps, "summary_markdown": summary_markdown(sres, scfg),
+              "table1": sres["tables"]["table1"]}
     elapsed = time.perf_counter() - t_start
+    cfg_dict = asdict(cfg)
+    if isinstance(cfg.sd_study, SDStudyConfig):
+        cfg_dict["sd_study"] = cfg.sd_study.to_dict()
     results = {
-        "config": asdict(cfg),
+        "config": cfg_dict,
+        "sd_study": sd,
         "train_images": len(train),
         "test_images": len(test),
         "eval_n": eval_n,
@@ -186,8 +210,11 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
             row[f"after {a} (%)"] = format_pct(m["per_attack"][a])
         row["worst case (%)"] = format_pct(m["robust_accuracy"])
         summary.append(row)
-    timing = [{"model": m["name"], "training (s)": m["train_seconds"], "battery (s)": m["eval_seconds"]}
+    timing = [{"step": m["name"], "training (s)": round(m["train_seconds"], 1), "evaluation (s)": m["eval_seconds"]}
               for m in r["models"]]
+    sd = r.get("sd_study")
+    if sd is not None:
+        timing.append({"step": f"sd-study ({sd['profile']})", "training (s)": "-", "evaluation (s)": sd["seconds"]})
     parts = [
         "# robustlab demo report\n\n",
         f"Dataset: **{cfg['dataset']}** ({r['train_images']} training images for the standard model, "
@@ -206,6 +233,15 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         hist = [{"epoch": h["epoch"], "train loss": f"{h['train_loss']:.4f}",
                  "train acc (%)": format_pct(h["train_acc"]), "seconds": h["seconds"]} for h in m["history"]]
         parts += [f"**{m['name']}** ({m['objective']})\n\n", markdown_table(hist), "\n"]
+    if sd is not None:
+        parts += [
+            f"## Stochastic Downsampling study ({sd['profile']} profile)\n\n",
+            "The standard model above is the baseline; every method replaces its strided convolutions and is "
+            f"finetuned 5 epochs. The paper's protocol: L-inf eps = {sd['eps']:.4g} ({sd['eps'] * 255:.3g}/255), "
+            "PGD as in its Sec. 4.1, plus the adaptive attacks it lacks (EOT, transfer from the deterministic "
+            "twin). Every table, subset size and setting: [sd-study/report.md](sd-study/report.md).\n\n",
+            sd["summary_markdown"], "\n",
+        ]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]
     (out / "report.md").write_text("".join(parts))
