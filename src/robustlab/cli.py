@@ -342,6 +342,7 @@ def run(
     eps: Annotated[str | None, typer.Option(help="L-inf radius, e.g. 4/255 (the paper's, default) or 0.1")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default 3; quick: 1)")] = None,
     eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked")] = None,
+    report_only: Annotated[bool, typer.Option(help="compute nothing; write the report from what OUT holds")] = False,
     device: str = "auto",
 ) -> None:
     """Run a recipe that reproduces a paper's tables; writes OUT/report.md and resumes when rerun."""
@@ -356,7 +357,7 @@ def run(
         folder = out or Path("runs") / f"{recipe}-{profile}"
         torch.manual_seed(0)
         r = run_sd_study(folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
-                         log=lambda line: console.print(line, highlight=False))
+                         log=lambda line: console.print(line, highlight=False), report_only=report_only)
     except RobustlabError as e:
         _fail(e)
         return

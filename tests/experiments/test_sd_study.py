@@ -63,6 +63,19 @@ def test_sd_study_runs_every_table_resumes_and_reports(tmp_path):
     with pytest.raises(InputError, match="another configuration"):
         run_sd_study(tmp_path, study_config("quick"))
 
+    # --report-only writes the same tables from disk, marked partial, computing nothing
+    only = run_sd_study(tmp_path, TINY, report_only=True)
+    assert only["tables"] == r["tables"] and only["partial"] is True
+    assert "Partial report" in (tmp_path / "report.md").read_text()
+
+
+def test_report_only_on_an_empty_folder_trains_nothing(tmp_path):
+    r = run_sd_study(tmp_path, TINY, report_only=True)
+    assert r["tables"]["table1"]["SD"] == [{}, {}]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "baseline").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "| SD | — | — |" in report and "Partial report" in report
+
 
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(InputError, match="quick, cpu, full"):

@@ -208,6 +208,7 @@ class _Study:
                  log: Callable[[str], None], callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        self.report_only = False
         self.out = out
         self.device = device
         self.baseline_path = baseline
@@ -301,7 +302,7 @@ class _Study:
         path.parent.mkdir(parents=True, exist_ok=True)
         done = self.load(v, seed)
         todo = [c for c in columns if c not in done]
-        if not todo:
+        if not todo or self.report_only:
             return done
         model = self.model(v, seed)
         stochastic = is_stochastic(model)
@@ -408,6 +409,7 @@ def run_sd_study(
     baseline: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run the stochastic-downsampling study and write ``report.md`` under ``out_dir``.
 
@@ -418,6 +420,8 @@ def run_sd_study(
         baseline: a trained model checkpoint to start from instead of training one.
         log: called with one line per step (the CLI prints them).
         callbacks: training callbacks (progress bars) for the baseline and every finetuning.
+        report_only: compute nothing; write the report from what ``out_dir`` holds (cells not
+            computed yet show ``—``), e.g. while a long run is still going.
 
     Returns:
         The numbers of every table (also written to ``results.json``).
@@ -439,6 +443,7 @@ def run_sd_study(
     say = log or (lambda s: logger.info("%s", s))
     t_start = time.perf_counter()
     study = _Study(cfg, out, torch.device(device), None if baseline is None else str(baseline), say, callbacks)
+    study.report_only = report_only
 
     results: dict[str, Any] = {"config": cfg.to_dict(), "tables": {}}
     # Table 1 (+ honest columns)
@@ -472,7 +477,8 @@ def run_sd_study(
     t1 = results["tables"]["table1"]
     elapsed = time.perf_counter() - t_start
     results.update({
-        "seconds": round(elapsed, 1), "device": str(device), "torch": torch.__version__,
+        "seconds": round(elapsed, 1), "compute_seconds": round(_compute_seconds(out), 1), "partial": report_only,
+        "device": str(device), "torch": torch.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
         "finetune_images": len(study.finetune_set()), "clean_images": len(study.test),
         "eval_images": len(study.eval_set),
@@ -481,6 +487,16 @@ def run_sd_study(
     _plot(out / "clean_vs_robust.png", t1, cfg)
     (out / "report.md").write_text(_report(results, cfg))
     return results
+
+
+def _compute_seconds(out: Path) -> float:
+    """Finetuning and evaluation time of everything the run folder holds (resumed runs included)."""
+    total = 0.0
+    for f in (out / "evals").glob("*.json"):
+        total += sum(v.get("wall", 0.0) for v in json.loads(f.read_text()).values() if isinstance(v, dict))
+    for f in (out / "models").glob("*/seed*/metrics.jsonl"):
+        total += sum(json.loads(line).get("seconds", 0.0) for line in f.read_text().splitlines() if line.strip())
+    return total
 
 
 def _mean(evals: Sequence[dict[str, Any]], col: str) -> float | None:
@@ -578,7 +594,10 @@ def _report(r: dict[str, Any], cfg: SDStudyConfig) -> str:
         f"mCE = mean error over 15 corruptions x 5 severities of {min(cfg.corruption_n, r['clean_images'])} "
         f"generated Fashion-MNIST-C images. Numbers are percentages, {ms}. Randomized models are judged "
         f"by a fresh prediction on every adversarial example. Device {r['device']} ({r['threads']} threads), "
-        f"torch {r['torch']}; the study took {r['seconds']:.0f} s in this run (resumed parts not counted).\n\n",
+        f"torch {r['torch']}; finetuning and evaluation of everything below took {r['compute_seconds']:.0f} s "
+        f"(summed over resumed runs; the baseline's training not included).\n\n",
+        ("**Partial report**, written with `--report-only` while the run was incomplete: `—` marks cells "
+         "not computed yet, and the worst case counts only the attacks finished so far.\n\n" if r["partial"] else ""),
         "## Table 1 analogue, with the honest columns the paper lacks\n\n",
         "The paper's columns (i.i.d., PGD, AutoAttack, Square, mCE) come first; then PGD with "
         f"{eots} (expectation over the model's randomness), AutoAttack `rand` (APGD-CE and APGD-DLR "
