@@ -5,6 +5,7 @@ import json
 import pytest
 
 from robustlab.core import InputError
+from robustlab.evaluate import Ledger
 from robustlab.experiments.sd_study import (
     ADV_COLUMNS,
     BASELINE,
@@ -52,6 +53,8 @@ def test_sd_study_runs_every_table_resumes_and_reports(tmp_path):
     assert "PGD + EOT-3 (%)" in report and "transfer from twin (%)" in report
     assert (tmp_path / "clean_vs_robust.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["eval_images"] == 24
+    rows = Ledger(tmp_path / "ledger.sqlite").rows()
+    assert len(rows) >= 20 and all(row.n == 24 and row.dataset == "digits" for row in rows)
 
     # a second run finds every model and evaluation on disk and gives the same tables
     ckpt = tmp_path / "models" / "sd" / "seed0" / "model.safetensors"

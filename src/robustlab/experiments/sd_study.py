@@ -27,8 +27,8 @@ Recipe ``sd-study`` (``robustlab run sd-study --profile quick|cpu|full``):
 
 Randomized models are judged by a fresh prediction on each adversarial example (the evaluator
 never reuses the draws an attack optimized against). Every finished piece is stored under the
-run folder (checkpoints, ``evals/*.json``) and skipped when the recipe runs again, so a killed
-run resumes. ``report.md``, ``results.json`` and ``clean_vs_robust.png`` are written at the end.
+run folder (checkpoints, ``evals/*.json``, every attack's row in ``ledger.sqlite``) and skipped
+when the recipe runs again, so a killed run resumes. ``report.md``, ``results.json`` and ``clean_vs_robust.png`` are written at the end.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from ..core.types import ThreatModel
 from ..data import get_info, load_dataset, make_loader
 from ..data.base import ImageDataset
 from ..defenses import convert_downsampling, deterministic_twin
-from ..evaluate import Battery, create_battery, evaluate_corruptions, mean_std, run_battery
+from ..evaluate import Battery, Ledger, create_battery, evaluate_corruptions, mean_std, run_battery
 from ..models import create_model
 from ..report import markdown_table
 from ..train import Callback, TrainConfig, Trainer
@@ -280,6 +280,8 @@ class _Study:
         res = run_battery(model, self.eval_set, battery, threat=self.threat, n=len(self.eval_set),
                           batch_size=self.cfg.eval_batch_size, seed=seed, device=self.device,
                           state_dir=self.out / "eval-state", name=name)
+        Ledger(self.out / "ledger.sqlite").add(res, extra={"recipe": "sd-study", "run": name,
+                                                            "profile": self.cfg.profile})
         return {
             "acc": res.robust_acc,
             "clean_acc": res.clean_acc,
