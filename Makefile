@@ -13,7 +13,12 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "python venv unavailable: installing Debian's python3-venv" >&2; \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else false; fi; } || { rm -rf $(VENV); \
+	  echo "cannot create $(VENV) with $(PYTHON) -m venv: install python3-venv (sudo apt-get install python3-venv) or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet $(TORCH_PIN)

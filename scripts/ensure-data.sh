@@ -7,13 +7,16 @@ have() {
   local d=$1
   for f in $files; do [ -f "$d/$f" ] || return 1; done
 }
-for d in "${ROBUSTLAB_DATA:-}" "${ROBUSTLAB_DATA:-}/fashion-mnist" /usr/share/datasets/fashion-mnist; do
+for d in "${ROBUSTLAB_DATA:-}" "${ROBUSTLAB_DATA:-}/fashion-mnist" "${ROBUSTLAB_DATA:-}/fashion_mnist" \
+         "${ROBUSTLAB_DATA:-}/FashionMNIST/raw" /usr/share/datasets/fashion-mnist; do
   [ -n "$d" ] && have "$d" && exit 0
 done
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist" >&2
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  have /usr/share/datasets/fashion-mnist && exit 0
+  if apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; then
+    have /usr/share/datasets/fashion-mnist && exit 0
+  fi
+  echo "installing dataset-fashion-mnist with apt-get failed (see apt's message above)" >&2
 fi
 cat >&2 <<MSG
 Fashion-MNIST files not found. Provide them in one of these ways:

@@ -63,3 +63,28 @@ def test_run_rejects_unknown_recipe_and_profile(tmp_path):
     r = runner.invoke(app, ["run", "sd-study", "--profile", "huge", "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "known profiles: quick, cpu, full" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_takes_schedule_options_and_rejects_bad_ones(tmp_path):
+    base = ["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--limit", "128",
+            "--device", "cpu"]
+    r = runner.invoke(app, [*base, "--schedule", "multistep", "--milestones", "1", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 2 and all(abs(lr - 0.01) < 1e-9 for lr in lrs)  # 0.1, dropped 10x at epoch 1
+    r = runner.invoke(app, [*base, "--schedule", "multistep", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "multistep schedule needs milestones" in r.output
+    r = runner.invoke(app, [*base, "--milestones", "x", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--milestones takes comma-separated epochs" in r.output
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_unknown_model_and_corrupted_checkpoint_are_clear_errors(tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "digits", "--model", "resnet-huge", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown model 'resnet-huge'" in r.output and "resnet-mini" in r.output
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    r = runner.invoke(app, ["evaluate", str(bad), "--device", "cpu"])
+    assert r.exit_code == 2 and str(bad.name) in r.output

@@ -48,3 +48,7 @@ def test_bad_schedule_inputs():
     with pytest.raises(InputError, match="positive step counts"):
         create_schedule("cosine", opt, 0, 5)
     assert "cyclic" in SCHEDULES
+    with pytest.raises(InputError, match="multistep schedule needs milestones"):
+        create_schedule("multistep", opt, 10, 5)
+    with pytest.raises(InputError, match="schedule 'cosine' takes no option milestones; its options: warmup_epochs, min_factor"):
+        create_schedule("cosine", opt, 10, 5, milestones=(1,))

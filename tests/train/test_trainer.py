@@ -72,6 +72,20 @@ def test_resume_refuses_a_different_config(tmp_path):
         )
 
 
+def test_resume_refuses_another_training_set_or_model(tmp_path):
+    data, model = _setup()
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=0)
+    Trainer(model, "standard", cfg, out_dir=tmp_path).fit(data)
+    smaller = data.subset(range(64))  # same dataset, another limit
+    with pytest.raises(RobustlabError, match="another training set"):
+        Trainer(model, "standard", cfg, out_dir=tmp_path).fit(smaller, resume=True)
+    other = create_model("resnet-mini", num_classes=4, in_channels=1, seed=0, widths=(8, 16, 32))
+    with pytest.raises(RobustlabError, match="another model recipe"):
+        Trainer(other, "standard", cfg, out_dir=tmp_path).fit(data, resume=True)
+    # the refused runs left the first run's files as they were
+    assert Trainer(model, "standard", cfg, out_dir=tmp_path).fit(data, resume=True).history[0]["epoch"] == 1
+
+
 def test_final_checkpoint_loads_to_the_same_model(tmp_path):
     data, model = _setup()
     result = Trainer(model, "standard", TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path,
@@ -84,6 +98,9 @@ def test_final_checkpoint_loads_to_the_same_model(tmp_path):
     assert header["dataset"] == "synthetic" and header["recipe"]["arch"] == "resnet-mini"
     assert header["train_config"]["objective"] == {"name": "standard", "label_smoothing": 0.0}
     assert 0.0 <= header["metrics"]["val_acc"] <= 1.0
+    # without dataset_name the training set's own name is recorded
+    result = Trainer(model, "standard", TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "b").fit(data)
+    assert load(result.checkpoint).robustlab_header["dataset"] == "synthetic"
 
 
 def test_standard_objective_is_cross_entropy_and_smoothing_changes_it():

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from robustlab.core import InputError, ThreatModel
+from robustlab.core.checks import check_images
 
 __all__ = [
     "DataFormatError",
@@ -202,6 +203,8 @@ class TensorImageDataset(ImageDataset):
                 f"images of {info.name!r} must have CHW shape {expected}, got "
                 f"{tuple(images.shape[1:])}"
             )
+        if images.is_floating_point():
+            check_images(images, f"images of {info.name!r}")
         self._init_common(info, targets, split, indices)
         if images.shape[0] != self.targets.numel():
             raise InputError(f"got {images.shape[0]} images and {self.targets.numel()} labels")

@@ -6,6 +6,7 @@ batch, so resuming from a saved scheduler state continues the exact curve.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -56,6 +57,8 @@ def multistep(
     warmup_epochs: float = 0.0,
 ) -> Callable[[int], float]:
     """Multiply the rate by ``gamma`` at each milestone epoch (e.g. 100 and 105 in Rice et al.)."""
+    if not milestones:
+        raise InputError("the multistep schedule needs milestones (epochs), e.g. milestones=(100, 105)")
     w = int(warmup_epochs * steps_per_epoch)
     marks = sorted(int(m * steps_per_epoch) for m in milestones)
 
@@ -108,5 +111,13 @@ def create_schedule(
     """Build a per-step ``LambdaLR`` for the named schedule."""
     if total_steps <= 0 or steps_per_epoch <= 0:
         raise InputError(f"a schedule needs positive step counts, got total={total_steps}, per epoch={steps_per_epoch}")
-    fn = SCHEDULES.get(name)(total_steps, steps_per_epoch, **kwargs)
+    factory = SCHEDULES.get(name)
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("total_steps", "steps_per_epoch")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"schedule {name!r} takes no option {', '.join(unknown)}; its options: "
+            f"{', '.join(accepted) or 'none'}"
+        )
+    fn = factory(total_steps, steps_per_epoch, **kwargs)
     return LambdaLR(optimizer, fn)

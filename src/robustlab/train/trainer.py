@@ -9,6 +9,7 @@ that state, and on CPU with the same seed ends with bit-identical weights to an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +83,15 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def data_fingerprint(data: ImageDataset) -> dict[str, Any]:
+    """What identifies a training set for resuming: name, split, size and a hash of the item
+    indices and labels (so another dataset, ``limit`` or validation split is told apart)."""
+    h = hashlib.sha256()
+    h.update(data.indices.to(torch.int64).contiguous().numpy().tobytes())
+    h.update(data.targets.to(torch.int64).contiguous().numpy().tobytes())
+    return {"name": data.info.name, "split": data.split, "n": len(data), "sha256": h.hexdigest()[:16]}
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
 
@@ -98,7 +108,7 @@ class Trainer:
         out_dir: where ``last.safetensors``, ``model.safetensors`` and ``metrics.jsonl`` go;
             ``None`` trains without writing anything (no resume).
         device: where to train; by default the model's current device.
-        dataset_name: recorded in the checkpoint header.
+        dataset_name: recorded in the checkpoint header (default: the training set's name).
     """
 
     def __init__(
@@ -129,7 +139,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, -1))
 
     # ------------------------------------------------------------------ state
-    def _state(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def _state(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
+               data: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if ema is not None:
             tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
@@ -149,20 +160,33 @@ class Trainer:
             "state": tree,
             "recipe": getattr(self.model, "robustlab_recipe", None),
             "dataset": self.dataset_name,
+            "data": data,
         }
         return tensors, header
 
-    def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None) -> int:
+    def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
+                 data: dict[str, Any]) -> int:
         tensors, header = read_checkpoint(path)
         if header.get("kind") != "train_state":
             raise RobustlabError(f"{path} is not a training-state file")
+        fresh = "; use the same settings, or another output folder (or resume=False) to start afresh"
+        if header.get("data") != data:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written for another training set "
+                f"({header.get('data')}, now {data}){fresh}"
+            )
+        recipe = json.loads(json.dumps(getattr(self.model, "robustlab_recipe", None)))
+        if header.get("recipe") != recipe:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written for another model recipe "
+                f"({header.get('recipe')}, now {recipe}){fresh}"
+            )
         if header["config"] != json.loads(json.dumps(self.config.to_dict())):
             raise RobustlabError(
-                f"cannot resume from {path}: it was written with a different training config; "
-                "use the same settings, or another output folder to start afresh"
+                f"cannot resume from {path}: it was written with a different training config{fresh}"
             )
         if header["objective"] != json.loads(json.dumps(self.objective.config())):
-            raise RobustlabError(f"cannot resume from {path}: it was written with another objective")
+            raise RobustlabError(f"cannot resume from {path}: it was written with another objective{fresh}")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -203,8 +227,11 @@ class Trainer:
         state_path = self.out_dir / STATE_FILE if self.out_dir is not None else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+        data = data_fingerprint(train)
+        if self.dataset_name is None:
+            self.dataset_name = train.info.name
         if resume and state_path is not None and state_path.exists():
-            start = self._restore(state_path, optimizer, scheduler, ema)
+            start = self._restore(state_path, optimizer, scheduler, ema, data)
             logger.info("resuming from %s at epoch %d", state_path, start + 1)
         else:
             self.history = []
@@ -270,7 +297,7 @@ class Trainer:
             self.history.append(metrics)
             logger.info("epoch %d: %s", epoch + 1, metrics)
             if self.out_dir is not None and state_path is not None:
-                tensors, header = self._state(epoch, optimizer, scheduler, ema)
+                tensors, header = self._state(epoch, optimizer, scheduler, ema, data)
                 write_checkpoint(state_path, tensors, header)
                 self._write_metrics()
             for cb in self.callbacks:
