@@ -13,7 +13,8 @@ images at L-inf eps 0.1 with the same settings in both libraries:
   the input on the same batch).
 
 Targets: PGD-20 ratio <= 1.0; AutoAttack ratio <= 0.7 with robust accuracy within 0.5 pp;
-PGD-20 / bare <= 1.05. Model parameters are frozen (``requires_grad=False``) for both libraries
+PGD-20 / bare <= 1.05. The PGD targets are judged on ``early_stop=False`` (all 20 steps on every
+sample, as torchattacks does); the default early-stopping PGD is printed beside it. Model parameters are frozen (``requires_grad=False``) for both libraries
 so neither pays for weight gradients.
 
 Usage::
@@ -193,18 +194,20 @@ def main() -> None:
             times[key].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nPGD-20 (median of {args.repeats} runs in shuffled order)")
-    print(
-        f"  robustlab       {med['ours']:7.3f}s  robust acc {accs['ours']:.4f}  (default: early stop)"
-    )
+    # The targets are judged on early_stop=False: the same 20 full-batch steps torchattacks
+    # runs. The default (early stop: a broken sample leaves the batch) is faster still.
     print(
         f"  robustlab full  {med['ours_full']:7.3f}s  robust acc {accs['ours_full']:.4f}  (early_stop=False)"
     )
+    print(
+        f"  robustlab       {med['ours']:7.3f}s  robust acc {accs['ours']:.4f}  (default: early stop)"
+    )
     print(f"  torchattacks    {med['ta']:7.3f}s  robust acc {accs['ta']:.4f}")
     print(f"  20 bare fwd+bwd {med['bare']:7.3f}s")
-    print(f"  ratio ours/torchattacks       {med['ours'] / med['ta']:.3f}   (target <= 1.0)")
-    print(f"  ratio ours(full)/torchattacks {med['ours_full'] / med['ta']:.3f}")
-    print(f"  ratio PGD-20/bare             {med['ours'] / med['bare']:.3f}   (target <= 1.05)")
-    print(f"  ratio PGD-20(full)/bare       {med['ours_full'] / med['bare']:.3f}")
+    print(f"  ratio ours(full)/torchattacks {med['ours_full'] / med['ta']:.3f}   (target <= 1.0)")
+    print(f"  ratio PGD-20(full)/bare       {med['ours_full'] / med['bare']:.3f}   (target <= 1.05)")
+    print(f"  ratio ours(early stop)/torchattacks {med['ours'] / med['ta']:.3f}")
+    print(f"  ratio PGD-20(early stop)/bare       {med['ours'] / med['bare']:.3f}")
     print("  (both PGD timings include the forward pass that decides success; bare has none)")
 
     if args.skip_autoattack:

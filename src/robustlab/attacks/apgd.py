@@ -136,10 +136,13 @@ class APGD(GradientAttack):
         x_best, g_best, loss_best, logits_best = x_adv.clone(), g.clone(), loss.clone(), est.logits
         step = torch.full((x.shape[0],), 2.0 * eps, device=x.device, dtype=x.dtype)
         x_old = x_adv.clone()
-        prev_loss = loss.clone()
+        # As in the reference implementation (and torchattacks'): the first oscillation window
+        # compares its first loss against an empty (zero) slot of the loss history, and condition
+        # 2 cannot fire at the first checkpoint ("reduced at the last check" starts true).
+        prev_loss = torch.zeros_like(loss)
         n_up = torch.zeros_like(loss)
         loss_at_check = loss_best.clone()
-        halved_at_check = torch.zeros_like(adv)
+        halved_at_check = torch.ones_like(adv)
         checkpoints = set(apgd_checkpoints(self.steps))
         last_check = 0
 

@@ -242,7 +242,9 @@ class Square(Attack):
                 p = square_p_schedule(it, self.n_queries, self.p_init)
                 x_new = self._propose(ball[act], xb[act], p, ctx.generator)
                 # A proposal that leaves the point unchanged (its window already holds those
-                # signs, or the box clips the change away) cannot improve: skip its query.
+                # signs, or the box clips the change away) cannot improve. The AutoAttack
+                # reference (and torchattacks) spend a query on it and change nothing; skipping
+                # the query keeps the iteration (and the p schedule) and saves the forward pass.
                 moved = (x_new != xb[act]).flatten(1).any(dim=1)
                 ev = act
                 if not bool(moved.all()):

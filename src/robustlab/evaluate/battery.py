@@ -281,11 +281,15 @@ def _rand(threat: ThreatModel, *, eot: int = 20) -> Battery:
 
 
 def _full(threat: ThreatModel, *, eot: int = 20, surrogate: nn.Module | None = None) -> Battery:
-    """Everything: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), then the ``rand``
+    """Everything: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square with the expected margin
+    over ``eot`` draws on randomized models), then the ``rand``
     attacks (APGD-CE and APGD-DLR with EOT), then a transfer attack from ``surrogate`` when one
     is given (Papernot et al., 2017; a check against gradient masking, Athalye et al., 2018,
     Sec. 3.1)."""
     attacks = [*_standard_attacks(threat, "full"), *_rand_attacks(threat, eot, "full")]
+    # On a randomized model Square queries the expected margin over ``eot`` draws (on a
+    # deterministic one this is plain Square).
+    attacks[3] = _attack("full", [("square", {})], threat, eot=eot)
     labels = [*_STANDARD_LABELS, *_RAND_LABELS]
     if surrogate is not None:
         attacks.append(_attack("full", [("transfer", {})], threat, surrogate=surrogate))
