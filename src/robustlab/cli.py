@@ -83,6 +83,8 @@ def train(
     optimizer: Annotated[str, typer.Option(help="sgd or adamw")] = "sgd",
     weight_decay: float = 5e-4,
     schedule: Annotated[str, typer.Option(help="onecycle, cosine, multistep, cyclic or constant")] = "onecycle",
+    milestones: Annotated[str | None, typer.Option(help="multistep: epochs where the rate drops 10x, e.g. 100,105")] = None,
+    warmup_epochs: Annotated[float, typer.Option(help="cosine, multistep, constant: linear warmup epochs")] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     label_smoothing: float = 0.0,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999")] = None,
@@ -110,9 +112,15 @@ def train(
         net = create_model(model, num_classes=info_.num_classes, in_channels=info_.in_channels,
                            mean=info_.mean, std=info_.std, seed=seed)
         obj_kw: dict[str, Any] = {"label_smoothing": label_smoothing} if objective == "standard" else {}
+        sched_kw: dict[str, Any] = {"warmup_epochs": warmup_epochs} if warmup_epochs else {}
+        if milestones:
+            try:
+                sched_kw["milestones"] = [float(m) for m in milestones.split(",") if m.strip()]
+            except ValueError:
+                raise RobustlabError(f"--milestones takes comma-separated epochs such as 100,105, got {milestones!r}") from None
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                          weight_decay=weight_decay, schedule=schedule, ema_decay=ema,
-                          grad_clip=grad_clip, seed=seed)
+                          weight_decay=weight_decay, schedule=schedule, schedule_options=sched_kw,
+                          ema_decay=ema, grad_clip=grad_clip, seed=seed)
         result = Trainer(net, create_objective(objective, **obj_kw), cfg, callbacks=[RichProgress()],
                          out_dir=out, device=dev, dataset_name=dataset).fit(train_set, val_set, resume=resume)
     except RobustlabError as e:
@@ -303,6 +311,12 @@ def convert(
     jitter: Annotated[str | None, typer.Option(help="sd: uniform or normal")] = None,
     normal_std: Annotated[float | None, typer.Option(help="sd: std of the normal jitter, output pixels")] = None,
     std: Annotated[float | None, typer.Option(help="addnoise, sd+addnoise: noise std")] = None,
+    distribution: Annotated[str | None, typer.Option(help="addnoise, sd+addnoise: normal or uniform")] = None,
+    reduction: Annotated[str | None, typer.Option(help="sd: mean, sum, min or max over the samples")] = None,
+    per_sample: Annotated[bool, typer.Option(help="sd: one jitter draw per image instead of per batch")] = False,
+    p: Annotated[float | None, typer.Option(help="dropout-avgpool: dropout probability")] = None,
+    filter_size: Annotated[int | None, typer.Option(help="blurpool: binomial filter size")] = None,
+    placement: Annotated[str | None, typer.Option(help="flc, asap: after (default) or before (official code)")] = None,
     deterministic: Annotated[bool, typer.Option(help="sd: sample pixel centres (the deterministic twin)")] = False,
     include_pooling: Annotated[bool, typer.Option(help="also convert strided max/avg pooling")] = False,
 ) -> None:
@@ -310,11 +324,13 @@ def convert(
     from . import load, save
     from .defenses import convert_downsampling
 
-    options: dict[str, Any] = {k: v for k, v in
-                               {"spp": spp, "jitter": jitter, "normal_std": normal_std, "std": std}.items()
-                               if v is not None}
+    given = {"spp": spp, "jitter": jitter, "normal_std": normal_std, "std": std, "distribution": distribution,
+             "reduction": reduction, "p": p, "filter_size": filter_size, "placement": placement}
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if deterministic:
         options["deterministic"] = True
+    if per_sample:
+        options["per_sample"] = True
     try:
         model = load(checkpoint)
         header: dict[str, Any] = getattr(model, "robustlab_header", {})
@@ -338,7 +354,7 @@ def run(
     profile: Annotated[str, typer.Option(help="quick (minutes), cpu (about an hour on 2 cores) or full (a GPU)")] = "quick",
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<recipe>-<profile>)")] = None,
     baseline: Annotated[Path | None, typer.Option(help="start from this trained model instead of training one")] = None,
-    model: Annotated[str | None, typer.Option(help="architecture (default resnet-mini)")] = None,
+    model: Annotated[str | None, typer.Option(help="architecture (default: resnet-mini; resnet18 with the full profile on a GPU)")] = None,
     eps: Annotated[str | None, typer.Option(help="L-inf radius, e.g. 4/255 (the paper's, default) or 0.1")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default 3; quick: 1)")] = None,
     eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked")] = None,
@@ -352,6 +368,8 @@ def run(
         if recipe not in RECIPES:
             raise RobustlabError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
         dev = _device(device)
+        if model is None and profile == "full" and dev.type == "cuda":
+            model = "resnet18"  # the GPU model; resnet-mini is the CPU default
         cfg = study_config(profile, model=model, eps=None if eps is None else _eps(eps),
                            seeds=None if seeds is None else tuple(range(seeds)), eval_n=eval_n)
         folder = out or Path("runs") / f"{recipe}-{profile}"

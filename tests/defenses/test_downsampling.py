@@ -51,10 +51,35 @@ def test_every_method_preserves_every_intermediate_shape(arch, cin, size, kw):
         n = sum(isinstance(m, Downsampled) for m in conv.modules())
         assert n > 0, method
         after = _shapes(conv, x)
-        common = set(before) & set(after)
-        assert len(common) >= len(before) - 1  # every original module name still answers
-        for name in common:
+        assert set(before) <= set(after)  # every original module name still answers
+        for name in before:
             assert after[name] == before[name], (method, name)
+
+
+def test_flc_and_asap_take_the_official_placement_before_the_conv(tmp_path):
+    torch.manual_seed(0)
+    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    x = torch.rand(2, 1, 28, 28)
+    before_shapes = _shapes(model, x)
+    for method in ("flc", "asap"):
+        after = convert_downsampling(model, method).eval()
+        first = convert_downsampling(model, method, placement="before").eval()
+        assert all(m.before for m in first.modules() if isinstance(m, Downsampled))
+        assert not any(m.before for m in after.modules() if isinstance(m, Downsampled))
+        shapes = _shapes(first, x)
+        assert all(shapes[k] == v for k, v in before_shapes.items())
+        with torch.no_grad():
+            assert not torch.allclose(first(x), after(x))  # the order matters
+        robustlab.save(first, tmp_path / f"{method}.safetensors")
+        with torch.no_grad():
+            assert torch.equal(robustlab.load(tmp_path / f"{method}.safetensors")(x), first(x))
+    convnext = robustlab.create_model("torchvision:convnext_tiny", num_classes=10, in_channels=3)
+    with pytest.raises(InputError, match="placement='before' needs convolutions whose stride-1 form keeps"):
+        convert_downsampling(convnext, "flc", placement="before")  # 4x4 stride-4 stem, no padding
+    with pytest.raises(InputError, match="placement must be 'after'"):
+        convert_downsampling(model, "asap", placement="middle")
+    with pytest.raises(InputError, match="bad option for downsampling method 'sd'"):
+        convert_downsampling(model, "sd", placement="before")
 
 
 def test_convnext_stem_and_downsample_layers_are_converted():

@@ -20,8 +20,10 @@ original's. Methods (paper Sec. 3 "To perform ablation studies" and Table 1):
 FLC and ASAP here use the ``norm="forward"`` FFT pair and keep the real part, so a constant map
 stays constant; the official FLC layer returns the modulus of an unnormalized inverse transform
 (a rectified signal, four times larger). Their official placement also puts the pooling *before*
-a stride-1 convolution, the reverse of SD's convolution-then-downsample used here for every
-method so that all methods differ only in the downsampler.
+a stride-1 convolution (``placement="before"``), the reverse of SD's convolution-then-downsample;
+the default ``placement="after"`` is SD's order, used for every method so that all methods of
+the study differ only in the downsampler. ``"before"`` needs a convolution whose stride-1 form
+keeps the map size (odd kernel, "same" padding), so the output shapes stay the original's.
 """
 
 from __future__ import annotations
@@ -153,13 +155,19 @@ class Downsampled(nn.Module):
     ``op`` holds the stride-1 operation with the original weights, ``down`` the downsampler.
     """
 
-    def __init__(self, op: nn.Module, down: nn.Module, stride: tuple[int, int]) -> None:
+    def __init__(self, op: nn.Module, down: nn.Module, stride: tuple[int, int], before: bool = False) -> None:
         super().__init__()
         self.op = op
         self.down = down
         self.stride = stride
+        self.before = before
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, order={'down, op' if self.before else 'op, down'}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.before:  # the official FLC / ASAP placement: downsample, then the stride-1 op
+            return self.op(self.down(x))
         return self.down(self.op(x))
 
 
@@ -189,11 +197,22 @@ def _blurpool(stride: tuple[int, int], *, filter_size: int = 3) -> nn.Module:
     return BlurPool(stride, filter_size)
 
 
-def _flc(stride: tuple[int, int]) -> nn.Module:
+PLACEMENTS = ("after", "before")
+
+
+def _check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement must be 'after' (stride-1 conv, then pooling; the default) or "
+                         f"'before' (pooling, then the stride-1 conv: the official FLC/ASAP code), got {placement!r}")
+
+
+def _flc(stride: tuple[int, int], *, placement: str = "after") -> nn.Module:
+    _check_placement(placement)
     return FLCPool(stride, window=False)
 
 
-def _asap(stride: tuple[int, int]) -> nn.Module:
+def _asap(stride: tuple[int, int], *, placement: str = "after") -> nn.Module:
+    _check_placement(placement)
     return FLCPool(stride, window=True)
 
 
@@ -235,7 +254,20 @@ def _downsampled(child: nn.Module, method: str, options: dict[str, Any]) -> nn.M
     op.stride = (1, 1) if isinstance(child, nn.Conv2d) else 1  # type: ignore[assignment]
     if isinstance(op, nn.MaxPool2d | nn.AvgPool2d):
         op.ceil_mode = False
-    return Downsampled(op, DOWNSAMPLERS.get(method)(stride, **options), stride)
+    before = options.get("placement", "after") == "before"
+    if before and not _keeps_size(child):
+        raise InputError(
+            f"placement='before' needs convolutions whose stride-1 form keeps the map size (odd kernel, "
+            f"'same' padding); {child} does not: use placement='after'")
+    return Downsampled(op, DOWNSAMPLERS.get(method)(stride, **options), stride, before=before)
+
+
+def _keeps_size(m: nn.Module) -> bool:
+    """Whether ``m`` at stride 1 maps an HxW input to HxW (so pooling can come first)."""
+    if not isinstance(m, nn.Conv2d) or isinstance(m.padding, str):
+        return isinstance(m, nn.Conv2d) and m.padding == "same"
+    k, d, pad = m.kernel_size, m.dilation, m.padding
+    return all(ki % 2 == 1 and pi == di * (ki - 1) // 2 for ki, di, pi in zip(k, d, pad, strict=True))
 
 
 def convert_downsampling(
@@ -256,7 +288,9 @@ def convert_downsampling(
         **options: options of the method: for ``sd`` ``spp``, ``jitter``, ``normal_std``,
             ``reduction``, ``per_sample``, ``deterministic``; for ``addnoise`` and
             ``sd+addnoise`` ``std`` and ``distribution`` (plus the ``sd`` ones for the latter);
-            ``p`` for ``dropout-avgpool``; ``filter_size`` for ``blurpool``.
+            ``p`` for ``dropout-avgpool``; ``filter_size`` for ``blurpool``; ``placement``
+            (``"after"``, the default, or ``"before"``, the official code's order) for ``flc``
+            and ``asap``.
 
     Returns:
         The converted model. A robustlab model records the conversion in its recipe, so
@@ -299,7 +333,7 @@ def deterministic_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every downsampler's randomness switched off.
 
     :class:`StochasticDownsample` layers sample their pixel centres (``deterministic=True``, for a
-    factor of 2 the 2x2 box average) and :class:`AddNoise` layers add nothing; the weights are
+    factor of 2 on even-sized maps the 2x2 box average) and :class:`AddNoise` layers add nothing; the weights are
     the same. Adversarial examples crafted on the twin and transferred to the randomized model
     test whether the randomness, rather than the weights, is what resists gradient attacks
     (Athalye et al., 2018, Sec. 4.3; the stochastic-downsampling paper's Sec. 5.3 transfers from
@@ -329,6 +363,7 @@ CONVERSIONS.register("downsampling", _replay, paper="stochastic-downsampling, Se
 __all__ = [
     "DOWNSAMPLERS",
     "METHODS",
+    "PLACEMENTS",
     "AddNoise",
     "BlurPool",
     "Downsampled",

@@ -133,7 +133,9 @@ class StochasticDownsample(Stochastic):
         reduction: how the samples combine: ``mean`` (Eq. 3), ``sum``, ``min`` or ``max``.
         per_sample: draw a separate jitter tensor for every sample of the batch.
         deterministic: sample only the pixel centres (one sample; the deterministic twin used
-            for transfer attacks). For a factor of 2 this is the 2x2 box average.
+            for transfer attacks). For a factor of 2 on an even-sized map this is the 2x2 box
+            average; on odd sizes the footprint is ``H / H_out`` input pixels (e.g. 7 -> 4:
+            1.75), so it is a bilinear blend, not a box average.
         memory_efficient: for ``mean``/``sum``, a first-order backward that accumulates the
             input gradient in one buffer; ``False`` for double backward.
     """
