@@ -34,6 +34,8 @@ def test_constant_model_error_is_the_label_frequency_everywhere():
     assert res.accuracy == {"fog": [pytest.approx(frac)] * 2, "pixelate": [pytest.approx(frac)] * 2}
     assert res.mce == pytest.approx(1 - frac)
     assert res.n == 40
+    # per image: every corrupted version right (label 2) or every one wrong
+    assert res.per_image == [1.0 if int(t) == 2 else 0.0 for t in y]
 
 
 def test_mce_is_the_plain_mean_error_and_relative_mce_normalizes():
@@ -57,6 +59,9 @@ def test_same_seed_same_numbers_and_n_limits_the_images():
     r1 = evaluate_corruptions(model, (x, y), **kw)
     r2 = evaluate_corruptions(model, (x, y), **kw)
     assert r1.accuracy == r2.accuracy and r1.n == 30
+    assert len(r1.per_image) == 30 and r1.per_image == r2.per_image
+    # the per-image fractions average back to the overall corrupted accuracy (1 - mCE)
+    assert sum(r1.per_image) / 30 == pytest.approx(1 - r1.mce)
     # a different corruption seed draws other noise; accuracies are multiples of 1/30
     r3 = evaluate_corruptions(model, (x, y), seed=1, **kw)
     assert all(round(a * 30) == pytest.approx(a * 30) for a in r3.accuracy["gaussian-noise"])

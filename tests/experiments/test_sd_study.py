@@ -12,6 +12,7 @@ from robustlab.experiments.sd_study import (
     SD,
     _worst_value,
     addnoise,
+    paired,
     run_sd_study,
     study_config,
 )
@@ -51,6 +52,10 @@ def test_sd_study_runs_every_table_resumes_and_reports(tmp_path):
     for heading in ("Table 1 analogue", "Table 3 analogue", "Table 4 analogue", "Table 5 analogue", "Verdict"):
         assert heading in report
     assert "PGD + EOT-3 (%)" in report and "transfer from twin (%)" in report
+    verdict = report.split("## Verdict")[1]
+    assert "Each comparison is paired" in verdict and "Marginal drop in i.i.d. accuracy" in verdict
+    assert "false sense of security" in verdict and "s.e." in verdict
+    assert len(sd["clean"]["correct"]) == 120 and len(sd["mce"]["per_image"]) == 16
     assert (tmp_path / "clean_vs_robust.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["eval_images"] == 24
     rows = Ledger(tmp_path / "ledger.sqlite").rows()
@@ -85,3 +90,19 @@ def test_unknown_profile_lists_the_known_ones():
         study_config("fast")
     with pytest.raises(InputError, match="quick, cpu, full"):
         run_sd_study("/nonexistent-never-created", "fast")
+
+
+def test_paired_comparison_counts_each_image_once():
+    a = [1.0, 1.0, 1.0, 0.0] * 25
+    b = [1.0, 0.0, 1.0, 0.0] * 25
+    p = paired(a, b)
+    assert p.n == 100 and p.a == 0.75 and p.b == 0.5 and p.diff == pytest.approx(0.25)
+    # d is 0.25 on average with sample variance 0.25 * 0.75 * 100 / 99
+    assert p.se == pytest.approx((0.25 * 0.75 * 100 / 99 / 100) ** 0.5)
+    assert p.outcome == "higher" and paired(b, a).outcome == "lower"
+    assert paired(a, a).outcome == "no significant difference" and paired(a, a).se == 0.0
+    # a 3-image difference among 100 is within noise
+    c = [1.0] * 3 + [0.0] * 97
+    assert paired(c, [0.0] * 100).outcome == "no significant difference"
+    with pytest.raises(InputError, match="two equal, non-empty lists"):
+        paired(a, b[:10])

@@ -51,7 +51,7 @@ from torch import nn
 from ..attacks import EOT, PGD, AutoAttack, Square, Transfer
 from ..checkpoints import load
 from ..core.errors import InputError
-from ..core.metrics import accuracy
+from ..core.metrics import predict
 from ..core.randomness import is_stochastic, seed_stochastic
 from ..core.types import ThreatModel
 from ..data import get_info, load_dataset, make_loader
@@ -197,6 +197,11 @@ PROFILES: dict[str, SDStudyConfig] = {
 # models
 
 
+def _bits(mask: torch.Tensor) -> str:
+    """A boolean per-sample mask as a string of 0/1 (compact in JSON)."""
+    return "".join("1" if b else "0" for b in mask.tolist())
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -285,7 +290,7 @@ class _Study:
         return {
             "acc": res.robust_acc,
             "clean_acc": res.clean_acc,
-            "robust": "".join("1" if b else "0" for b in res.robust[0].tolist()),
+            "robust": _bits(res.robust[0]),
             "per_attack": {k: s.robust_acc for k, s in res.per_attack.items()},
             "seconds": res.seconds,
         }
@@ -316,8 +321,9 @@ class _Study:
             if col == "clean":
                 seed_stochastic(model, seed)
                 with torch.no_grad():
-                    acc = accuracy(model, make_loader(self.test, 500), self.device)
-                done[col] = {"acc": acc}
+                    ok = torch.cat([(predict(model, x.to(self.device)) == y.to(self.device)).cpu()
+                                    for x, y in make_loader(self.test, 500)])
+                done[col] = {"acc": float(ok.float().mean()), "correct": _bits(ok)}
             elif col == "mce":
                 cr = evaluate_corruptions(model, self.test, n=min(self.cfg.corruption_n, len(self.test)),
                                           batch_size=500, seed=seed, device=self.device)
@@ -384,23 +390,24 @@ def _stat(evals: Sequence[dict[str, Any]], col: str, key: str = "acc") -> str:
 
 def _worst(evals: Sequence[dict[str, Any]]) -> str:
     """Per seed, the fraction of samples that survived every attack run on that model."""
-    vals = []
-    for e in evals:
-        masks = [e[c]["robust"] for c in e if isinstance(e[c], dict) and "robust" in e[c]]
-        if masks:
-            alive = [all(m[i] == "1" for m in masks) for i in range(len(masks[0]))]
-            vals.append(100 * sum(alive) / len(alive))
+    vals = [100 * w for w in (_worst_value(e) for e in evals) if w is not None]
     if not vals:
         return "—"
     m, s = mean_std(vals)
     return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
 
 
-def _worst_value(e: dict[str, Any]) -> float | None:
+def _worst_mask(e: dict[str, Any]) -> list[float] | None:
+    """Per sample, 1.0 when it survived every attack run on the model (one seed's evals)."""
     masks = [e[c]["robust"] for c in e if isinstance(e[c], dict) and "robust" in e[c]]
     if not masks:
         return None
-    return sum(all(m[i] == "1" for m in masks) for i in range(len(masks[0]))) / len(masks[0])
+    return [1.0 if all(m[i] == "1" for m in masks) else 0.0 for i in range(len(masks[0]))]
+
+
+def _worst_value(e: dict[str, Any]) -> float | None:
+    mask = _worst_mask(e)
+    return None if mask is None else sum(mask) / len(mask)
 
 
 def run_sd_study(
@@ -630,83 +637,200 @@ def summary_markdown(results: dict[str, Any], cfg: SDStudyConfig) -> str:
     return "".join([_table(t["table1"], _cols_table1(cfg), worst=True), "\n", _verdict(results, cfg)])
 
 
-def _compare(a: float, na: int, b: float, nb: int) -> str:
-    """``"higher"``, ``"lower"`` or ``"no significant difference"`` for accuracy ``a`` against ``b``
-    (fractions over ``na`` and ``nb`` samples): a difference counts when it exceeds twice its
-    binomial standard error."""
-    se = math.sqrt(max(a * (1 - a), 1e-12) / na + max(b * (1 - b), 1e-12) / nb)
-    if a - b > 2 * se:
-        return "higher"
-    if b - a > 2 * se:
-        return "lower"
-    return "no significant difference"
+# The paper's own numbers (ImageNet-100, ConvNeXt-tiny; Tables 1 and 3) that define its words:
+# SD's clean accuracy 86.83 vs the baseline's 89.05 is called a "marginal" / "insignificant"
+# drop, its mCE 38.34 vs 34.94 an "insignificant" loss of generalization, and its Square
+# accuracy 83.08 (clean 86.83) "almost unaffected". A claim holds here when the measured
+# difference is no worse than the paper's own, rounded up.
+PAPER_CLEAN_DROP = 0.025
+PAPER_MCE_RISE = 0.035
+PAPER_SQUARE_DROP = 0.04
+
+
+def _outcomes(evals: Sequence[dict[str, Any]], col: str) -> list[float] | None:
+    """Per test image, the mean over seeds of the model's 0/1 outcome in column ``col``: correct
+    (``clean``), robust (attack columns) or the fraction of corrupted versions right (``mce``);
+    ``None`` when a seed lacks the per-image record."""
+    per_seed: list[list[float]] = []
+    for e in evals:
+        cell = e.get(col)
+        if col == "worst":
+            w = _worst_mask(e)
+            if w is None:
+                return None
+            per_seed.append(w)
+        elif not isinstance(cell, dict):
+            return None
+        elif "per_image" in cell and cell["per_image"]:
+            per_seed.append([float(v) for v in cell["per_image"]])
+        elif isinstance(cell.get("correct" if col == "clean" else "robust"), str):
+            per_seed.append([1.0 if c == "1" else 0.0 for c in cell["correct" if col == "clean" else "robust"]])
+        else:
+            return None
+    if not per_seed or len({len(v) for v in per_seed}) != 1:
+        return None
+    return [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(per_seed[0]))]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of two models on the same test images (image = unit)."""
+
+    a: float
+    b: float
+    diff: float
+    se: float
+    n: int
+
+    @property
+    def outcome(self) -> str:
+        """``"higher"``, ``"lower"`` or ``"no significant difference"`` (|diff| > 2 se)."""
+        if self.diff > 2 * self.se:
+            return "higher"
+        if -self.diff > 2 * self.se:
+            return "lower"
+        return "no significant difference"
+
+    def text(self, scale: float = 100.0) -> str:
+        """``+1.23 pp ± 0.45`` (the difference and its standard error)."""
+        return f"{scale * self.diff:+.2f} pp, s.e. {scale * self.se:.2f}"
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
+    """Paired comparison of per-image outcomes ``a`` and ``b`` (each averaged over seeds): the
+    mean difference and its standard error over images, so images seen by every seed count once
+    (no pooling of images x seeds as if they were independent)."""
+    if len(a) != len(b) or not a:
+        raise InputError(f"paired comparison needs two equal, non-empty lists, got {len(a)} and {len(b)}")
+    n = len(a)
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
+    return Paired(sum(a) / n, sum(b) / n, mean, math.sqrt(var / n), n)
 
 
 def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
     """The paper's claims about SD, checked one by one against the numbers above.
 
-    Every sentence is computed from the tables; a difference counts only when it exceeds twice
-    its binomial standard error over the pooled samples (attacked images x seeds).
+    Every sentence is computed from the tables. Two models are compared on the same images: per
+    image the 0/1 outcome is averaged over seeds, and a difference counts when it exceeds twice
+    its standard error over images (a paired test). Claims phrased by the paper as "marginal"
+    or "almost unaffected" are held to the paper's own numbers (:data:`PAPER_CLEAN_DROP`,
+    :data:`PAPER_MCE_RISE`, :data:`PAPER_SQUARE_DROP`).
     """
-    t1 = r["tables"]["table1"]
+    t = r["tables"]
+    t1 = t["table1"]
     base, sd = t1.get("Baseline"), t1.get("SD")
     if not base or not sd:
         return "Not enough results for a verdict (Table 1 needs the baseline and SD).\n"
-    seeds = len(cfg.seeds)
-    n_adv = r["eval_images"] * seeds
-    n_clean = r["clean_images"] * seeds
-    n_corr = min(cfg.corruption_n, r["clean_images"]) * 75 * seeds
-    lines = [f"Differences count when they exceed twice their binomial standard error "
-             f"({n_adv} attacked images, {n_clean} clean images, {n_corr} corrupted images, pooled over seeds).\n"]
+    lines = [
+        "Each comparison is paired: both models on the same test images, each image's outcome "
+        "averaged over seeds; a difference counts when it exceeds twice its standard error (s.e.) "
+        f"over the {r['eval_images']} attacked (or {r['clean_images']} clean) images. Where the paper "
+        "calls a loss \"marginal\" or a model \"almost unaffected\", the claim holds when the loss "
+        "here is no larger than the paper's own (ImageNet-100, Table 1), rounded up.\n",
+        "What the paper reports (no EOT):\n",
+    ]
 
     def pct(v: float) -> str:
         return f"{100 * v:.2f}%"
 
-    def claim(text: str, a: float | None, b: float | None, n: int, want: str, what: str) -> None:
-        if a is None or b is None:
-            return
-        got = _compare(a, n, b, n)
-        held = ("**held**" if got == want else
-                "**not shown** at this sample size" if got.startswith("no ") else "**did not hold**")
-        lines.append(f"- {text}: SD {pct(a)} vs baseline {pct(b)} ({what} {got}) -> {held}.")
+    def cmp(x: Sequence[dict[str, Any]], y: Sequence[dict[str, Any]], col: str) -> Paired | None:
+        a, b = _outcomes(x, col), _outcomes(y, col)
+        return paired(a, b) if a is not None and b is not None and len(a) == len(b) else None
 
-    bc, sc = _mean(base, "clean"), _mean(sd, "clean")
-    if bc is not None and sc is not None:
-        drop = bc - sc
-        held = "**held**" if drop <= 0.01 else "**did not hold**"
-        lines.append(f"- \"Very low cost in clean accuracy\" (taken as a drop of at most 1 pp): SD {pct(sc)} vs "
-                     f"baseline {pct(bc)} ({100 * -drop:+.2f} pp) -> {held}.")
-    claim("Robustness to PGD, the paper's protocol (no EOT)", _mean(sd, "pgd"), _mean(base, "pgd"), n_adv,
-          "higher", "SD")
+    def verdict(ok: bool | None) -> str:
+        return "**held**" if ok else "**not shown** at this sample size" if ok is None else "**did not hold**"
+
+    def gain(text: str, p: Paired | None, who: str = "SD", vs: str = "baseline", want: str = "higher") -> None:
+        if p is None:
+            return
+        got = p.outcome
+        ok = True if got == want else None if got.startswith("no ") else False
+        lines.append(f"- {text}: {who} {pct(p.a)} vs {vs} {pct(p.b)} ({p.text()}; {who} {got}) -> {verdict(ok)}.")
+
+    c = cmp(sd, base, "clean")
+    if c is not None:
+        drop = -c.diff
+        lines.append(
+            f"- \"Marginal drop in i.i.d. accuracy\" (paper: -2.22 pp; held at a drop of at most "
+            f"{100 * PAPER_CLEAN_DROP:.1f} pp): SD {pct(c.a)} vs baseline {pct(c.b)} ({c.text()}) -> "
+            f"{verdict(drop <= PAPER_CLEAN_DROP)}.")
+    m = cmp(sd, base, "mce")
+    if m is not None:
+        rise = m.b - m.a  # error = 1 - fraction right
+        lines.append(
+            f"- \"Insignificant drop in generalization\" (mCE; paper: +3.40 pp; held at a rise of at most "
+            f"{100 * PAPER_MCE_RISE:.1f} pp): SD mCE {pct(1 - m.a)} vs baseline {pct(1 - m.b)} "
+            f"({100 * rise:+.2f} pp, s.e. {100 * m.se:.2f}) -> {verdict(rise <= PAPER_MCE_RISE)}.")
+    gain("Robustness to PGD, the paper's protocol", cmp(sd, base, "pgd"))
     if cfg.autoattack:
-        claim("Robustness to AutoAttack standard", _mean(sd, "aa"), _mean(base, "aa"), n_adv, "higher", "SD")
-    claim(f"Robustness to the black-box Square attack ({cfg.square_queries} queries)", _mean(sd, "square"),
-          _mean(base, "square"), n_adv, "higher", "SD")
-    claim("Lower mean corruption error (generalization to Fashion-MNIST-C)", _mean(sd, "mce"), _mean(base, "mce"),
-          n_corr, "lower", "SD's error")
-    lines.append("")
-    lines.append("Once EOT is used:")
-    lines.append("")
-    sp = _mean(sd, "pgd")
+        gain("Robustness to AutoAttack standard", cmp(sd, base, "aa"))
+    sq = cmp(sd, base, "square")
+    gain(f"Robustness to the black-box Square attack ({cfg.square_queries} queries)", sq)
+    sd_sq = [e["square"] for e in sd if isinstance(e.get("square"), dict) and e["square"].get("acc") is not None]
+    if sd_sq:
+        clean_eval = sum(v["clean_acc"] for v in sd_sq) / len(sd_sq)
+        acc_sq = sum(v["acc"] for v in sd_sq) / len(sd_sq)
+        lines.append(
+            f"- \"Almost unaffected under Square\" (paper: -3.75 pp from clean; held at a drop of at most "
+            f"{100 * PAPER_SQUARE_DROP:.0f} pp): SD {pct(acc_sq)} under Square vs {pct(clean_eval)} clean on "
+            f"the same images -> {verdict(clean_eval - acc_sq <= PAPER_SQUARE_DROP)}.")
+    an = t1.get("AddNoise (std=0.75)")
+    if an:
+        p = cmp(sd, an, "clean")
+        if p is not None:
+            gain("Better i.i.d. accuracy than AddNoise (std=0.75) (paper: 86.83 vs 83.53)", p,
+                 vs="AddNoise")
+        p = cmp(sd, an, "mce")
+        if p is not None:
+            lines.append(f"- Lower mCE than AddNoise (std=0.75) (paper: 38.34 vs 42.96): SD {pct(1 - p.a)} vs "
+                         f"AddNoise {pct(1 - p.b)} -> "
+                         f"{verdict(True if p.outcome == 'higher' else None if p.outcome.startswith('no ') else False)}.")
+    t4 = t.get("table4", {})
+    if "SD" in t4 and "AddNoise (std=0.75)" in t4:
+        gain("Transfer from the baseline hurts SD less than AddNoise (std=0.75) (Table 4, paper: 75.06 vs 45.24)",
+             cmp(t4["SD"], t4["AddNoise (std=0.75)"], "tb-pgd"), vs="AddNoise")
+    t5 = t.get("table5", {})
+    if len(cfg.spp_sweep) >= 2:
+        lo, hi = sd_spp(min(cfg.spp_sweep)).label, sd_spp(max(cfg.spp_sweep)).label
+        if lo in t5 and hi in t5:
+            gain(f"PGD robustness falls as spp grows (Table 5, paper: 50.22 at spp=1, 9.06 at spp=16): "
+                 f"spp={min(cfg.spp_sweep)} vs spp={max(cfg.spp_sweep)}", cmp(t5[lo], t5[hi], "pgd"),
+                 who=f"spp={min(cfg.spp_sweep)}", vs=f"spp={max(cfg.spp_sweep)}")
+    lines += ["", "Once EOT and the other adaptive attacks are used:", ""]
+    def within(col: str, ref: str) -> Paired | None:  # two columns of the same model
+        a, b = _outcomes(sd, col), _outcomes(sd, ref)
+        return paired(a, b) if a is not None and b is not None and len(a) == len(b) else None
+
     for k in cfg.eot_draws:
-        se = _mean(sd, f"pgd-eot{k}")
-        if se is not None and sp is not None:
-            got = _compare(se, n_adv, sp, n_adv)
-            got = got if got.startswith("no ") else f"significantly {got} than plain PGD"
-            lines.append(f"- PGD with EOT-{k} against SD: {pct(se)} ({100 * (se - sp):+.2f} pp against plain PGD; {got}).")
-    worst = [w for w in (_worst_value(e) for e in sd) if w is not None]
-    bworst = [w for w in (_worst_value(e) for e in base) if w is not None]
-    bp = _mean(base, "pgd")
-    if worst and bworst and sp is not None and bp is not None:
-        w, bw = sum(worst) / len(worst), sum(bworst) / len(bworst)
-        got = _compare(w, n_adv, bw, n_adv)
-        kept = "" if sp <= bp else f"; {max(0.0, w - bw) / (sp - bp):.0%} of its PGD gain remains"
-        verdict = ("**a robustness gain survives adaptive attacks**" if got == "higher" else
-                   "**no robustness gain is shown once adaptive attacks are used** (at this sample size)"
-                   if got.startswith("no ") else "**SD is less robust than the baseline under adaptive attacks**")
-        lines.append(f"- Worst case over every attack run on the model (EOT, transfer from the deterministic twin, "
-                     f"{'AutoAttack rand, ' if cfg.aa_rand else ''}Square): SD {pct(w)} vs baseline {pct(bw)} "
-                     f"(SD {got}{kept}) -> {verdict}.")
+        p = within(f"pgd-eot{k}", "pgd")
+        if p is not None:
+            got = p.outcome if p.outcome.startswith("no ") else f"significantly {p.outcome} than plain PGD"
+            lines.append(f"- PGD with EOT-{k} against SD: {pct(p.a)} ({p.text()} against plain PGD; {got}).")
+    if cfg.aa_rand and cfg.autoattack:
+        p = within("aa-rand", "aa")
+        if p is not None:
+            got = p.outcome if p.outcome.startswith("no ") else f"significantly {p.outcome}"
+            lines.append(f"- AutoAttack rand (APGD-CE and APGD-DLR with EOT-{cfg.aa_rand_eot}) against SD: {pct(p.a)} "
+                         f"vs AutoAttack standard {pct(p.b)} ({p.text()}; {got}).")
+    p = within("twin", "pgd")
+    if p is not None:
+        got = p.outcome if p.outcome.startswith("no ") else f"significantly {p.outcome}"
+        lines.append(f"- PGD crafted on SD's deterministic twin and transferred: {pct(p.a)} vs plain PGD {pct(p.b)} "
+                     f"({p.text()}; {got}).")
+    w = cmp(sd, base, "worst")
+    pg = cmp(sd, base, "pgd")
+    if w is not None:
+        kept = "" if pg is None or pg.diff <= 0 else f"; {max(0.0, w.diff) / pg.diff:.0%} of SD's PGD gain remains"
+        got = w.outcome
+        conclusion = ("**a robustness gain survives adaptive attacks**" if got == "higher" else
+                      "**no robustness gain is shown once adaptive attacks are used** (at this sample size)"
+                      if got.startswith("no ") else "**SD is less robust than the baseline under adaptive attacks**")
+        lines.append(
+            "- \"Does not provide a false sense of security\": the per-sample worst case over every attack run "
+            f"on the model (EOT, transfer from the deterministic twin, {'AutoAttack rand, ' if cfg.aa_rand else ''}"
+            f"Square): SD {pct(w.a)} vs baseline {pct(w.b)} ({w.text()}{kept}) -> {conclusion}.")
     return "\n".join(lines) + "\n"
 
 
