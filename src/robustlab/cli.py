@@ -351,7 +351,7 @@ RECIPES = ("sd-study",)
 @app.command()
 def run(
     recipe: Annotated[str, typer.Argument(help="the recipe: sd-study")],
-    profile: Annotated[str, typer.Option(help="quick (minutes), cpu (about an hour on 2 cores) or full (a GPU)")] = "quick",
+    profile: Annotated[str, typer.Option(help="quick (minutes), cpu (every table and column, hours on 2 cores) or full (the paper's scale, a GPU)")] = "quick",
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<recipe>-<profile>)")] = None,
     baseline: Annotated[Path | None, typer.Option(help="start from this trained model instead of training one")] = None,
     model: Annotated[str | None, typer.Option(help="architecture (default: resnet-mini; resnet18 with the full profile on a GPU)")] = None,
@@ -385,12 +385,12 @@ def run(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 4,
-    at_epochs: Annotated[int, typer.Option(min=1, help="epochs of the PGD-AT model")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 3,
+    at_epochs: Annotated[int, typer.Option(min=1, help="epochs of the PGD-AT model")] = 3,
     train_limit: Annotated[int | None, typer.Option(help="train on a subset (default: all 60,000)")] = None,
-    at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 15_000,
+    at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 8_000,
     test_limit: Annotated[int | None, typer.Option(help="test on a subset (default: all 10,000)")] = None,
-    eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 200,
+    eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 100,
     battery: Annotated[str, typer.Option(help="quick, standard, rand or full")] = "standard",
     sd_study: Annotated[str, typer.Option(help="sd-study profile to include: quick, cpu, full or none")] = "quick",
     device: str = "auto",

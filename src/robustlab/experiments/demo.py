@@ -47,19 +47,19 @@ class DemoConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "resnet-mini"
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 0.1
     train_limit: int | None = None
     test_limit: int | None = None
     seed: int = 0
-    at_epochs: int = 4
-    at_train_limit: int | None = 15_000
+    at_epochs: int = 3
+    at_train_limit: int | None = 8_000
     at_steps: int = 5
     at_lr: float = 0.1
-    eval_n: int = 200
+    eval_n: int = 100
     battery: str = "standard"
-    eval_batch_size: int = 200
+    eval_batch_size: int = 100
     sd_study: str | SDStudyConfig | None = "quick"
     """A :data:`~robustlab.experiments.sd_study.PROFILES` name (run on this dataset and model), a
     full config, or ``None`` to skip the study."""
