@@ -151,6 +151,9 @@ def test_named_batteries():
                            "transfer")
     assert full.config()["attacks"][-1]["surrogate"]["parameters"] == 51
     assert create_battery("full", T).labels[-1] == "apgd-dlr-eot"
+    # Square: the reference's single draw in standard, the expected margin over the EOT draws in full
+    assert standard[3]["eot"] == 1
+    assert create_battery("full", T, eot=7).config()["attacks"][3]["eot"] == 7
 
 
 def test_unknown_battery_lists_the_known_ones():
