@@ -25,8 +25,28 @@ TINY = study_config(
 )
 
 
+class _Killed(Exception):
+    pass
+
+
+def _die_at_seed_1(line: str) -> None:
+    if "(seed 1)" in line:
+        raise _Killed(line)
+
+
 def test_sd_study_runs_every_table_resumes_and_reports(tmp_path):
-    r = run_sd_study(tmp_path, TINY)
+    # killed when the second seed starts: seed-major order has finished every table on seed 0
+    with pytest.raises(_Killed):
+        run_sd_study(tmp_path, TINY, log=_die_at_seed_1)
+    part = run_sd_study(tmp_path, TINY, report_only=True)
+    for key, rows in part["tables"].items():
+        for label, (e0, e1) in rows.items():
+            assert e0 and not e1, (key, label)
+            assert {c for c in e0 if isinstance(e0[c], dict)} >= {"clean"}
+    assert "(1 of 2 seeds)" in (tmp_path / "report.md").read_text()
+    assert "Marginal drop in i.i.d. accuracy" in (tmp_path / "report.md").read_text()  # seed 0 pairs
+
+    r = run_sd_study(tmp_path, TINY)  # resumes with seed 1
     t = r["tables"]
     assert list(t["table1"]) == ["Baseline", "SD", "AddNoise (std=0.5)"]
     assert set(t["table3"]) == {"Baseline", "AddNoise (std=0.5)", "AddNoise (std=0.2)",

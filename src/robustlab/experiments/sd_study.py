@@ -370,6 +370,13 @@ class _Study:
 ADV_COLUMNS = ("pgd", "square", "aa", "aa-rand", "twin", "tb-pgd", "tb-aa")
 
 
+def _unique(variants: Sequence[Variant]) -> list[Variant]:
+    seen: dict[str, Variant] = {}
+    for v in variants:
+        seen.setdefault(v.label, v)
+    return list(seen.values())
+
+
 def _cols_table1(cfg: SDStudyConfig) -> list[str]:
     cols = ["clean", "pgd"]
     if cfg.autoattack:
@@ -382,21 +389,23 @@ def _cols_table1(cfg: SDStudyConfig) -> list[str]:
     return cols
 
 
-def _stat(evals: Sequence[dict[str, Any]], col: str, key: str = "acc") -> str:
-    vals = [e[col][key] for e in evals if col in e and e[col].get(key) is not None]
+def _fmt(vals: Sequence[float], expect: int) -> str:
+    """``mean ± std`` of percentages; ``—`` when empty; names the seed count when some are missing."""
     if not vals:
         return "—"
-    m, s = mean_std([100 * v for v in vals])
-    return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+    m, s = mean_std(list(vals))
+    text = f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+    return f"{text} ({len(vals)} of {expect} seeds)" if len(vals) < expect else text
+
+
+def _stat(evals: Sequence[dict[str, Any]], col: str, key: str = "acc") -> str:
+    vals = [100 * e[col][key] for e in evals if col in e and e[col].get(key) is not None]
+    return _fmt(vals, len(evals))
 
 
 def _worst(evals: Sequence[dict[str, Any]]) -> str:
     """Per seed, the fraction of samples that survived every attack run on that model."""
-    vals = [100 * w for w in (_worst_value(e) for e in evals) if w is not None]
-    if not vals:
-        return "—"
-    m, s = mean_std(vals)
-    return f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+    return _fmt([100 * w for w in (_worst_value(e) for e in evals) if w is not None], len(evals))
 
 
 def _worst_mask(e: dict[str, Any]) -> list[float] | None:
@@ -457,34 +466,27 @@ def run_sd_study(
     study.report_only = report_only
 
     results: dict[str, Any] = {"config": cfg.to_dict(), "tables": {}}
-    # Table 1 (+ honest columns)
     cols1 = _cols_table1(cfg)
-    t1 = {}
-    for v in cfg.table1:
-        t1[v.label] = [study.evaluate(v, s, cols1) for s in cfg.seeds]
-    results["tables"]["table1"] = t1
-    # Table 3: AddNoise sweep with and without SD
-    t3: dict[str, list[dict[str, Any]]] = {}
     cols3 = ["clean", *(["aa"] if cfg.autoattack else ["pgd"]), "mce", *(["aa-rand"] if cfg.aa_rand else [])]
     sweep = [*[addnoise(s) for s in cfg.noise_sweep], *[sd_addnoise(s) for s in cfg.noise_sweep], SD]
-    for v in [BASELINE, *[w for w in cfg.table1 if w.method in ("addnoise", "sd+addnoise")], *sweep]:
-        if v.label not in t3:
-            t3[v.label] = [study.evaluate(v, s, cols3) for s in cfg.seeds]
-    results["tables"]["table3"] = t3
-    # Table 4: transfer from the baseline
     cols4 = ["tb-pgd", *(["tb-aa"] if cfg.autoattack else [])]
-    results["tables"]["table4"] = {v.label: [study.evaluate(v, s, cols4) for s in cfg.seeds]
-                                   for v in cfg.transfer_from_baseline}
-    # Table 5: samples per pixel
     cols5 = ["clean", "pgd", *[f"pgd-eot{n}" for n in cfg.eot_draws[:1]]]
-    results["tables"]["table5"] = {sd_spp(p).label: [study.evaluate(sd_spp(p), s, cols5) for s in cfg.seeds]
-                                   for p in cfg.spp_sweep}
-    # every table's entries again from disk, so a model's worst case counts every attack it met
-    variants = {v.label: v for v in [*cfg.table1, *sweep, *cfg.transfer_from_baseline, BASELINE,
-                                     *[sd_spp(p) for p in cfg.spp_sweep]]}
-    for rows in results["tables"].values():
-        for label in rows:
-            rows[label] = [study.load(variants[label], s) for s in cfg.seeds]
+    tables: dict[str, list[tuple[Variant, list[str]]]] = {
+        "table1": [(v, cols1) for v in cfg.table1],  # Table 1 (+ honest columns)
+        "table3": [(v, cols3) for v in _unique([BASELINE, *[w for w in cfg.table1 if w.method in (
+            "addnoise", "sd+addnoise")], *sweep])],  # Table 3: AddNoise sweep with and without SD
+        "table4": [(v, cols4) for v in cfg.transfer_from_baseline],  # Table 4: transfer from the baseline
+        "table5": [(sd_spp(p), cols5) for p in cfg.spp_sweep],  # Table 5: samples per pixel
+    }
+    # seed-major: every table gets a complete seed before the next seed starts, so a long run
+    # stopped early (or read with --report-only) has whole tables on fewer seeds
+    for s in cfg.seeds:
+        for jobs in tables.values():
+            for v, cols in jobs:
+                study.evaluate(v, s, cols)
+    # every table's entries from disk, so a model's worst case counts every attack it met
+    for key, jobs in tables.items():
+        results["tables"][key] = {v.label: [study.load(v, s) for s in cfg.seeds] for v, _ in jobs}
     t1 = results["tables"]["table1"]
     elapsed = time.perf_counter() - t_start
     results.update({
@@ -577,9 +579,7 @@ def _aa_table(rows: dict[str, list[dict[str, Any]]], cfg: SDStudyConfig) -> str:
         row = {"method": label, "i.i.d. acc (%)": _stat(evals, "clean")}
         if cfg.autoattack:
             for a in ("apgd-ce", "apgd-t", "fab-t", "square"):
-                vals = [e["aa"]["per_attack"][a] for e in evals if "aa" in e]
-                m, s = mean_std([100 * v for v in vals])
-                row[f"{a} (%)"] = f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+                row[f"{a} (%)"] = _fmt([100 * e["aa"]["per_attack"][a] for e in evals if "aa" in e], len(evals))
         else:
             row["PGD (%)"] = _stat(evals, "pgd")
         row["mCE ↓ (%)"] = _stat(evals, "mce")
@@ -593,6 +593,7 @@ def _report(r: dict[str, Any], cfg: SDStudyConfig) -> str:
     t = r["tables"]
     seeds = len(cfg.seeds)
     ms = "mean ± std over 3 seeds" if seeds == 3 else f"over {seeds} seed(s)"
+    ms += " (a cell finished on fewer seeds says so)"
     eots = ", ".join(f"EOT-{n}" for n in cfg.eot_draws)
     parts = [
         f"# Stochastic Downsampling study ({cfg.profile} profile)\n\n",
@@ -674,6 +675,10 @@ def _outcomes(evals: Sequence[dict[str, Any]], col: str) -> list[float] | None:
     return [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(per_seed[0]))]
 
 
+def _has(e: dict[str, Any], col: str) -> bool:
+    return _worst_mask(e) is not None if col == "worst" else isinstance(e.get(col), dict)
+
+
 @dataclass(frozen=True)
 class Paired:
     """A paired comparison of two models on the same test images (image = unit)."""
@@ -738,7 +743,11 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
         return f"{100 * v:.2f}%"
 
     def cmp(x: Sequence[dict[str, Any]], y: Sequence[dict[str, Any]], col: str) -> Paired | None:
-        a, b = _outcomes(x, col), _outcomes(y, col)
+        # only the seeds both models have finished (a partial run may lack some)
+        both = [(ex, ey) for ex, ey in zip(x, y, strict=True) if _has(ex, col) and _has(ey, col)]
+        if not both:
+            return None
+        a, b = _outcomes([e for e, _ in both], col), _outcomes([e for _, e in both], col)
         return paired(a, b) if a is not None and b is not None and len(a) == len(b) else None
 
     def verdict(ok: bool | None) -> str:
@@ -802,7 +811,10 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
                  who=f"spp={min(cfg.spp_sweep)}", vs=f"spp={max(cfg.spp_sweep)}")
     lines += ["", "Once EOT and the other adaptive attacks are used:", ""]
     def within(col: str, ref: str) -> Paired | None:  # two columns of the same model
-        a, b = _outcomes(sd, col), _outcomes(sd, ref)
+        done = [e for e in sd if _has(e, col) and _has(e, ref)]
+        if not done:
+            return None
+        a, b = _outcomes(done, col), _outcomes(done, ref)
         return paired(a, b) if a is not None and b is not None and len(a) == len(b) else None
 
     for k in cfg.eot_draws:
