@@ -479,11 +479,14 @@ def run_sd_study(
         "table5": [(sd_spp(p), cols5) for p in cfg.spp_sweep],  # Table 5: samples per pixel
     }
     # seed-major: every table gets a complete seed before the next seed starts, so a long run
-    # stopped early (or read with --report-only) has whole tables on fewer seeds
+    # stopped early (or read with --report-only) has whole tables on fewer seeds; within a seed
+    # the cheap columns the verdict needs come before the costly extras (Table 4's transferred
+    # AutoAttack, Table 3's sweep models)
+    order = [*tables["table1"], *tables["table5"], *[(v, ["tb-pgd"]) for v, _ in tables["table4"]],
+             *tables["table4"], *tables["table3"]]
     for s in cfg.seeds:
-        for jobs in tables.values():
-            for v, cols in jobs:
-                study.evaluate(v, s, cols)
+        for v, cols in order:
+            study.evaluate(v, s, cols)
     # every table's entries from disk, so a model's worst case counts every attack it met
     for key, jobs in tables.items():
         results["tables"][key] = {v.label: [study.load(v, s) for s in cfg.seeds] for v, _ in jobs}
