@@ -481,11 +481,12 @@ def run_sd_study(
     # seed-major: every table gets a complete seed before the next seed starts, so a long run
     # stopped early (or read with --report-only) has whole tables on fewer seeds; within a seed
     # what the verdict needs comes first (Table 1's baseline, SD and AddNoise rows, Table 5, the
-    # transferred PGD of Table 4), the costly extras last (Table 4's transferred AutoAttack,
-    # Table 3's sweep models)
+    # transferred PGD of Table 4), then Table 1's other methods, the costly extras last (Table 4's
+    # transferred AutoAttack, Table 3's sweep models)
     needed = (BASELINE.label, SD.label, addnoise(0.75).label)  # the verdict's main comparisons
-    table1 = sorted(tables["table1"], key=lambda job: job[0].label not in needed)  # stable
-    order = [*table1, *tables["table5"], *[(v, ["tb-pgd"]) for v, _ in tables["table4"]],
+    first = [job for job in tables["table1"] if job[0].label in needed]
+    rest = [job for job in tables["table1"] if job[0].label not in needed]
+    order = [*first, *tables["table5"], *[(v, ["tb-pgd"]) for v, _ in tables["table4"]], *rest,
              *tables["table4"], *tables["table3"]]
     for s in cfg.seeds:
         for v, cols in order:
