@@ -126,3 +126,15 @@ def test_paired_comparison_counts_each_image_once():
     assert paired(c, [0.0] * 100).outcome == "no significant difference"
     with pytest.raises(InputError, match="two equal, non-empty lists"):
         paired(a, b[:10])
+
+
+def test_worst_case_waits_for_the_tables_own_columns():
+    from robustlab.experiments.sd_study import _table
+
+    transfer_only = {"tb-pgd": {"acc": 0.75, "robust": "1110"}}
+    done = {"clean": {"acc": 1.0, "correct": "1111"}, "pgd": {"acc": 0.5, "robust": "1100"}, **transfer_only}
+    table = _table({"partial": [transfer_only], "done": [done]}, ["clean", "pgd"], worst=True)
+    partial_row = next(line for line in table.splitlines() if line.startswith("| partial"))
+    done_row = next(line for line in table.splitlines() if line.startswith("| done"))
+    assert partial_row.rstrip().endswith("| — |")  # one transfer attack is no worst case
+    assert done_row.rstrip().endswith("| 50.00 |")  # per sample over pgd and tb-pgd: 1100 & 1110
