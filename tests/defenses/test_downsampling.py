@@ -37,6 +37,7 @@ MODELS = [
     ("resnet18", 3, 32, {"widths": (8, 16, 16, 32)}),
     ("torchvision:resnet18", 3, 40, {}),
     ("torchvision:convnext_tiny", 3, 32, {}),
+    ("timm:convnext_atto", 3, 32, {}),
 ]
 
 
