@@ -110,6 +110,7 @@ def sd_spp(spp: int) -> Variant:
 
 
 SD = Variant("SD", "sd")
+ADDNOISE = addnoise(0.75)  # the paper's AddNoise row in Tables 1 and 4, SD's main rival in the verdict
 # The paper's AddNoise (uniform) gives no range; U[-0.5, 0.5] has the width of torch.rand.
 ADDNOISE_UNIFORM = Variant("AddNoise (uniform)", "addnoise", (("distribution", "uniform"), ("std", 0.5)))
 
@@ -121,11 +122,11 @@ TABLE1_ALL = (
     Variant("DropOut + AvgPool", "dropout-avgpool"),
     Variant("BlurPool", "blurpool"),
     ADDNOISE_UNIFORM,
-    addnoise(0.75),
+    ADDNOISE,
     SD,
     sd_addnoise(0.15),
 )
-TABLE4 = (BASELINE, addnoise(0.75), SD, sd_addnoise(0.15))
+TABLE4 = (BASELINE, ADDNOISE, SD, sd_addnoise(0.15))
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ PROFILES: dict[str, SDStudyConfig] = {
     "quick": SDStudyConfig(
         profile="quick", seeds=(0,), finetune_limit=2000, eval_n=100, clean_n=2000,
         pgd_steps=10, square_queries=200, autoattack=False, eot_draws=(20,), aa_rand=False,
-        corruption_n=200, table1=(BASELINE, Variant("AvgPool", "avgpool"), addnoise(0.75), SD, sd_addnoise(0.15)),
+        corruption_n=200, table1=(BASELINE, Variant("AvgPool", "avgpool"), ADDNOISE, SD, sd_addnoise(0.15)),
         noise_sweep=(), spp_sweep=(1, 2), transfer_from_baseline=TABLE4,
     ),
     # Every table and column of the study at a size a 2-core CPU finishes in a few hours: three
@@ -408,6 +409,12 @@ def _worst(evals: Sequence[dict[str, Any]]) -> str:
     return _fmt([100 * w for w in (_worst_value(e) for e in evals) if w is not None], len(evals))
 
 
+def _complete(evals: Sequence[dict[str, Any]], cols: Sequence[str]) -> list[dict[str, Any]]:
+    """Per seed, the evals once every column in ``cols`` is done, else ``{}``: a worst case counts
+    only complete seeds (a partial run may hold only another table's transfer attack)."""
+    return [e if all(c in e for c in cols) else {} for e in evals]
+
+
 def _worst_mask(e: dict[str, Any]) -> list[float] | None:
     """Per sample, 1.0 when it survived every attack run on the model (one seed's evals)."""
     masks = [e[c]["robust"] for c in e if isinstance(e[c], dict) and "robust" in e[c]]
@@ -483,7 +490,7 @@ def run_sd_study(
     # what the verdict needs comes first (Table 1's baseline, SD and AddNoise rows, Table 5, the
     # transferred PGD of Table 4), then Table 1's other methods, the costly extras last (Table 4's
     # transferred AutoAttack, Table 3's sweep models)
-    needed = (BASELINE.label, SD.label, addnoise(0.75).label)  # the verdict's main comparisons
+    needed = (BASELINE.label, SD.label, ADDNOISE.label)  # the verdict's main comparisons
     first = [job for job in tables["table1"] if job[0].label in needed]
     rest = [job for job in tables["table1"] if job[0].label not in needed]
     order = [*first, *tables["table5"], *[(v, ["tb-pgd"]) for v, _ in tables["table4"]], *rest,
@@ -575,10 +582,7 @@ def _table(rows: dict[str, list[dict[str, Any]]], cols: Sequence[str], worst: bo
         for c in cols:
             row[f"{_col_name(c)} (%)"] = _stat(evals, c)
         if worst:
-            # a seed counts once the table's own columns are all done (a partial run may hold only
-            # another table's transfer attack, which alone is no worst case)
-            done = [e if all(c in e for c in cols) else {} for e in evals]
-            row["worst case, all attacks (%)"] = _worst(done)
+            row["worst case, all attacks (%)"] = _worst(_complete(evals, cols))
         out.append(row)
     return markdown_table(out)
 
@@ -797,7 +801,7 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
             f"- \"Almost unaffected under Square\" (paper: -3.75 pp from clean; held at a drop of at most "
             f"{100 * PAPER_SQUARE_DROP:.0f} pp): SD {pct(acc_sq)} under Square vs {pct(clean_eval)} clean on "
             f"the same images -> {verdict(clean_eval - acc_sq <= PAPER_SQUARE_DROP)}.")
-    an = t1.get("AddNoise (std=0.75)")
+    an = t1.get(ADDNOISE.label)
     if an:
         p = cmp(sd, an, "clean")
         if p is not None:
@@ -809,9 +813,9 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
                          f"AddNoise {pct(1 - p.b)} -> "
                          f"{verdict(True if p.outcome == 'higher' else None if p.outcome.startswith('no ') else False)}.")
     t4 = t.get("table4", {})
-    if "SD" in t4 and "AddNoise (std=0.75)" in t4:
+    if SD.label in t4 and ADDNOISE.label in t4:
         gain("Transfer from the baseline hurts SD less than AddNoise (std=0.75) (Table 4, paper: 75.06 vs 45.24)",
-             cmp(t4["SD"], t4["AddNoise (std=0.75)"], "tb-pgd"), vs="AddNoise")
+             cmp(t4[SD.label], t4[ADDNOISE.label], "tb-pgd"), vs="AddNoise")
     t5 = t.get("table5", {})
     if len(cfg.spp_sweep) >= 2:
         lo, hi = sd_spp(min(cfg.spp_sweep)).label, sd_spp(max(cfg.spp_sweep)).label
@@ -843,7 +847,8 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
         got = p.outcome if p.outcome.startswith("no ") else f"significantly {p.outcome}"
         lines.append(f"- PGD crafted on SD's deterministic twin and transferred: {pct(p.a)} vs plain PGD {pct(p.b)} "
                      f"({p.text()}; {got}).")
-    w = cmp(sd, base, "worst")
+    cols1 = _cols_table1(cfg)
+    w = cmp(_complete(sd, cols1), _complete(base, cols1), "worst")
     pg = cmp(sd, base, "pgd")
     if w is not None:
         kept = "" if pg is None or pg.diff <= 0 else f"; {max(0.0, w.diff) / pg.diff:.0%} of SD's PGD gain remains"
