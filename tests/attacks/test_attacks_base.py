@@ -117,8 +117,11 @@ def test_attacks_are_immutable_after_construction() -> None:
 def test_model_mode_is_left_alone() -> None:
     model = _toy().train()
     x, y = _data()
-    PGD(LINF, steps=2).run(model, x, y)
-    assert model.training
+    with pytest.warns(UserWarning, match="training mode"):
+        res = PGD(LINF, steps=2).run(model, x, y)
+    assert model.training and [w.code for w in res.warnings] == ["train-mode"]
+    res = PGD(LINF, steps=2).run(model, x, y, train_mode_ok=True)  # on purpose: no warning
+    assert model.training and res.warnings == ()
     model.eval()
     PGD(LINF, steps=2).run(model, x, y)
     assert not model.training
@@ -211,7 +214,7 @@ def test_eot_needs_positive_n() -> None:
 def test_attack_level_bpda_on_an_identity_quantizer_changes_nothing() -> None:
     x, y = _data()
     torch.manual_seed(0)
-    model = nn.Sequential(Quantize(enabled=False), _toy())
+    model = nn.Sequential(Quantize(enabled=False), _toy()).eval()
     plain = PGD(LINF, steps=5).run(model, x, y)
     through = PGD(LINF, steps=5, bpda="identity").run(model, x, y)
     assert torch.equal(plain.x_adv, through.x_adv)

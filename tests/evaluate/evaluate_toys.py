@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, AttackResult, RunContext
+from robustlab.attacks import Attack, RunContext
 from robustlab.core.randomness import Stochastic
 
 
@@ -88,7 +88,8 @@ class CoinFlip(Stochastic):
 
 
 class Spy(Attack):
-    """Leaves its inputs unchanged and logs what it was given and what it returned."""
+    """Leaves its inputs unchanged (after one forward, so it is charged for what it saw) and
+    logs what it was given."""
 
     name = "spy"
 
@@ -96,10 +97,40 @@ class Spy(Attack):
         super().__init__(threat)
         self.log = log
 
-    def run(self, model, x, y, **kw) -> AttackResult:  # type: ignore[no-untyped-def]
-        res = super().run(model, x, y, **kw)
-        self.log.append({"x": x.clone(), "y": y.clone(), "result": res})
-        return res
-
     def _run(self, ctx: RunContext) -> torch.Tensor:
+        pred = ctx.model.predict(ctx.x).argmax(dim=1)
+        self.log.append({"x": ctx.x.clone(), "y": ctx.y.clone(), "pred": pred})
         return ctx.x.clone()
+
+
+class BinaryLinear(nn.Module):
+    """``z = w . x + b`` on 1x4x4 images (``b`` centres ``z`` on uniform images), returning the single logit (class 1 when ``z > 0``);
+    optional Gaussian input noise drawn from the global RNG on every forward (randomness the
+    library is not told about)."""
+
+    def __init__(self, seed: int = 0, noise: float = 0.0, features: int = 16) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(features, generator=g)
+        self.w = nn.Parameter(w, requires_grad=False)
+        self.b = nn.Parameter(-0.5 * w.sum(), requires_grad=False)  # centred on [0, 1] images
+        self.noise = noise
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        if self.noise:
+            flat = flat + self.noise * torch.randn_like(flat)
+        return flat @ self.w + self.b
+
+
+def worst_case_margin(w: torch.Tensor, b: float, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The smallest signed margin ``(2y - 1) * z`` of a binary linear model over the L-inf ball
+    of radius ``eps`` intersected with [0, 1], in closed form: each pixel moves against the
+    class, as far as the ball and the box allow."""
+    flat = x.flatten(1).double()
+    s = (2 * y.double() - 1).unsqueeze(1)  # +1 for class 1
+    direction = -s * torch.sign(w.double())  # lowers the margin
+    step = torch.where(direction > 0, torch.clamp(1 - flat, max=eps), torch.clamp(flat, max=eps))
+    worst = flat + direction * step
+    return s.squeeze(1) * (worst @ w.double() + b)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from evaluate_toys import Spy, linear_model, toy_data
+from evaluate_toys import BinaryLinear, Spy, linear_model, toy_data, worst_case_margin
 
 from robustlab.attacks import EOT, FGSM, PGD
 from robustlab.core import InputError, ThreatModel, UnknownNameError
@@ -18,26 +18,32 @@ from robustlab.evaluate import (
 T = ThreatModel("linf", 0.15)
 
 
-def test_worst_case_is_the_or_of_per_attack_successes_on_the_samples_seen():
-    net = linear_model()
-    x, y = toy_data(net, n=80)
-    battery = Battery([FGSM(ThreatModel("linf", 0.05)), PGD(T, steps=5), PGD(T, steps=10)])
+def test_worst_case_matches_the_closed_form_of_a_linear_model():
+    # A binary linear model's worst case over the L-inf ball (within [0, 1]) is known in closed
+    # form; FGSM from the clean point and PGD with a step budget past eps both reach it exactly.
+    net = BinaryLinear(seed=4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(200, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        z = net(x)
+    y = (z > 0).long()
+    y[:20] = 1 - y[:20]  # 20 samples misclassified clean
+    small, large = ThreatModel("linf", 0.02), ThreatModel("linf", 0.06)
+    battery = Battery([FGSM(small), PGD(large, steps=20), PGD(large, steps=5)])
     assert battery.labels == ("fgsm", "pgd", "pgd#2")
-    r = run_battery(net, (x, y), battery, batch_size=32)
-
-    broken = ~r.clean_correct
-    for label in battery.labels:
-        assert not bool((r.success[label] & ~r.seen[label]).any())  # success only where seen
-        # an attack sees exactly the samples still robust after everything before it
-        assert torch.equal(r.seen[label], ~broken)
-        broken = broken | r.success[label]
-    assert torch.equal(r.robust, ~broken)
-    assert r.robust_acc == pytest.approx(r.robust.double().mean().item())
-    assert r.clean_acc == pytest.approx((70 / 80) if r.clean_correct.sum() == 70 else r.clean_acc)
-    accs = [s.robust_acc for s in r.per_attack.values()]
-    assert accs == sorted(accs, reverse=True) and accs[-1] == r.robust_acc
-    assert r.per_attack["fgsm"].seen == int(r.clean_correct.sum())
-    assert r.per_attack["fgsm"].broken > 0 and r.robust_acc < r.clean_acc
+    r = run_battery(net, (x, y), battery, batch_size=64)
+    assert r.clean_acc == pytest.approx(180 / 200)
+    exact_small = worst_case_margin(net.w, float(net.b), x, y, 0.02) > 0
+    exact_large = worst_case_margin(net.w, float(net.b), x, y, 0.06) > 0
+    assert 0 < int(exact_large.sum()) < int(exact_small.sum()) < 180  # the toy is not degenerate
+    assert torch.equal(r.clean_correct[0], y == (z > 0).long())
+    assert torch.equal(r.seen["fgsm"][0], r.clean_correct[0])
+    assert torch.equal(r.clean_correct[0] & ~r.success["fgsm"][0], exact_small)
+    assert torch.equal(r.seen["pgd"][0], exact_small)  # only what FGSM left robust
+    assert torch.equal(r.robust[0], exact_large)
+    assert r.per_attack["fgsm"].robust_acc == pytest.approx(exact_small.double().mean().item())
+    assert r.robust_acc == pytest.approx(exact_large.double().mean().item())
+    assert r.per_attack["pgd#2"].seen == int(exact_large.sum()) and r.per_attack["pgd#2"].broken == 0
 
 
 def test_a_broken_sample_is_not_passed_to_the_next_attack():
@@ -71,23 +77,20 @@ def test_eps_zero_gives_clean_accuracy():
     assert torch.equal(r.robust, r.clean_correct)
 
 
-def test_more_pgd_steps_never_raise_the_worst_case():
-    net = linear_model(hidden=16, seed=1)
-    x, y = toy_data(net, n=96, wrong=0, seed=1)
-    # A fixed step size makes the shorter runs prefixes of the longer one (same seed, same start),
-    # so the worst case can only fall, per sample.
-    runs = [
-        run_battery(net, (x, y), Battery([PGD(ThreatModel("linf", 0.08), steps=s, step_size=0.01)]))
-        for s in (1, 5, 20)
-    ]
-    accs = [r.robust_acc for r in runs]
-    assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0] < 1.0
-    for fewer, more in zip(runs, runs[1:], strict=False):
-        assert not bool((more.robust & ~fewer.robust).any())
-    steps = Battery([PGD(ThreatModel("linf", 0.08), steps=s) for s in (1, 5, 20)])
-    r = run_battery(net, (x, y), steps)
-    cumulative = [s.robust_acc for s in r.per_attack.values()]
-    assert cumulative == sorted(cumulative, reverse=True)
+def test_pgd_steps_move_as_far_as_their_budget_allows():
+    # From the clean point (no random start), s steps of 0.01 along a linear model's constant
+    # gradient sign reach distance min(s * 0.01, eps): the robust set is the closed form's there.
+    net = BinaryLinear(seed=1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(300, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = (net(x) > 0).long()
+    eps = 0.08
+    for s in (1, 3, 20):
+        attack = PGD(ThreatModel("linf", eps), steps=s, step_size=0.01, random_start=False)
+        r = run_battery(net, (x, y), Battery([attack]))
+        exact = worst_case_margin(net.w, float(net.b), x, y, min(s * 0.01, eps)) > 0
+        assert torch.equal(r.robust[0], exact), s
 
 
 def test_a_run_repeats_bit_for_bit_and_the_seed_matters():
@@ -185,21 +188,44 @@ def test_bad_inputs_are_clear_errors():
         run_battery(net, (x * 3, y), b)
 
 
-def test_training_mode_warns():
+def test_training_mode_is_refused_unless_asked_for():
     net = linear_model().train()
     x, y = toy_data(net, n=4)
-    with pytest.warns(UserWarning, match="training mode"):
+    with pytest.raises(InputError, match=r"training mode.*model.eval\(\).*train_mode_ok=True"):
         run_battery(net, (x, y), Battery([FGSM(T)]))
+    r = run_battery(net, (x, y), Battery([FGSM(T)]), train_mode_ok=True)
+    assert [w.code for w in r.warnings] == ["train-mode"]
+    assert net.training  # the mode is left as it was
 
 
-def test_standard_battery_on_a_small_sample():
-    net = linear_model(num_classes=5, hidden=16, seed=2)
-    x, y = toy_data(net, n=6, wrong=1, seed=2)
-    r = run_battery(net, (x, y), "standard", threat=ThreatModel("linf", 0.05), batch_size=6)
+def _linear_worst_case_robust(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact L-inf robustness of a multi-class linear model within [0, 1]: robust iff for every
+    other class j the smallest margin z_y - z_j over the box-ball stays positive."""
+    lin = net[1]
+    w, b = lin.weight.double(), lin.bias.double()
+    flat = x.flatten(1).double()
+    robust = torch.ones(x.shape[0], dtype=torch.bool)
+    for j in range(w.shape[0]):
+        c = w[y] - w[j]  # (n, d): gradient of z_y - z_j
+        d = torch.where(c > 0, -flat.clamp(max=eps), (1 - flat).clamp(max=eps))
+        margin = ((flat + d) * c).sum(1) + b[y] - b[j]
+        robust &= (margin > 0) | (y == j)
+    return robust
+
+
+def test_standard_battery_finds_the_exact_worst_case_of_a_linear_model():
+    net = linear_model(num_classes=5, seed=2)
+    x, y = toy_data(net, n=30, wrong=3, seed=2)
+    eps = 0.05
+    r = run_battery(net, (x, y), "standard", threat=ThreatModel("linf", eps), batch_size=30)
     assert list(r.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert r.robust_acc <= r.clean_acc
+    exact = _linear_worst_case_robust(net, x, y, eps)
+    assert 0 < int(exact.sum()) < 27  # neither all nor none robust
+    assert torch.equal(r.robust[0], exact)
     cfg = r.per_attack["apgd-ce"].config
     assert cfg["steps"] == 100 and cfg["loss"] == "ce"
+    square = r.per_attack["square"].config  # AutoAttack's own Square
+    assert (square["n_queries"], square["p_init"], square["rescale_schedule"]) == (5000, 0.8, False)
 
 
 def test_inputs_follow_the_model_device_and_a_mismatch_is_an_error():

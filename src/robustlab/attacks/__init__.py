@@ -9,8 +9,11 @@ Every attack is a configured object run on a model at call time::
     result.x_adv, result.success, result.forward_passes, result.backward_passes
 
 Gradient attacks take ``grad=Gradient()|EOT(n, normalize=...)`` and ``loss="ce"|"cw"|"dlr"``;
-randomized layers are met through ``core.randomness`` and non-differentiable ones through
-``core.bpda`` (``bpda="identity"|"smooth"`` on any gradient attack).
+randomized layers are met through ``core.randomness`` (or found empirically) and
+non-differentiable ones through ``core.bpda`` (``bpda="identity"|"smooth"`` on any gradient
+attack). One :class:`Verdict` judges every attack, AutoAttack and battery alike, and the early
+stop follows one rule (:class:`Attack`); :mod:`~robustlab.attacks.checks` reports sanity-check
+findings on every result.
 """
 
 from .apgd import APGD, APGDT, apgd_checkpoints
@@ -22,19 +25,26 @@ from .base import (
     Gradient,
     GradientEstimator,
     ModelFn,
+    Prediction,
     RunContext,
+    Verdict,
+    batch_view,
     enforce,
     in_ball,
     logits_of,
     lp_norm,
+    model_fn,
     project,
+    random_point,
 )
+from .checks import EvalWarning, merge_warnings
 from .ensemble import AutoAttack, Transfer, transfer_factory
 from .fab import FABT, project_hyperplane_box
 from .gradient import FGSM, MIFGSM, PGD, GradientAttack, Tracker
 from .losses import LOSSES, LossFn, ce_loss, cw_loss, dlr_loss, get_loss
 from .minimal import CWL2, DeepFool
 from .registry import ATTACKS, apgd_ce, apgd_dlr, autoattack_rand, create_attack
+from .sequence import SequenceResult, StageResult, run_sequence, sequence_warnings
 from .square import Square, square_p_schedule
 
 _ENTRIES = (  # name, constructor, paper, kind, norms
@@ -70,20 +80,26 @@ __all__ = [
     "AttackResult",
     "AutoAttack",
     "DeepFool",
+    "EvalWarning",
     "GradEstimate",
     "Gradient",
     "GradientAttack",
     "GradientEstimator",
     "LossFn",
     "ModelFn",
+    "Prediction",
     "RunContext",
+    "SequenceResult",
     "Square",
+    "StageResult",
     "Tracker",
     "Transfer",
+    "Verdict",
     "apgd_ce",
     "apgd_checkpoints",
     "apgd_dlr",
     "autoattack_rand",
+    "batch_view",
     "ce_loss",
     "create_attack",
     "cw_loss",
@@ -93,8 +109,13 @@ __all__ = [
     "in_ball",
     "logits_of",
     "lp_norm",
+    "merge_warnings",
+    "model_fn",
     "project",
     "project_hyperplane_box",
+    "random_point",
+    "run_sequence",
+    "sequence_warnings",
     "square_p_schedule",
     "transfer_factory",
 ]

@@ -3,20 +3,20 @@ adversarial robustness with an ensemble of diverse parameter-free attacks", ICML
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import GradientEstimator, RunContext, lp_norm, select_targets
+from .base import Ball, GradientEstimator, RunContext, batch_view, random_point, select_targets
 from .gradient import GradientAttack, Tracker
 from .losses import LossFn, dlr_loss
 
 __all__ = ["APGD", "APGDT", "apgd_checkpoints"]
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -39,6 +39,111 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return out
 
 
+@dataclass
+class _State:
+    """The per-sample state of one APGD run (Croce & Hein, 2020, Alg. 1); :meth:`index` keeps
+    the rows of the samples still attacked, so the loop reads top to bottom.
+
+    Attributes:
+        ids: the samples' positions in the attack's batch.
+        x, y: clean inputs and labels.
+        loss_targets: classes the loss pulls toward (APGD-T), else ``None``.
+        success_targets: classes success is measured against (targeted runs), else ``None``.
+        ball: the feasible set around ``x``.
+        x_adv, x_old: the current and the previous iterate.
+        grad: the gradient at ``x_adv``.
+        x_best, grad_best, loss_best: the highest-loss point so far, its gradient and loss.
+        step: the step size ``eta``.
+        prev_loss: the loss at the previous iterate.
+        increases: steps since the last checkpoint whose loss rose (condition 1).
+        loss_at_check: the best loss at the last checkpoint (condition 2).
+        halved_at_check: whether the step was halved at the last checkpoint (condition 2).
+    """
+
+    ids: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_targets: torch.Tensor | None
+    success_targets: torch.Tensor | None
+    ball: Ball
+    x_adv: torch.Tensor
+    x_old: torch.Tensor
+    grad: torch.Tensor
+    x_best: torch.Tensor
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    step: torch.Tensor
+    prev_loss: torch.Tensor
+    increases: torch.Tensor
+    loss_at_check: torch.Tensor
+    halved_at_check: torch.Tensor
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        ids: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ball: Ball,
+        x_adv: torch.Tensor,
+        step: float,
+        loss_targets: torch.Tensor | None,
+        success_targets: torch.Tensor | None,
+    ) -> _State:
+        """The state at the start point ``x_adv`` (gradient and loss set by
+        :meth:`first_estimate`)."""
+        n = x.shape[0]
+        zeros = x.new_zeros(n)
+        return cls(
+            ids=ids, x=x, y=y, loss_targets=loss_targets, success_targets=success_targets,
+            ball=ball, x_adv=x_adv, x_old=x_adv.clone(), grad=torch.zeros_like(x),
+            x_best=x_adv.clone(), grad_best=torch.zeros_like(x), loss_best=zeros.clone(),
+            step=torch.full((n,), step, device=x.device, dtype=x.dtype),
+            # As in the reference implementation (and torchattacks'): the first oscillation
+            # window compares its first loss against an empty (zero) slot of the loss history,
+            # and condition 2 cannot fire at the first checkpoint ("halved at the last check"
+            # starts true).
+            prev_loss=zeros.clone(), increases=zeros.clone(), loss_at_check=zeros.clone(),
+            halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
+        )
+
+    def first_estimate(self, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        """Record the gradient and loss at the start point."""
+        self.grad, self.grad_best = grad, grad.clone()
+        self.loss_best, self.loss_at_check = loss.clone(), loss.clone()
+
+    def observe(self, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        """Record the gradient and loss at the new iterate; keep the best point."""
+        self.grad = grad
+        self.increases += (loss > self.prev_loss).to(self.increases.dtype)
+        self.prev_loss = loss
+        better = loss > self.loss_best
+        self.x_best[better], self.grad_best[better] = self.x_adv[better], grad[better]
+        self.loss_best = torch.where(better, loss, self.loss_best)
+
+    def checkpoint(self, window: int, rho: float) -> None:
+        """At checkpoint ``w_j``: halve the step where (1) the loss rose in at most ``rho`` of
+        the ``window`` steps since ``w_{j-1}``, or (2) the step was not halved at ``w_{j-1}``
+        and the best loss has not improved since; those samples restart from their best point."""
+        oscillating = self.increases <= window * rho
+        stalled = ~self.halved_at_check & (self.loss_at_check >= self.loss_best)
+        halve = oscillating | stalled
+        self.step = torch.where(halve, self.step / 2, self.step)
+        self.x_adv = torch.where(batch_view(halve, self.x_adv), self.x_best, self.x_adv)
+        self.grad = torch.where(batch_view(halve, self.grad), self.grad_best, self.grad)
+        self.halved_at_check, self.loss_at_check = halve, self.loss_best.clone()
+        self.increases = torch.zeros_like(self.increases)
+
+    def index(self, keep: torch.Tensor) -> _State:
+        """The state of the samples ``keep`` only."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = None if v is None else v[keep]
+        return _State(**values)
+
+
 class APGD(GradientAttack):
     """Auto-PGD (Croce & Hein, 2020, Sec. 3, Alg. 1).
 
@@ -48,9 +153,11 @@ class APGD(GradientAttack):
     has not improved since; on halving, the iterate restarts from the best point found.
     ``APGD-CE`` uses the cross-entropy loss, ``APGD-DLR`` the DLR loss (Sec. 3.2).
 
-    A sample is attacked only while it is correctly classified (misclassified clean samples are
-    returned as they are); a sample that becomes adversarial keeps that point and leaves the
-    batch (``early_stop``), which changes no outcome and saves passes.
+    On a deterministic model, samples misclassified at the clean input are returned as they
+    are, and a sample whose iterate is adversarial keeps that point and leaves the batch
+    (``early_stop``), which changes no verdict and saves passes. Otherwise (always on a
+    randomized model, see :class:`~robustlab.attacks.Attack`) a sample returns its
+    highest-loss point, the loss being the estimator's (mean over the EOT draws).
 
     Args:
         threat: L-inf or L2.
@@ -59,7 +166,8 @@ class APGD(GradientAttack):
         loss: ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR) or ``"cw"``.
         rho: the fraction of increasing steps below which the step size is halved.
         momentum: ``alpha`` of Alg. 1.
-        early_stop: drop samples from the batch once adversarial.
+        early_stop: drop samples from the batch once confirmed adversarial (see
+            :class:`~robustlab.attacks.Attack`).
         grad: gradient estimator (``EOT(20)`` in AutoAttack's ``rand`` version).
         bpda: see :class:`~robustlab.attacks.base.Attack`.
     """
@@ -92,22 +200,6 @@ class APGD(GradientAttack):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.threat.norm}, eps={self.threat.eps:.4g}, loss={self._loss_name})"
 
-    def _start(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A random point on the boundary of the ball (as in the reference implementation)."""
-        eps = self.threat.eps
-        if self.threat.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
-            t = t / _expand(lp_norm(t, "linf").clamp_min(1e-12), t)
-        else:
-            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            t = t / _expand(lp_norm(t, "l2").clamp_min(1e-12), t)
-        return (x + eps * t).clamp(0.0, 1.0)
-
-    def _step(self, g: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        if self.threat.norm == "linf":
-            return _expand(step, g) * g.sign()
-        return _expand(step, g) * g / _expand(lp_norm(g, "l2").clamp_min(1e-12), g)
-
     def _attack(
         self,
         ctx: RunContext,
@@ -115,95 +207,63 @@ class APGD(GradientAttack):
         idx: torch.Tensor,
         loss_targets: torch.Tensor | None,
     ) -> None:
-        """One APGD run on samples ``idx``; adversarial points go to ``track``.
+        """One APGD run on samples ``idx``; confirmed adversarial points go to ``track``.
 
         ``loss_targets`` are the classes the loss pulls toward (APGD-T), ``ctx.targets`` the
         ones success is measured against (``None``: misclassification).
         """
-        fm, x, y = ctx.model, ctx.x[idx], ctx.y[idx]
-        lt = loss_targets[idx] if loss_targets is not None else None
-        st = ctx.targets[idx] if ctx.targets is not None else None
-        ids = idx
-        eps = self.threat.eps
         shrink = ctx.shrink and self.early_stop
-
+        x = ctx.x[idx]
         ball = self._ball(x)
-        x_adv = ball.project(self._start(x, ctx.generator))
-        est = self._estimate(fm, x_adv, y, lt)
-        g, loss = est.grad, est.loss
-        adv = self._is_adv(est.logits, y, st)
-        track.adversarial(ids[adv], x_adv[adv], est.logits[adv])
-        x_best, g_best, loss_best, logits_best = x_adv.clone(), g.clone(), loss.clone(), est.logits
-        step = torch.full((x.shape[0],), 2.0 * eps, device=x.device, dtype=x.dtype)
-        x_old = x_adv.clone()
-        # As in the reference implementation (and torchattacks'): the first oscillation window
-        # compares its first loss against an empty (zero) slot of the loss history, and condition
-        # 2 cannot fire at the first checkpoint ("reduced at the last check" starts true).
-        prev_loss = torch.zeros_like(loss)
-        n_up = torch.zeros_like(loss)
-        loss_at_check = loss_best.clone()
-        halved_at_check = torch.ones_like(adv)
+        # the start: a random point on the sphere of radius eps (as in the reference code)
+        x_adv = ball.project(random_point(x, self.threat.norm, self.threat.eps, ctx.generator, on_sphere=True))
+        st = _State.start(
+            ids=idx, x=x, y=ctx.y[idx], ball=ball, x_adv=x_adv, step=2.0 * self.threat.eps,
+            loss_targets=loss_targets[idx] if loss_targets is not None else None,
+            success_targets=ctx.targets[idx] if ctx.targets is not None else None,
+        )
+        est = self._estimate(ctx.model, st.x_adv, st.y, st.loss_targets)
+        st.first_estimate(est.grad, est.loss)
+        confirmed = ctx.confirmed(est, st.y, st.success_targets)
+        track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
+        if shrink and bool(confirmed.any()):
+            st = st.index(~confirmed)
         checkpoints = set(apgd_checkpoints(self.steps))
         last_check = 0
-
-        def keep_only(keep: torch.Tensor) -> None:
-            nonlocal x, y, lt, st, ids, x_adv, g, x_best, g_best, loss_best, logits_best
-            nonlocal step, x_old, prev_loss, n_up, loss_at_check, halved_at_check, ball
-            x, y, ids, x_adv, g = x[keep], y[keep], ids[keep], x_adv[keep], g[keep]
-            ball = ball[keep]
-            lt = lt[keep] if lt is not None else None
-            st = st[keep] if st is not None else None
-            x_best, g_best, loss_best = x_best[keep], g_best[keep], loss_best[keep]
-            logits_best, step, x_old = logits_best[keep], step[keep], x_old[keep]
-            prev_loss, n_up = prev_loss[keep], n_up[keep]
-            loss_at_check, halved_at_check = loss_at_check[keep], halved_at_check[keep]
-
-        if shrink and bool(adv.any()):
-            keep_only(~adv)
         for i in range(self.steps):
-            if x.shape[0] == 0:
+            if st.ids.numel() == 0:
                 break
             a = self.momentum if i > 0 else 1.0
-            z = ball.project(x_adv + self._step(g, step))
-            x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old))
-            x_old, x_adv = x_adv, x_new
-            est = self._estimate(fm, x_adv, y, lt)
-            g, loss = est.grad, est.loss
-            adv = self._is_adv(est.logits, y, st)
-            track.adversarial(ids[adv], x_adv[adv], est.logits[adv])
-            n_up += (loss > prev_loss).to(n_up.dtype)
-            prev_loss = loss
-            better = loss > loss_best
-            x_best[better], g_best[better] = x_adv[better], g[better]
-            loss_best = torch.where(better, loss, loss_best)
-            logits_best = torch.where(better.unsqueeze(1), est.logits, logits_best)
+            z = st.ball.project(st.x_adv + self._ascent_step(st.grad, st.step))
+            x_new = st.ball.project(st.x_adv + a * (z - st.x_adv) + (1 - a) * (st.x_adv - st.x_old))
+            st.x_old, st.x_adv = st.x_adv, x_new
+            est = self._estimate(ctx.model, st.x_adv, st.y, st.loss_targets)
+            confirmed = ctx.confirmed(est, st.y, st.success_targets)
+            track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
+            st.observe(est.grad, est.loss)
             if i + 1 in checkpoints:
-                k = i + 1 - last_check
-                oscillating = n_up <= k * self.rho  # condition 1
-                stalled = ~halved_at_check & (loss_at_check >= loss_best)  # condition 2
-                halve = oscillating | stalled
-                step = torch.where(halve, step / 2, step)
-                x_adv = torch.where(_expand(halve, x_adv), x_best, x_adv)
-                g = torch.where(_expand(halve, g), g_best, g)
-                halved_at_check, loss_at_check = halve, loss_best.clone()
-                n_up = torch.zeros_like(n_up)
+                st.checkpoint(i + 1 - last_check, self.rho)
                 last_check = i + 1
-            if shrink and bool(adv.any()):
-                keep_only(~adv)
-        track.fallback(ids, x_best, logits_best)
+            if shrink and bool(confirmed.any()):
+                st = st.index(~confirmed)
+        track.fallback(st.ids, st.x_best)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _clean(self, ctx: RunContext, targets: torch.Tensor | None) -> Tracker:
+        """A tracker that holds the clean inputs, with the samples confirmed adversarial at the
+        clean input already done (as in the reference, they are not attacked)."""
         track = Tracker(ctx.x)
-        clean = ctx.clean_logits()
-        done = self._is_adv(clean, ctx.y, ctx.targets)
-        track.adversarial(done.nonzero().squeeze(1), ctx.x[done], clean[done])
-        track.fallback(torch.arange(ctx.x.shape[0], device=ctx.x.device), ctx.x, clean)
+        confirmed = ctx.confirmed(ctx.clean_prediction(), ctx.y, targets)
+        track.adversarial(confirmed.nonzero().squeeze(1), ctx.x[confirmed])
+        return track
+
+    def _run(self, ctx: RunContext) -> torch.Tensor:
+        track = self._clean(ctx, ctx.targets)
         for _ in range(self.restarts):
-            idx = (~track.found).nonzero().squeeze(1)
+            idx = track.open()
             if idx.numel() == 0:
                 break
             self._attack(ctx, track, idx, ctx.targets)
-        return track.result()
+        return track.x
 
 
 class APGDT(APGD):
@@ -253,12 +313,9 @@ class APGDT(APGD):
             raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
         self.n_target_classes = int(n_target_classes)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        track = Tracker(ctx.x)
+    def _run(self, ctx: RunContext) -> torch.Tensor:
+        track = self._clean(ctx, None)
         clean = ctx.clean_logits()
-        done = self._is_adv(clean, ctx.y, None)
-        track.adversarial(done.nonzero().squeeze(1), ctx.x[done], clean[done])
-        track.fallback(torch.arange(ctx.x.shape[0], device=ctx.x.device), ctx.x, clean)
         n_classes = clean.shape[1]
         if n_classes < 4:
             raise InputError(
@@ -267,8 +324,8 @@ class APGDT(APGD):
         for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
             targets = select_targets(clean, rank)
             for _ in range(self.restarts):
-                idx = (~track.found).nonzero().squeeze(1)
+                idx = track.open()
                 if idx.numel() == 0:
-                    return track.result()
+                    return track.x
                 self._attack(ctx, track, idx, targets)
-        return track.result()
+        return track.x

@@ -5,11 +5,12 @@ keep: it validates inputs, counts model evaluations, projects the result onto th
 into [0, 1] (and asserts both), and decides success. A subclass writes only its search in
 :meth:`Attack._run`.
 
-Counting convention: ``forward_passes`` and ``backward_passes`` count *image evaluations*, i.e.
-the sum over model calls of the batch size of each call (an attack that stops attacking broken
-samples is charged only for the samples it still evaluates). A forward through the model and a
-backward of a loss through it to the input each count once per image; EOT with ``n`` draws
-counts ``n`` of each.
+Counting convention: ``forward_passes`` and ``backward_passes`` count *image evaluations* of
+the search, i.e. the sum over model calls of the batch size of each call (an attack that stops
+attacking broken samples is charged only for the samples it still evaluates). A forward through
+the model and a backward of a loss through it to the input each count once per image; EOT with
+``n`` draws counts ``n`` of each. The verdict's forwards and the randomness check are counted
+apart, in ``verdict_passes``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import abc
 import contextlib
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,8 +30,16 @@ from torch import nn
 from ..core.bpda import BPDAMode, bpda
 from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
-from ..core.randomness import is_frozen, is_stochastic
+from ..core.randomness import detect_randomness, is_frozen, is_stochastic
 from ..core.types import ThreatModel
+from .checks import (
+    EvalWarning,
+    detected_randomness_warning,
+    gradient_warnings,
+    merge_warnings,
+    randomized_without_eot,
+    train_mode_warning,
+)
 
 __all__ = [
     "EOT",
@@ -41,13 +51,18 @@ __all__ = [
     "GradientEstimator",
     "ModelFn",
     "Objective",
+    "Prediction",
     "RunContext",
+    "Verdict",
+    "batch_view",
     "enforce",
     "in_ball",
     "logits_of",
     "linf_bounds",
     "lp_norm",
+    "model_fn",
     "project",
+    "random_point",
     "select_targets",
 ]
 
@@ -97,15 +112,33 @@ class ModelFn:
     """A model seen through :func:`logits_of` that counts image evaluations.
 
     Attacks call the model only through this wrapper, so the counts in :class:`AttackResult` are
-    complete. ``stochastic`` is fixed when the run starts (:func:`core.randomness.is_stochastic`;
-    a plain callable that is not an ``nn.Module`` counts as deterministic).
+    complete. ``randomness`` is fixed when the run starts: ``"protocol"`` (an active, unfrozen
+    :class:`core.randomness.Stochastic` layer), ``"detected"`` (two forwards of one batch
+    differ; :func:`core.randomness.detect_randomness`) or ``"none"``; ``stochastic`` is true for
+    the first two. Built without ``randomness``, only the protocol is consulted (use
+    :func:`model_fn` to detect randomness on a batch).
+
+    It also counts per-sample gradients that were all zero or non-finite (for
+    :mod:`~robustlab.attacks.checks`) and, apart from the search, the passes of verdicts and
+    checks (``verdict_passes``).
     """
 
-    def __init__(self, model: nn.Module | Callable[[torch.Tensor], Any]) -> None:
+    def __init__(
+        self, model: nn.Module | Callable[[torch.Tensor], Any], randomness: str | None = None
+    ) -> None:
         self.model = model
         self.forward_passes = 0
         self.backward_passes = 0
-        self.stochastic = isinstance(model, nn.Module) and is_stochastic(model)
+        self.verdict_passes = 0
+        self.grad_evaluations = 0
+        self.zero_grads = 0
+        self.nonfinite_grads = 0
+        if randomness is None:
+            randomness = "protocol" if isinstance(model, nn.Module) and is_stochastic(model) else "none"
+        if randomness not in ("protocol", "detected", "none"):
+            raise InputError(f"randomness must be 'protocol', 'detected' or 'none', got {randomness!r}")
+        self.randomness = randomness
+        self.stochastic = randomness != "none"
         self.frozen = isinstance(model, nn.Module) and is_frozen(model)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,28 +149,84 @@ class ModelFn:
         """Gradient of a scalar ``loss`` with respect to ``x`` (one backward per image of ``x``)."""
         self.backward_passes += x.shape[0]
         (g,) = torch.autograd.grad(loss, x, retain_graph=retain_graph)
+        flat = g.detach().flatten(1)
+        self.grad_evaluations += g.shape[0]
+        finite = torch.isfinite(flat).all(dim=1)
+        self.nonfinite_grads += int((~finite).sum())
+        self.zero_grads += int((finite & (flat == 0).all(dim=1)).sum())
         return g
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits without building a graph."""
+        """Logits without building a graph (counted as a search pass)."""
         return self(x)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a verdict or a check: not counted as a search pass."""
+        self.verdict_passes += x.shape[0]
+        return logits_of(self.model(x))
+
+
+DETECTION_BATCH = 256
+"""At most this many samples are forwarded twice by :func:`model_fn`'s randomness check."""
+
+
+def model_fn(
+    model: nn.Module | Callable[[torch.Tensor], Any], x: torch.Tensor, randomness: str | None = None
+) -> ModelFn:
+    """The counting wrapper for a run on ``x``, with the model's randomness established.
+
+    A model with an active :class:`core.randomness.Stochastic` layer is randomized by the
+    protocol; any other model (frozen ones and plain callables included) is forwarded twice on
+    up to :data:`DETECTION_BATCH` samples of ``x`` and treated as randomized when the two
+    outputs differ (the reference AutoAttack's check). ``randomness`` skips the check (an
+    evaluator that checked once for a whole run passes what it found).
+    """
+    if randomness is not None:
+        fm = ModelFn(model, randomness)
+    else:
+        fm = ModelFn(model)
+        if not fm.stochastic and x.shape[0]:
+            probe = x[:DETECTION_BATCH]
+            if detect_randomness(fm.evaluate, probe):
+                fm = ModelFn(model, "detected")
+            fm.verdict_passes = 2 * probe.shape[0]
+    return fm
 
 
 @dataclass(frozen=True)
-class GradEstimate:
-    """What a gradient estimator returns for a batch.
+class Prediction:
+    """A prediction at a batch, possibly averaged over random draws.
+
+    Attributes:
+        logits: logits (mean over draws when ``draws > 1``), detached.
+        probs: mean softmax over the draws, detached.
+        draws: how many forwards were averaged.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    draws: int
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> Prediction:
+        """The prediction of a single forward."""
+        logits = logits.detach()
+        return cls(logits, logits.float().softmax(dim=1), 1)
+
+
+@dataclass(frozen=True)
+class GradEstimate(Prediction):
+    """What a gradient estimator returns for a batch: the prediction at the input plus
 
     Attributes:
         grad: the (estimated) gradient of the per-sample objective w.r.t. the input.
         loss: per-sample objective (mean over draws for EOT), detached.
-        logits: logits at the input (mean over draws for EOT), detached; attacks reuse them to
-            track success without another forward pass.
     """
 
     grad: torch.Tensor
     loss: torch.Tensor
-    logits: torch.Tensor
 
 
 class GradientEstimator(abc.ABC):
@@ -147,6 +236,24 @@ class GradientEstimator(abc.ABC):
     def __call__(self, fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
         """Estimate the gradient of ``objective(fmodel(x)).sum()`` with respect to ``x``."""
 
+    def draws(self, fmodel: ModelFn) -> int:
+        """Forward passes the estimator averages per step on ``fmodel``."""
+        return 1
+
+    @torch.no_grad()
+    def predict(self, fmodel: ModelFn, x: torch.Tensor) -> Prediction:
+        """The prediction at ``x`` averaged over the estimator's draws (no gradient)."""
+        logits_sum: torch.Tensor | None = None
+        probs_sum: torch.Tensor | None = None
+        k = self.draws(fmodel)
+        for _ in range(k):
+            z = fmodel(x)
+            p = z.float().softmax(dim=1)
+            logits_sum = z if logits_sum is None else logits_sum + z
+            probs_sum = p if probs_sum is None else probs_sum + p
+        assert logits_sum is not None and probs_sum is not None
+        return Prediction(logits_sum / k, probs_sum / k, k)
+
     @staticmethod
     def _once(fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
         x = x.detach().requires_grad_(True)
@@ -154,7 +261,8 @@ class GradientEstimator(abc.ABC):
             logits = fmodel(x)
             loss = objective(logits)
             grad = fmodel.grad(loss.sum(), x)
-        return GradEstimate(grad.detach(), loss.detach(), logits.detach())
+        logits = logits.detach()
+        return GradEstimate(logits, logits.float().softmax(dim=1), 1, grad.detach(), loss.detach())
 
 
 @dataclass(frozen=True)
@@ -171,7 +279,10 @@ class EOT(GradientEstimator):
 
     Athalye et al., 2018 ("Obfuscated Gradients Give a False Sense of Security", Sec. 4.3; and
     "Synthesizing Robust Adversarial Examples", ICML 2018). Each of the ``n`` forward/backward
-    passes draws fresh randomness from the model's :class:`core.randomness.Stochastic` layers.
+    passes draws fresh randomness from the model (its :class:`core.randomness.Stochastic`
+    layers, or randomness found empirically, see :func:`model_fn`). The estimate's prediction
+    is the mean softmax over the ``n`` draws: what an attack's early stop on a randomized model
+    is judged on (see :class:`Attack`).
 
     Args:
         n: number of draws.
@@ -180,10 +291,10 @@ class EOT(GradientEstimator):
             Adversarial Perturbations", Sec. 5, attack settings: found stronger against their
             randomized sparse encoder; each draw votes for a direction with equal weight, so a
             few draws with huge gradients cannot dominate).
-        skip_deterministic: when the model has no active random layer (or is frozen) every draw
-            is the same, so take one pass; the result then equals :class:`Gradient` exactly
-            (normalized if asked). Set ``False`` to force ``n`` passes (e.g. for a model whose
-            randomness does not follow the protocol).
+        skip_deterministic: when the model is not randomized (no active random layer, frozen,
+            and no randomness detected) every draw is the same, so take one pass; the result
+            then equals :class:`Gradient` exactly (normalized if asked). Set ``False`` to force
+            ``n`` passes.
     """
 
     n: int = 20
@@ -194,25 +305,29 @@ class EOT(GradientEstimator):
         if not isinstance(self.n, int) or self.n < 1:
             raise InputError(f"EOT needs n >= 1 draws, got {self.n!r}")
 
+    def draws(self, fmodel: ModelFn) -> int:
+        return self.n if (fmodel.stochastic or not self.skip_deterministic) else 1
+
     def __call__(self, fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
-        draws = self.n if (fmodel.stochastic or not self.skip_deterministic) else 1
+        draws = self.draws(fmodel)
         grad: torch.Tensor | None = None
         loss: torch.Tensor | None = None
         logits: torch.Tensor | None = None
+        probs: torch.Tensor | None = None
         for _ in range(draws):
             est = self._once(fmodel, x, objective)
             g = est.grad
             if self.normalize:
-                norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
-                g = g / norms.view(-1, *([1] * (g.dim() - 1)))
-            if grad is None or loss is None or logits is None:
-                grad, loss, logits = g, est.loss, est.logits
+                g = g / batch_view(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+            if grad is None or loss is None or logits is None or probs is None:
+                grad, loss, logits, probs = g, est.loss, est.logits, est.probs
             else:
-                grad, loss, logits = grad + g, loss + est.loss, logits + est.logits
-        assert grad is not None and loss is not None and logits is not None
+                grad, loss = grad + g, loss + est.loss
+                logits, probs = logits + est.logits, probs + est.probs
+        assert grad is not None and loss is not None and logits is not None and probs is not None
         if draws == 1:
-            return GradEstimate(grad, loss, logits)
-        return GradEstimate(grad / draws, loss / draws, logits / draws)
+            return GradEstimate(logits, probs, 1, grad, loss)
+        return GradEstimate(logits / draws, probs / draws, draws, grad / draws, loss / draws)
 
 
 def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
@@ -223,6 +338,50 @@ def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(dim=1)
 
 
+def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector ``(N,)`` shaped to broadcast over a batch ``like`` of shape ``(N, ...)``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def random_point(
+    x: torch.Tensor,
+    norm: str,
+    radius: float | torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    on_sphere: bool = False,
+) -> torch.Tensor:
+    """A random point around ``x`` at most ``radius`` away (per sample when a tensor), in [0, 1].
+
+    ``on_sphere=False`` is PGD's start (Madry et al., 2018, Sec. 5): uniform in the L-inf ball,
+    or a uniform random direction at a uniform fraction of the radius for L2.
+    ``on_sphere=True`` is APGD's and FAB's start (Croce & Hein, 2020, reference code): a uniform
+    (L-inf) or Gaussian (L2) direction scaled to the sphere of that radius in the norm.
+    Draws on ``generator``'s device and moves the draws to ``x``'s.
+    """
+    dev = generator.device if generator is not None else x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+    r = radius if isinstance(radius, torch.Tensor) else torch.full(
+        (x.shape[0],), float(radius), device=x.device, dtype=x.dtype
+    )
+    if norm == "linf":
+        d = 2 * rand(*x.shape) - 1
+        if on_sphere:
+            d = d / batch_view(lp_norm(d, "linf").clamp_min(1e-12), d)
+        return (x + d * batch_view(r, d)).clamp(0.0, 1.0)
+    d = randn(*x.shape)
+    d = d / batch_view(lp_norm(d, "l2").clamp_min(1e-12), d)
+    if not on_sphere:
+        r = r * rand(x.shape[0])
+    return (x + d * batch_view(r, d)).clamp(0.0, 1.0)
+
+
 def project(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     """Project ``x_adv`` onto the ``threat`` ball around ``x`` and into [0, 1]."""
     delta = x_adv - x
@@ -231,7 +390,7 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.
     else:
         norms = lp_norm(delta, "l2")
         factor = (threat.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
-        delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        delta = delta * batch_view(factor, delta)
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -275,9 +434,9 @@ def enforce(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.
             return x_adv
         shrink = (threat.eps / norms.clamp_min(1e-30)) * (1 - tiny * 4**it)
         factor = torch.where(over, shrink, torch.ones_like(shrink))
-        x_adv = (x + delta * factor.view(-1, *([1] * (delta.dim() - 1)))).clamp(0.0, 1.0)
+        x_adv = (x + delta * batch_view(factor, delta)).clamp(0.0, 1.0)
     bad = lp_norm(x_adv - x, threat.norm) > threat.eps
-    return torch.where(bad.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
+    return torch.where(batch_view(bad, x), x, x_adv)
 
 
 class Ball:
@@ -329,13 +488,18 @@ class AttackResult:
     Attributes:
         x_adv: adversarial inputs, detached, in [0, 1] and inside the threat ball (the computed
             ``lp_norm(x_adv - x)`` is ``<= eps`` with no rounding tolerance).
-        success: per-sample bool; untargeted: ``argmax(model(x_adv)) != y``, targeted:
-            ``== target``. For a stochastic model this is one draw; evaluators repeat it.
-        logits: the logits the success mask was computed from.
-        forward_passes: image forward evaluations spent (see the module docstring).
-        backward_passes: image backward evaluations spent.
+        success: per-sample bool, the :class:`Verdict` on ``x_adv``: untargeted
+            ``argmax != y``, targeted ``argmax == target``. For a randomized model the verdict
+            is a fresh draw (or the mean softmax over the verdict's draws), never the draws the
+            attack optimized against.
+        logits: the verdict's logits (log of the mean softmax when it averaged several draws).
+        forward_passes: image forward evaluations of the search (see the module docstring).
+        backward_passes: image backward evaluations of the search.
         queries: per-sample forward queries, for score-based attacks (Square); else ``None``.
         attack: name of the attack that produced the result.
+        randomness: ``"protocol"``, ``"detected"`` or ``"none"`` (see :func:`model_fn`).
+        verdict_passes: image forwards of the verdict and the randomness check.
+        warnings: the sanity checks' findings (:mod:`robustlab.attacks.checks`).
     """
 
     x_adv: torch.Tensor
@@ -345,6 +509,9 @@ class AttackResult:
     backward_passes: int
     queries: torch.Tensor | None = None
     attack: str = ""
+    randomness: str = "none"
+    verdict_passes: int = 0
+    warnings: tuple[EvalWarning, ...] = ()
 
     @property
     def robust(self) -> torch.Tensor:
@@ -357,6 +524,57 @@ class AttackResult:
         return float((~self.success).float().mean()) if self.success.numel() else float("nan")
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The one rule that decides whether a point breaks a sample, used by :meth:`Attack.run`,
+    :class:`~robustlab.attacks.AutoAttack` and the battery runner alike.
+
+    A sample is broken when the verdict's prediction at the attack's point is wrong
+    (untargeted: ``argmax != y``; targeted: ``argmax == target``). The prediction is a fresh
+    forward in evaluation batches of ``batch_size`` (never the attack's internal logits): on a
+    deterministic model one forward; on a randomized one ``draws`` fresh draws whose softmax is
+    averaged (one fresh draw by default), so the draws an attack optimized against never judge
+    it. A sample is robust only if no attack produced a point the verdict calls broken.
+
+    Args:
+        draws: forwards averaged (mean softmax) on a randomized model.
+        batch_size: samples per verdict forward.
+    """
+
+    draws: int = 1
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise InputError(f"the verdict needs draws >= 1, got {self.draws!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"the verdict needs batch_size >= 1, got {self.batch_size!r}")
+
+    def logits(self, fmodel: ModelFn, x: torch.Tensor) -> torch.Tensor:
+        """The verdict's logits at ``x``: one forward, or the log mean softmax over the draws."""
+        draws = self.draws if fmodel.stochastic else 1
+        out = []
+        for chunk in x.split(self.batch_size):
+            if draws == 1:
+                out.append(fmodel.evaluate(chunk))
+                continue
+            probs = fmodel.evaluate(chunk).float().softmax(dim=1)
+            for _ in range(draws - 1):
+                probs = probs + fmodel.evaluate(chunk).float().softmax(dim=1)
+            out.append((probs / draws).log())
+        return torch.cat(out) if out else x.new_zeros(0, 0)
+
+    def judge(
+        self, fmodel: ModelFn, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(success, logits)`` at points ``x`` for labels ``y`` (and ``targets``)."""
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.bool, device=x.device), x.new_zeros(0, 0)
+        logits = self.logits(fmodel, x)
+        pred = logits.argmax(dim=1)
+        return (pred == targets if targets is not None else pred != y), logits
+
+
 @dataclass
 class RunContext:
     """Everything one call of :meth:`Attack._run` needs.
@@ -367,9 +585,10 @@ class RunContext:
         y: true labels.
         targets: target labels for a targeted run, else ``None``.
         generator: the only source of randomness an attack may use.
-        shrink: whether the attack may drop samples from its batch as they break. ``False``
-            inside :func:`core.randomness.frozen` (a smaller batch would get another draw).
-        clean: logits at ``x`` if already known (see :meth:`clean_logits`).
+        shrink: whether the attack may drop samples from its batch once they are confirmed
+            broken (:meth:`confirmed`). ``False`` inside :func:`core.randomness.frozen` (a
+            smaller batch would get another draw) and for ``full_budget`` runs (transfer).
+        clean: the prediction at ``x`` if already known (see :meth:`clean_prediction`).
         queries: per-sample query counts a score-based attack reports (it sets them).
     """
 
@@ -379,7 +598,7 @@ class RunContext:
     targets: torch.Tensor | None
     generator: torch.Generator
     shrink: bool
-    clean: torch.Tensor | None = None
+    clean: Prediction | None = None
     queries: torch.Tensor | None = None
 
     @property
@@ -387,15 +606,44 @@ class RunContext:
         """Whether the model draws fresh randomness on each forward."""
         return self.model.stochastic
 
-    def clean_logits(self) -> torch.Tensor:
-        """Logits at the clean inputs, computed once and shared (an ensemble such as AutoAttack
-        passes its own so that sub-attacks do not repeat the forward pass)."""
+    def clean_prediction(self) -> Prediction:
+        """The prediction at the clean inputs (one forward), computed once."""
         if self.clean is None:
-            self.clean = self.model.predict(self.x)
+            self.clean = Prediction.of(self.model.predict(self.x))
         return self.clean
+
+    def clean_logits(self) -> torch.Tensor:
+        """Logits at the clean inputs (one forward), computed once."""
+        return self.clean_prediction().logits
+
+    def is_adversarial(
+        self, pred: Prediction, y: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Whether a step's prediction is wrong (untargeted) or hits the target, judged on the
+        mean softmax over the step's draws on a randomized model (a *candidate*: FAB and CW
+        keep the closest such point; the verdict judges it later)."""
+        top = (pred.probs if self.stochastic else pred.logits).argmax(dim=1)
+        return top == targets if targets is not None else top != y
+
+    def confirmed(
+        self, pred: Prediction, y: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The early-stop rule: which samples a step's prediction confirms broken, so that the
+        attack may keep the point and drop the sample.
+
+        On a deterministic model, those :meth:`is_adversarial` marks. On a randomized model
+        none: a step's draw, or the mean softmax over a step's EOT draws, is one more random
+        sample and can be lucky, and a point just across the averaged boundary fools a fresh
+        draw only about half the time; so every sample runs the attack's full budget and
+        returns the attack's end point (its last iterate, or its highest-loss point).
+        """
+        if self.stochastic:
+            return torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        return self.is_adversarial(pred, y, targets)
 
     def subset(self, idx: torch.Tensor) -> RunContext:
         """The context restricted to samples ``idx``."""
+        clean = self.clean
         return RunContext(
             model=self.model,
             x=self.x[idx],
@@ -403,37 +651,47 @@ class RunContext:
             targets=self.targets[idx] if self.targets is not None else None,
             generator=self.generator,
             shrink=self.shrink,
-            clean=self.clean[idx] if self.clean is not None else None,
+            clean=None if clean is None else Prediction(clean.logits[idx], clean.probs[idx], clean.draws),
         )
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 class Attack(abc.ABC):
     """Base class of every attack: a configured, immutable object run on a model at call time.
 
-    The base class checks inputs, wraps the model in a counting :class:`ModelFn`, calls
-    :meth:`_run`, projects its output onto the threat ball and into [0, 1] (and asserts that the
-    result is there), and computes the success mask, reusing logits the subclass returns where
-    they are valid.
+    The base class owns the rules. :meth:`run` checks inputs, wraps the model in a counting
+    :class:`ModelFn` (establishing whether the model is randomized, by the
+    :class:`core.randomness.Stochastic` protocol or empirically), lets the subclass search
+    (:meth:`_run`), projects the result onto the threat ball and into [0, 1] (and asserts that
+    it is there), and judges it with the :class:`Verdict`, the one rule shared with AutoAttack
+    and the battery runner. It also runs the sanity checks (:mod:`~robustlab.attacks.checks`).
 
-    The model's train/eval mode is never changed: call ``model.eval()`` first if that is what
-    you want to attack (batch-norm in train mode makes predictions depend on the batch). Nothing
-    here seeds anything: random starts and random searches draw from the ``generator`` passed to
-    :meth:`run`, or from a fresh ``torch.Generator`` with torch's default seed when none is given
-    (so an unseeded run still repeats).
+    Early stopping, one rule for every attack (:meth:`RunContext.confirmed`): an attack keeps
+    attacking a sample until the sample is *confirmed* broken or the budget is spent. On a
+    deterministic model a step's prediction confirms it. On a randomized model nothing does:
+    neither one draw nor the mean softmax over one step's EOT draws (measured: stopping at
+    the first point whose EOT-20 mean softmax is wrong leaves points that fool a fresh draw
+    about half the time, weaker than running on), so every sample gets the attack's full
+    budget and returns its end point (last iterate, or highest-loss point). Either way the verdict, with fresh draws, decides the result. Runs with
+    ``full_budget=True`` (transfer attacks, which maximize the loss on the surrogate) never
+    stop early.
+
+    The model's train/eval mode is never changed: call ``model.eval()`` first (batch-norm in
+    train mode makes predictions depend on the batch and the attack would update its
+    statistics; :meth:`run` warns unless told the mode is intended). Nothing here seeds
+    anything: random starts and random searches draw from the ``generator`` passed to
+    :meth:`run`, or from a fresh ``torch.Generator`` with torch's default seed when none is
+    given (so an unseeded run still repeats).
 
     Args:
         threat: the threat model (norm and radius in [0, 1] pixel space).
-        bpda: if set, run the attack inside ``core.bpda.bpda(model, mode)``: every BPDA layer of
+        bpda: if set, run the search inside ``core.bpda.bpda(model, mode)``: every BPDA layer of
             the model keeps its exact forward and backpropagates through the identity or its
             smooth surrogate. ``None`` leaves the model as it is (an evaluator may wrap the call
             itself).
     """
 
     name: ClassVar[str] = "attack"
+    kind: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     supports_targets: ClassVar[bool] = False
 
@@ -487,6 +745,12 @@ class Attack(abc.ABC):
         """The BPDA mode the attack runs the model in, if any."""
         return self._bpda
 
+    @property
+    def expects_randomness(self) -> bool:
+        """Whether the attack takes an expectation over a randomized model's draws (EOT
+        gradients, Square's mean margin), or does not use the target's gradients at all."""
+        return False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.threat.norm}, eps={self.threat.eps:.4g})"
 
@@ -498,6 +762,9 @@ class Attack(abc.ABC):
         *,
         targets: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        verdict: Verdict | None = None,
+        full_budget: bool = False,
+        train_mode_ok: bool = False,
     ) -> AttackResult:
         """Attack ``model`` at ``(x, y)``.
 
@@ -508,6 +775,9 @@ class Attack(abc.ABC):
             targets: target labels for a targeted attack (only attacks with
                 ``supports_targets``); success then means ``argmax == target``.
             generator: source of all randomness (on ``x``'s device).
+            verdict: how the result is judged; default one fresh forward (:class:`Verdict`).
+            full_budget: never stop early (maximize the loss for the whole budget).
+            train_mode_ok: the model is in training mode on purpose (no warning).
 
         Raises:
             InputError: for images outside [0, 1] or of the wrong shape, label count mismatch,
@@ -527,34 +797,20 @@ class Attack(abc.ABC):
                 f"the generator lives on {generator.device}, the inputs on {x.device}; "
                 "create it with torch.Generator(device=x.device)"
             )
+        verdict = Verdict() if verdict is None else verdict
+        found: list[EvalWarning] = []
+        if isinstance(model, nn.Module) and model.training and not train_mode_ok:
+            found.append(train_mode_warning(self.name))
+            warnings.warn(str(found[-1]), stacklevel=2)
         x = x.detach()
         y = y.to(x.device)
-        fmodel = ModelFn(model)
+        fmodel = model_fn(model, x)
         ctx = RunContext(
-            model=fmodel, x=x, y=y, targets=targets, generator=generator, shrink=not fmodel.frozen
+            model=fmodel, x=x, y=y, targets=targets, generator=generator,
+            shrink=not (fmodel.frozen or full_budget),
         )
-        use_bpda = self.bpda is not None and isinstance(model, nn.Module)
-        with bpda(model, self.bpda or "identity") if use_bpda else contextlib.nullcontext():  # type: ignore[arg-type]
-            if x.shape[0] == 0:
-                out: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None] = x.clone()
-            else:
-                out = self._run(ctx)
-            x_raw, logits = out if isinstance(out, tuple) else (out, None)
-            x_adv = enforce(x, x_raw.detach(), self.threat)
-            if logits is None or fmodel.stochastic:
-                logits = fmodel.predict(x_adv)
-            else:
-                changed = (x_adv != x_raw).flatten(1).any(dim=1)
-                if bool(changed.any()):
-                    logits = logits.clone()
-                    logits[changed] = fmodel.predict(x_adv[changed])
-        inside = in_ball(x, x_adv, self.threat)
-        if not bool(inside.all()):  # enforce() guarantees this; the check guards the rules
-            raise AssertionError(
-                f"{self.name} produced {int((~inside).sum())} inputs outside [0, 1] or the ball"
-            )
-        pred = logits.argmax(dim=1)
-        success = pred == targets if targets is not None else pred != y
+        x_adv, success, logits, checks = self._execute(ctx, verdict)
+        found += self._checks(fmodel) + checks
         return AttackResult(
             x_adv=x_adv.detach(),
             success=success,
@@ -563,15 +819,50 @@ class Attack(abc.ABC):
             backward_passes=fmodel.backward_passes,
             queries=ctx.queries,
             attack=self.name,
+            randomness=fmodel.randomness,
+            verdict_passes=fmodel.verdict_passes,
+            warnings=merge_warnings(found),
         )
 
-    @abc.abstractmethod
-    def _run(self, ctx: RunContext) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """The search itself: return ``x_adv``, or ``(x_adv, logits_at_x_adv)`` to save a forward.
+    def _execute(
+        self, ctx: RunContext, verdict: Verdict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[EvalWarning]]:
+        """Search, then judge: ``(x_adv, success, verdict logits, findings)``. Ensembles
+        override it (and report their own findings)."""
+        x_adv = self.perturb(ctx)
+        success, logits = verdict.judge(ctx.model, x_adv, ctx.y, ctx.targets)
+        return x_adv, success, logits, []
 
-        Logits are reused for rows the base projection leaves unchanged (deterministic models
-        only); the subclass need not clamp exactly, the base projects anyway.
-        """
+    def _checks(self, fmodel: ModelFn) -> list[EvalWarning]:
+        """The sanity checks of a finished run on ``fmodel``."""
+        found = gradient_warnings(
+            fmodel.grad_evaluations, fmodel.zero_grads, fmodel.nonfinite_grads, self.name
+        )
+        if fmodel.randomness == "detected":
+            found.append(detected_randomness_warning())
+        if fmodel.stochastic and not self.expects_randomness:
+            found.append(randomized_without_eot(fmodel.randomness, repr(self)))
+        return found
+
+    def perturb(self, ctx: RunContext) -> torch.Tensor:
+        """The search alone, with no verdict: :meth:`_run` (inside the attack's BPDA mode),
+        projected exactly onto the threat ball and into [0, 1]. For sequences and transfer
+        attacks, which judge (or do not judge) the result themselves."""
+        model = ctx.model.model
+        use_bpda = self.bpda is not None and isinstance(model, nn.Module)
+        with bpda(model, self.bpda or "identity") if use_bpda else contextlib.nullcontext():  # type: ignore[arg-type]
+            x_raw = ctx.x.clone() if ctx.x.shape[0] == 0 else self._run(ctx)
+        x_adv = enforce(ctx.x, x_raw.detach(), self.threat)
+        inside = in_ball(ctx.x, x_adv, self.threat)
+        if not bool(inside.all()):  # enforce() guarantees this; the check guards the rules
+            raise AssertionError(
+                f"{self.name} produced {int((~inside).sum())} inputs outside [0, 1] or the ball"
+            )
+        return x_adv
+
+    @abc.abstractmethod
+    def _run(self, ctx: RunContext) -> torch.Tensor:
+        """The search itself: return ``x_adv`` (the base projects it exactly anyway)."""
 
     # helpers for subclasses -------------------------------------------------------------------
     def _project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -579,27 +870,6 @@ class Attack(abc.ABC):
 
     def _ball(self, x: torch.Tensor) -> Ball:
         return Ball(x, self.threat)
-
-    @staticmethod
-    def _is_adv(
-        logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
-    ) -> torch.Tensor:
-        pred = logits.argmax(dim=1)
-        return pred == targets if targets is not None else pred != y
-
-    def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A uniform point of the L-inf ball, or a point on a random direction of the L2 ball with
-        a uniform radius fraction (the usual PGD starts, Madry et al., 2018, Sec. 5)."""
-        eps = self.threat.eps
-        if self.threat.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = (2 * u - 1) * eps
-        else:
-            d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            d = d / _expand(lp_norm(d, "l2").clamp_min(1e-12), d)
-            r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-            delta = d * _expand(r * eps, d)
-        return (x + delta).clamp(0.0, 1.0)
 
 
 def select_targets(logits: torch.Tensor, rank: int) -> torch.Tensor:

@@ -13,8 +13,10 @@ from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 from .apgd import APGD, APGDT
-from .base import EOT, Attack, RunContext, enforce
+from .base import EOT, Attack, RunContext, Verdict, model_fn
+from .checks import EvalWarning, probability_warning
 from .fab import FABT
+from .sequence import run_sequence, sequence_warnings
 from .square import Square
 
 __all__ = ["AutoAttack", "Transfer"]
@@ -26,11 +28,15 @@ class AutoAttack(Attack):
     """AutoAttack (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an
     ensemble of diverse parameter-free attacks", ICML, Sec. 4).
 
-    Runs its attacks in order, each only on the samples every earlier attack left robust (and
-    only on clean-correct samples), and keeps per sample the first adversarial point found:
+    Runs its attacks in order with :func:`~robustlab.attacks.sequence.run_sequence`, the loop
+    the battery runner uses too: the :class:`~robustlab.attacks.Verdict` judges the clean
+    inputs and each attack's output exactly once, and every attack runs on every sample that is
+    still robust by that verdict. A sample broken by an attack stays broken (it is never
+    re-judged on another random draw), and the result's ``success`` is that verdict:
 
     - ``"standard"``: APGD-CE, APGD-T (targeted DLR, 9 target classes), FAB-T (9 target
-      classes), Square (5,000 queries); 100 iterations for the gradient attacks, one restart each.
+      classes), Square (5,000 queries, ``p_init`` 0.8, no schedule rescaling); 100 iterations
+      for the gradient attacks, one restart each: the reference settings.
     - ``"rand"`` (for randomized defenses): APGD-CE and APGD-DLR, each with EOT over 20 draws.
 
     Args:
@@ -44,6 +50,7 @@ class AutoAttack(Attack):
     """
 
     name = "autoattack"
+    kind = "ensemble"
     supports_targets = False
 
     def __init__(
@@ -60,15 +67,15 @@ class AutoAttack(Attack):
         super().__init__(threat, bpda=bpda)
         if version == "standard":
             attacks: tuple[Attack, ...] = (
-                APGD(threat, steps, loss="ce"),
-                APGDT(threat, steps, n_target_classes=n_target_classes),
-                FABT(threat, steps, n_target_classes=n_target_classes),
-                Square(threat, n_queries),
+                APGD(threat, steps, loss="ce", bpda=bpda),
+                APGDT(threat, steps, n_target_classes=n_target_classes, bpda=bpda),
+                FABT(threat, steps, n_target_classes=n_target_classes, bpda=bpda),
+                Square(threat, n_queries, p_init=0.8, rescale_schedule=False),
             )
         elif version == "rand":
             attacks = (
-                APGD(threat, steps, loss="ce", grad=EOT(eot)),
-                APGD(threat, steps, loss="dlr", grad=EOT(eot)),
+                APGD(threat, steps, loss="ce", grad=EOT(eot), bpda=bpda),
+                APGD(threat, steps, loss="dlr", grad=EOT(eot), bpda=bpda),
             )
         else:
             raise InputError(f"unknown AutoAttack version {version!r}; use 'standard' or 'rand'")
@@ -78,50 +85,44 @@ class AutoAttack(Attack):
     def __repr__(self) -> str:
         return f"AutoAttack({self.threat.norm}, eps={self.threat.eps:.4g}, {self.version})"
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, y = ctx.x, ctx.y
-        clean = ctx.clean_logits()
-        x_adv, logits = x.clone(), clean.clone()
-        robust = clean.argmax(dim=1) == y
-        queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        logger.info(
-            "AutoAttack %s: clean accuracy %.4f", self.version, float(robust.float().mean())
-        )
-        for attack in self.attacks:
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            sub = ctx.subset(idx)
-            out = attack._run(sub)
-            xa, la = out if isinstance(out, tuple) else (out, None)
-            xa_raw, xa = xa, enforce(sub.x, xa.detach(), self.threat)
-            if la is None or ctx.stochastic:
-                la = ctx.model.predict(xa)
-            else:
-                changed = (xa != xa_raw).flatten(1).any(dim=1)
-                if bool(changed.any()):
-                    la = la.clone()
-                    la[changed] = ctx.model.predict(xa[changed])
-            broke = la.argmax(dim=1) != sub.y
-            x_adv[idx[broke]] = xa[broke]
-            logits[idx[broke]] = la[broke]
-            robust[idx[broke]] = False
-            if sub.queries is not None:
-                queries[idx] += sub.queries
-            logger.info(
-                "AutoAttack after %r: robust accuracy %.4f", attack, float(robust.float().mean())
-            )
+    @property
+    def expects_randomness(self) -> bool:
+        return any(a.expects_randomness for a in self.attacks)
+
+    def _run(self, ctx: RunContext) -> torch.Tensor:
+        """The sequence's points alone (when AutoAttack is nested, e.g. run on a transfer
+        surrogate): judged between sub-attacks by a one-forward verdict on ``ctx.model``."""
+        out = run_sequence(self.attacks, ctx.model, ctx.x, ctx.y, verdict=Verdict(),
+                           generator=lambda i: ctx.generator, shrink=ctx.shrink)
+        return out.x_adv
+
+    def _execute(
+        self, ctx: RunContext, verdict: Verdict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[EvalWarning]]:
+        out = run_sequence(self.attacks, ctx.model, ctx.x, ctx.y, verdict=verdict,
+                           generator=lambda i: ctx.generator, shrink=ctx.shrink)
+        queries = torch.zeros(ctx.x.shape[0], dtype=torch.long, device=ctx.x.device)
+        for attack, stage in zip(self.attacks, out.stages, strict=True):
+            logger.info("AutoAttack after %r: %d broken of %d attacked", attack,
+                        int(stage.broken.sum()), int(stage.seen.sum()))
+            if stage.queries is not None:
+                queries += stage.queries
         ctx.queries = queries
-        return x_adv, logits
+        found = sequence_warnings(self.attacks, [int(s.broken.sum()) for s in out.stages],
+                                  [int(s.seen.sum()) for s in out.stages])
+        prob = probability_warning(out.probability_rows, ctx.x.shape[0])
+        return out.x_adv, ~out.robust, out.logits, [*found, *([prob] if prob else [])]
 
 
 class Transfer(Attack):
     """A transfer attack: craft on a surrogate model, evaluate on the target (Papernot et al.,
     2017, "Practical Black-Box Attacks against Machine Learning"; Athalye et al., 2018, Sec. 5).
 
-    ``run(model, x, y)`` runs ``attack`` on ``surrogate`` and reports success on ``model``. The
-    pass counts are the target model's (one forward per sample); the surrogate's are not
-    counted.
+    ``run(model, x, y)`` runs ``attack``'s search on ``surrogate`` with its whole budget
+    (``full_budget``: no early stop, whatever attack it wraps): the point that maximizes the
+    loss on the surrogate, not the first one across the surrogate's boundary, which rarely
+    carries over to the target. The target's verdict judges the result. The pass counts are
+    the target model's (none in the search); the surrogate's are not counted.
 
     Args:
         surrogate: the model the adversarial examples are crafted on.
@@ -129,6 +130,7 @@ class Transfer(Attack):
     """
 
     name = "transfer"
+    kind = "transfer"
     supports_targets = True
 
     def __init__(
@@ -143,11 +145,15 @@ class Transfer(Attack):
     def __repr__(self) -> str:
         return f"Transfer({self.attack!r})"
 
+    @property
+    def expects_randomness(self) -> bool:
+        return True  # the target's gradients are never used
+
     def _run(self, ctx: RunContext) -> torch.Tensor:
-        res = self.attack.run(
-            self.surrogate, ctx.x, ctx.y, targets=ctx.targets, generator=ctx.generator
-        )
-        return res.x_adv
+        surrogate = model_fn(self.surrogate, ctx.x)
+        inner = RunContext(model=surrogate, x=ctx.x, y=ctx.y, targets=ctx.targets,
+                           generator=ctx.generator, shrink=False)
+        return self.attack.perturb(inner)
 
 
 def transfer_factory(

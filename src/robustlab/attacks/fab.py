@@ -9,14 +9,18 @@ import torch
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import GradEstimate, GradientEstimator, RunContext, lp_norm, select_targets
-from .gradient import GradientAttack, Tracker
+from .base import (
+    GradEstimate,
+    GradientEstimator,
+    RunContext,
+    batch_view,
+    lp_norm,
+    random_point,
+    select_targets,
+)
+from .gradient import GradientAttack
 
 __all__ = ["FABT", "project_hyperplane_box"]
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def project_hyperplane_box(
@@ -140,27 +144,19 @@ class FABT(GradientAttack):
         targets: torch.Tensor,
         best_x: torch.Tensor,
         best_d: torch.Tensor,
+        settled: torch.Tensor,
         random_start: bool,
     ) -> None:
-        """One FAB-T run on samples ``idx``; improves ``best_x``/``best_d`` in place."""
+        """One FAB-T run on samples ``idx``; improves ``best_x``/``best_d`` in place and marks
+        the samples confirmed adversarial within eps in ``settled``."""
         norm, eps = self.threat.norm, self.threat.eps
         x0, y, t, ids = ctx.x[idx], ctx.y[idx], targets[idx], idx
         shrink = ctx.shrink and self.early_stop
-        x1 = x0.clone()
-        if random_start:
-            if norm == "linf":
-                r = (
-                    2
-                    * torch.rand(
-                        x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype
-                    )
-                    - 1
-                )
-            else:
-                r = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
-            r = r / _expand(lp_norm(r, norm).clamp_min(1e-12), r)
-            radius = torch.minimum(best_d[ids], torch.full_like(best_d[ids], eps))
-            x1 = (x0 + 0.5 * _expand(radius, r) * r).clamp(0.0, 1.0)
+        if random_start:  # on the sphere of half the best distance so far, at most eps/2
+            radius = 0.5 * best_d[ids].clamp(max=eps)
+            x1 = random_point(x0, norm, radius, ctx.generator, on_sphere=True)
+        else:
+            x1 = x0.clone()
         est = self._diff(ctx, x1, y, t)
         g, f = est.grad, est.loss
         n = x0.shape[0]
@@ -179,15 +175,17 @@ class FABT(GradientAttack):
             a1 = lp_norm(d1, norm).clamp_min(1e-8)
             a2 = lp_norm(d2, norm).clamp_min(1e-8)
             alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max)
-            alpha = _expand(alpha, x1)
+            alpha = batch_view(alpha, x1)
             x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
-            adv = ctx.model.predict(x1).argmax(dim=1) != y
-            done = self._record(x0, x1, adv, ids, best_x, best_d)
+            pred = self._grad.predict(ctx.model, x1)
+            candidate, confirmed = ctx.is_adversarial(pred, y, None), ctx.confirmed(pred, y, None)
+            done = self._record(x0, x1, candidate, ids, best_x, best_d) & confirmed
+            settled[ids[done]] = True
             if i == self.steps - 1:
                 break
             if not shrink:
                 done = torch.zeros_like(done)
-            back = adv & ~done
+            back = candidate & ~done
             x1[back] = x0[back] + self.beta * (x1[back] - x0[back])
             if bool(done.any()):
                 keep = ~done
@@ -207,8 +205,8 @@ class FABT(GradientAttack):
         best_x: torch.Tensor,
         best_d: torch.Tensor,
     ) -> torch.Tensor:
-        """Keep adversarial points closer than the best so far; return which rows are
-        adversarial within eps."""
+        """Keep candidate adversarial points closer than the best so far; return which rows
+        have one within eps."""
         if not bool(adv.any()):
             return adv
         dist = lp_norm(x1 - x0, self.threat.norm)
@@ -217,21 +215,19 @@ class FABT(GradientAttack):
         best_d[ids[closer]] = dist[closer]
         return adv & (best_d[ids] <= self.threat.eps)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, ctx: RunContext) -> torch.Tensor:
         x, y = ctx.x, ctx.y
         clean = ctx.clean_logits()
         n_classes = clean.shape[1]
         best_x = x.clone()
         best_d = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-        wrong = clean.argmax(dim=1) != y
-        best_d[wrong] = 0.0
+        settled = ctx.confirmed(ctx.clean_prediction(), y, None)
+        best_d[settled] = 0.0
         for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
             targets = select_targets(clean, rank)
             for r in range(self.restarts):
-                idx = (best_d > self.threat.eps).nonzero().squeeze(1)
+                idx = (~settled).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                self._attack(ctx, idx, targets, best_x, best_d, random_start=r > 0)
-        track = Tracker(x)
-        track.fallback(torch.arange(x.shape[0], device=x.device), best_x, None)
-        return track.result()
+                self._attack(ctx, idx, targets, best_x, best_d, settled, random_start=r > 0)
+        return best_x

@@ -7,59 +7,51 @@ import torch
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import Attack, Gradient, GradientEstimator, ModelFn, RunContext, lp_norm
+from .base import (
+    EOT,
+    Attack,
+    GradEstimate,
+    Gradient,
+    GradientEstimator,
+    ModelFn,
+    Prediction,
+    RunContext,
+    batch_view,
+    lp_norm,
+    random_point,
+)
 from .losses import LossFn, get_loss
 
 __all__ = ["FGSM", "MIFGSM", "PGD", "GradientAttack", "Tracker"]
 
 
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 class Tracker:
-    """Per-sample bookkeeping of the best point an attack has found so far.
+    """Per-sample bookkeeping of the point an attack will return.
 
-    ``record`` stores points that are adversarial (first priority) and, for samples without one
-    yet, the latest point given as a fallback, together with their logits, so the base class can
-    reuse the logits instead of running another forward pass.
+    ``adversarial`` records points confirmed adversarial (:meth:`RunContext.confirmed`; never
+    on a randomized model); ``fallback`` records end points for samples without one.
+    ``open`` lists the samples a restart should attack.
     """
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x.clone()
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        self.logits: torch.Tensor | None = None
-        self.has_logits = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
-    def _store_logits(self, ids: torch.Tensor, logits: torch.Tensor) -> None:
-        if self.logits is None:
-            self.logits = logits.new_zeros(self.x.shape[0], logits.shape[1])
-        self.logits[ids] = logits
-        self.has_logits[ids] = True
-
-    def adversarial(self, ids: torch.Tensor, x: torch.Tensor, logits: torch.Tensor) -> None:
-        """Record adversarial points ``x`` for samples ``ids``."""
+    def adversarial(self, ids: torch.Tensor, x: torch.Tensor) -> None:
+        """Record confirmed adversarial points ``x`` for samples ``ids``."""
         if ids.numel():
             self.x[ids] = x
             self.found[ids] = True
-            self._store_logits(ids, logits)
 
-    def fallback(self, ids: torch.Tensor, x: torch.Tensor, logits: torch.Tensor | None) -> None:
-        """Record non-adversarial end points for samples ``ids`` that have no adversarial one."""
+    def fallback(self, ids: torch.Tensor, x: torch.Tensor) -> None:
+        """Record end points for samples ``ids`` that have no adversarial point."""
         keep = ~self.found[ids]
-        ids = ids[keep]
-        if ids.numel():
-            self.x[ids] = x[keep]
-            if logits is not None:
-                self._store_logits(ids, logits[keep])
-            else:
-                self.has_logits[ids] = False
+        if bool(keep.any()):
+            self.x[ids[keep]] = x[keep]
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(x_adv, logits)``; logits only when known for every sample."""
-        if self.logits is None or not bool(self.has_logits.all()):
-            return self.x, None
-        return self.x, self.logits
+    def open(self) -> torch.Tensor:
+        """Indices of the samples without an adversarial point (what a restart attacks)."""
+        return (~self.found).nonzero().squeeze(1)
 
 
 class GradientAttack(Attack):
@@ -73,6 +65,8 @@ class GradientAttack(Attack):
             :class:`~robustlab.attacks.base.EOT` for randomized models.
         bpda: run the model's BPDA layers with a surrogate backward (see :class:`Attack`).
     """
+
+    kind = "gradient"
 
     def __init__(
         self,
@@ -100,21 +94,27 @@ class GradientAttack(Attack):
         """The objective."""
         return self._loss
 
+    @property
+    def expects_randomness(self) -> bool:
+        return isinstance(self._grad, EOT) and self._grad.n >= 2
+
     def _estimate(
         self,
         fmodel: ModelFn,
         x: torch.Tensor,
         y: torch.Tensor,
         targets: torch.Tensor | None,
-    ):  # type: ignore[no-untyped-def]
+    ) -> GradEstimate:
         loss = self._loss
         return self._grad(fmodel, x, lambda z: loss(z, y, targets))
 
-    def _ascent_step(self, g: torch.Tensor, alpha: float) -> torch.Tensor:
-        """The steepest-ascent step of length ``alpha`` in the threat norm."""
+    def _ascent_step(self, g: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent step of length ``alpha`` (per sample when a tensor) in the
+        threat norm."""
+        a = batch_view(alpha, g) if isinstance(alpha, torch.Tensor) else alpha
         if self.threat.norm == "linf":
-            return g.sign().mul_(alpha)
-        return g * _expand(alpha / lp_norm(g, "l2").clamp_min(1e-12), g)
+            return g.sign() * a
+        return g / batch_view(lp_norm(g, "l2").clamp_min(1e-12), g) * a
 
 
 class FGSM(GradientAttack):
@@ -123,6 +123,7 @@ class FGSM(GradientAttack):
     its normalized direction (L2, the fast gradient method)."""
 
     name = "fgsm"
+    kind = "gradient"
     supports_targets = True
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
@@ -134,10 +135,11 @@ class PGD(GradientAttack):
     """Projected Gradient Descent (Madry et al., 2018, "Towards Deep Learning Models Resistant
     to Adversarial Attacks", Sec. 2.1 and 5).
 
-    Iterates ``x <- P(x + alpha * step(grad))`` from a random point of the ball. The returned
-    point of a sample is an adversarial iterate when one was found (the first one when
-    ``early_stop``), else the last iterate of the last restart; further restarts run only on
-    samples not yet broken.
+    Iterates ``x <- P(x + alpha * step(grad))`` from a random point of the ball. On a
+    deterministic model the returned point of a sample is an adversarial iterate when one was
+    found (the first one with ``early_stop``, else the latest), else the last iterate of the
+    last restart; on a randomized model it is the last iterate (see
+    :class:`~robustlab.attacks.Attack`). Further restarts run only on samples not yet broken.
 
     Args:
         threat: the threat model (L-inf or L2).
@@ -145,8 +147,10 @@ class PGD(GradientAttack):
         step_size: ``alpha``; default ``2.5 * eps / steps`` (Madry et al., 2018).
         random_start: start from a random point of the ball instead of ``x``.
         restarts: number of random restarts.
-        early_stop: stop attacking a sample once it is adversarial (saves passes; the
-            per-sample result is an adversarial point either way). Off inside ``frozen``.
+        early_stop: stop attacking a sample once it is confirmed adversarial (the base
+            class's rule: on a randomized model only by an EOT step's mean softmax). Saves
+            passes; the per-sample verdict is the same. Off inside ``frozen`` and for
+            ``full_budget`` runs.
         loss, grad, bpda: see :class:`GradientAttack`.
     """
 
@@ -181,44 +185,42 @@ class PGD(GradientAttack):
     def _direction(self, g: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         return g
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, y, t = ctx.x, ctx.y, ctx.targets
+    def _run(self, ctx: RunContext) -> torch.Tensor:
+        x, y, targets = ctx.x, ctx.y, ctx.targets
         track = Tracker(x)
         shrink = ctx.shrink and self.early_stop
         for _ in range(self.restarts):
-            idx = (~track.found).nonzero().squeeze(1)
-            if idx.numel() == 0:
+            ids = track.open()
+            if ids.numel() == 0:
                 break
-            ids, ys = idx, y[idx]
-            ts = t[idx] if t is not None else None
-            ball = self._ball(x[idx])
-            cur = (
-                ball.project(self._random_start(ball.x, ctx.generator))
-                if self.random_start
-                else ball.x
-            )
+            labels = y[ids]
+            goal = targets[ids] if targets is not None else None
+            ball = self._ball(x[ids])
+            if self.random_start:
+                cur = ball.project(random_point(ball.x, self.threat.norm, self.threat.eps, ctx.generator))
+            else:
+                cur = ball.x
             state = self._init_state(cur)
             for _step in range(self.steps):
-                est = self._estimate(ctx.model, cur, ys, ts)
-                g, logits = est.grad, est.logits
-                adv = self._is_adv(logits, ys, ts)
-                if bool(adv.any()):
-                    track.adversarial(ids[adv], cur[adv], logits[adv])
-                    if shrink:
-                        keep = ~adv
-                        ids, ys, cur, g, ball = ids[keep], ys[keep], cur[keep], g[keep], ball[keep]
-                        ts = ts[keep] if ts is not None else None
-                        state = {k: v[keep] for k, v in state.items()}
-                        if ids.numel() == 0:
-                            break
-                d = self._direction(g, state)
-                cur = ball.project(cur + self._ascent_step(d, self.step_size))
-            if ids.numel():
-                logits = ctx.model.predict(cur)
-                adv = self._is_adv(logits, ys, ts)
-                track.adversarial(ids[adv], cur[adv], logits[adv])
-                track.fallback(ids[~adv], cur[~adv], logits[~adv])
-        return track.result()
+                est = self._estimate(ctx.model, cur, labels, goal)
+                confirmed = ctx.confirmed(est, labels, goal)
+                track.adversarial(ids[confirmed], cur[confirmed])
+                grad = est.grad
+                if shrink and bool(confirmed.any()):
+                    keep = ~confirmed
+                    ids, labels, cur, grad, ball = ids[keep], labels[keep], cur[keep], grad[keep], ball[keep]
+                    goal = goal[keep] if goal is not None else None
+                    state = {k: v[keep] for k, v in state.items()}
+                    if ids.numel() == 0:
+                        break
+                direction = self._direction(grad, state)
+                cur = ball.project(cur + self._ascent_step(direction, self.step_size))
+            if ids.numel():  # the last iterate
+                if not ctx.stochastic:
+                    confirmed = ctx.confirmed(Prediction.of(ctx.model.predict(cur)), labels, goal)
+                    track.adversarial(ids[confirmed], cur[confirmed])
+                track.fallback(ids, cur)
+        return track.x
 
 
 class MIFGSM(PGD):
@@ -266,6 +268,6 @@ class MIFGSM(PGD):
 
     def _direction(self, g: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         l1 = g.flatten(1).abs().sum(dim=1).clamp_min(1e-12)
-        m = self.decay * state["momentum"] + g / _expand(l1, g)
+        m = self.decay * state["momentum"] + g / batch_view(l1, g)
         state["momentum"] = m
         return m

@@ -13,14 +13,10 @@ import torch
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import GradientEstimator, RunContext, lp_norm
+from .base import GradientEstimator, Prediction, RunContext, batch_view, lp_norm
 from .gradient import GradientAttack, Tracker
 
 __all__ = ["CWL2", "DeepFool"]
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _pick(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -69,54 +65,53 @@ class DeepFool(GradientAttack):
         self.overshoot = float(overshoot)
         self.candidates = int(candidates)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, ctx: RunContext) -> torch.Tensor:
         fm, x, y = ctx.model, ctx.x, ctx.y
         track = Tracker(x)
         clean = ctx.clean_logits()
         k = min(self.candidates, clean.shape[1])
         others = clean.scatter(1, y.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices
-        wrong = clean.argmax(dim=1) != y
-        track.adversarial(wrong.nonzero().squeeze(1), x[wrong], clean[wrong])
-        act = (~wrong).nonzero().squeeze(1)
+        confirmed = ctx.confirmed(ctx.clean_prediction(), y, None)
+        track.adversarial(confirmed.nonzero().squeeze(1), x[confirmed])
+        active = (~confirmed).nonzero().squeeze(1)
         r_tot = torch.zeros_like(x)
         x_cur = x.clone()
         dual = "l1" if self.threat.norm == "linf" else "l2"
         for _ in range(self.steps):
-            if act.numel() == 0:
+            if active.numel() == 0:
                 break
-            xa, ya = x_cur[act], y[act]
-            fs, ws, logits = [], [], None
+            xa, ya = x_cur[active], y[active]
+            gaps, grads, est = [], [], None
             for j in range(others.shape[1]):
-                cls = others[act, j]
+                cls = others[active, j]
                 est = self._grad(fm, xa, _class_gap(cls, ya))
-                fs.append(est.loss)
-                ws.append(est.grad)
-                logits = est.logits
-            assert logits is not None
-            adv = logits.argmax(dim=1) != ya
-            track.adversarial(act[adv], xa[adv], logits[adv])
-            f = torch.stack(fs, dim=1)  # (n, k-1)
-            w = torch.stack(ws, dim=1)  # (n, k-1, ...)
+                gaps.append(est.loss)
+                grads.append(est.grad)
+            assert est is not None
+            confirmed = ctx.confirmed(est, ya, None)
+            track.adversarial(active[confirmed], xa[confirmed])
+            f = torch.stack(gaps, dim=1)  # (n, k-1)
+            w = torch.stack(grads, dim=1)  # (n, k-1, ...)
             wf = w.flatten(2)
             wn = wf.abs().sum(dim=2) if dual == "l1" else wf.norm(dim=2)
             dist = f.abs() / wn.clamp_min(1e-12)
             best = dist.argmin(dim=1)
-            ar = torch.arange(act.numel(), device=x.device)
+            ar = torch.arange(active.numel(), device=x.device)
             wl, fl, nl = w[ar, best], f[ar, best], wn[ar, best].clamp_min(1e-12)
             if dual == "l1":
-                r = _expand((fl.abs() + 1e-4) / nl, wl) * wl.sign()
+                r = batch_view((fl.abs() + 1e-4) / nl, wl) * wl.sign()
             else:
-                r = _expand((fl.abs() + 1e-4) / nl**2, wl) * wl
-            keep = ~adv
-            r_tot[act[keep]] += r[keep]
-            act = act[keep]
-            x_cur[act] = (x[act] + (1 + self.overshoot) * r_tot[act]).clamp(0.0, 1.0)
-        if act.numel():
-            logits = fm.predict(x_cur[act])
-            adv = logits.argmax(dim=1) != y[act]
-            track.adversarial(act[adv], x_cur[act][adv], logits[adv])
-            track.fallback(act[~adv], x_cur[act][~adv], logits[~adv])
-        return track.result()
+                r = batch_view((fl.abs() + 1e-4) / nl**2, wl) * wl
+            keep = ~confirmed
+            r_tot[active[keep]] += r[keep]
+            active = active[keep]
+            x_cur[active] = (x[active] + (1 + self.overshoot) * r_tot[active]).clamp(0.0, 1.0)
+        if active.numel():
+            if not ctx.stochastic:
+                confirmed = ctx.confirmed(Prediction.of(fm.predict(x_cur[active])), y[active], None)
+                track.adversarial(active[confirmed], x_cur[active][confirmed])
+            track.fallback(active, x_cur[active])
+        return track.x
 
 
 class CWL2(GradientAttack):
@@ -163,13 +158,12 @@ class CWL2(GradientAttack):
         self.kappa = float(kappa)
         self.lr = float(lr)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, ctx: RunContext) -> torch.Tensor:
         fm, x, y, t = ctx.model, ctx.x, ctx.y, ctx.targets
         n = x.shape[0]
         kappa = self.kappa
         best_x = x.clone()
         best_d = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
-        best_logits: torch.Tensor | None = None
         c = torch.full((n,), self.c, device=x.device, dtype=x.dtype)
         lower = torch.zeros_like(c)
         upper = torch.full_like(c, 1e10)
@@ -189,21 +183,15 @@ class CWL2(GradientAttack):
             for _ in range(self.steps):
                 xa = (torch.tanh(w.detach()) + 1) / 2
                 est = self._grad(fm, xa, objective)
-                adv = self._is_adv(est.logits, y, t)
+                adv = ctx.is_adversarial(est, y, t)
                 d = lp_norm(xa - x, "l2")
                 better = adv & (d < best_d)
                 best_x[better], best_d[better] = xa[better], d[better]
-                if best_logits is None:
-                    best_logits = est.logits.clone()
-                best_logits[better] = est.logits[better]
                 hit |= adv
-                dx = 2 * (xa - x) - _expand(c, x) * est.grad  # d/dx' of ||x'-x||^2 - c * objective
+                dx = 2 * (xa - x) - batch_view(c, x) * est.grad  # d/dx' of ||x'-x||^2 - c * objective
                 w.grad = dx * (1 - torch.tanh(w.detach()) ** 2) / 2
                 opt.step()
             upper = torch.where(hit, torch.minimum(upper, c), upper)
             lower = torch.where(hit, lower, torch.maximum(lower, c))
             c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
-        found = best_d < float("inf")
-        if best_logits is None or not bool(found.all()):
-            return best_x, None
-        return best_x, best_logits
+        return best_x

@@ -9,13 +9,9 @@ import torch
 
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import Attack, Ball, ModelFn, RunContext, lp_norm
+from .base import Attack, Ball, ModelFn, Prediction, RunContext, batch_view, lp_norm
 
 __all__ = ["Square", "square_p_schedule"]
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 _SCHEDULE = (
@@ -31,11 +27,14 @@ _SCHEDULE = (
 )
 
 
-def square_p_schedule(it: int, n_queries: int, p_init: float) -> float:
-    """Fraction of pixels the square covers at iteration ``it`` (Andriushchenko et al., 2020,
-    Sec. 3 and App.): ``p_init`` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000
-    and 8000 of a 10,000-query budget, rescaled to ``n_queries``."""
-    it = int(it / n_queries * 10000)
+def square_p_schedule(it: int, n_queries: int, p_init: float, rescale: bool = True) -> float:
+    """Fraction of pixels the square covers at iteration ``it`` (0-based; Andriushchenko et al.,
+    2020, Sec. 3 and App.): ``p_init`` halved after iterations 10, 50, 200, 500, 1000, 2000,
+    4000, 6000 and 8000 of a 10,000-query budget; with ``rescale`` the iteration is first
+    mapped onto that budget (``it / n_queries * 10000``), without it the schedule is used as
+    is (AutoAttack's setting, ``resc_schedule=False``)."""
+    if rescale:
+        it = int(it / n_queries * 10000)
     for bound, div in _SCHEDULE:
         if it <= bound:
             return p_init / div
@@ -81,29 +80,37 @@ def _pseudo_gaussian(s: int, device: torch.device, dtype: torch.dtype) -> torch.
 class Square(Attack):
     """Square Attack (Andriushchenko et al., 2020), L-inf (Alg. 1-2) and L2 (Alg. 3).
 
-    A random search that needs only scores: at every query it changes the perturbation inside
-    one random square window per sample (L-inf: to a random vertex ``+-eps`` per channel; L2: by
-    moving perturbation mass from a second window into a pseudo-Gaussian bump) and keeps the
-    change when the margin loss ``z_y - max_{j != y} z_j`` decreases. The window covers a
-    fraction ``p`` of the image that follows the reference schedule from ``p_init``. Samples
-    leave the batch as soon as their margin is negative. A proposal that leaves a point
-    unchanged (all its window's pixels already at the drawn vertex, or clipped by the box) is
-    not evaluated: it could not improve, so only the model call is saved; ``queries`` counts
-    the evaluations actually made, ``n_queries`` the iterations.
+    A random search that needs only scores: after an initial point (one query), each of
+    ``n_queries`` iterations changes the perturbation inside one random square window per
+    sample (L-inf: to a random vertex ``+-eps`` per channel; L2: by moving perturbation mass
+    from a second window into a pseudo-Gaussian bump) and keeps the change when the margin loss
+    ``z_y - max_{j != y} z_j`` decreases, as the reference code does. The window covers a
+    fraction ``p`` of the image that follows the paper's schedule from ``p_init``
+    (:func:`square_p_schedule`). A sample leaves the search once it is confirmed adversarial
+    (the base class's rule: never on a randomized model, where every sample gets the whole
+    budget). A proposal that leaves a point unchanged (all its window's
+    pixels already at the drawn vertex, or clipped by the box) is not evaluated: it could not
+    improve, so only the model call is saved; ``queries`` counts the evaluations actually made.
 
     Under randomness (``eot > 1``) each query evaluates the margin ``eot`` times with fresh
     draws and uses the mean: the expected margin loss.
 
+    Reference settings: AutoAttack runs ``Square(threat, 5000, p_init=0.8,
+    rescale_schedule=False)``; the standalone reference class rescales by default, as here.
+
     Args:
         threat: L-inf or L2.
-        n_queries: query budget per sample (5,000 in AutoAttack), each costing ``eot``
-            forward passes.
+        n_queries: iterations per sample after the initial point (5,000 in AutoAttack), each
+            costing ``eot`` forward passes.
         p_init: initial window fraction (0.8 in AutoAttack for L-inf and L2).
         restarts: runs on the samples still robust.
         eot: forward passes averaged per query.
+        rescale_schedule: map the schedule of a 10,000-query budget onto ``n_queries``
+            (``False``: use it as is, as AutoAttack does).
     """
 
     name = "square"
+    kind = "score"
     supports_targets = True
 
     def __init__(
@@ -114,6 +121,7 @@ class Square(Attack):
         p_init: float = 0.8,
         restarts: int = 1,
         eot: int = 1,
+        rescale_schedule: bool = True,
     ) -> None:
         super().__init__(threat)
         if n_queries < 1 or restarts < 1 or eot < 1:
@@ -124,25 +132,31 @@ class Square(Attack):
         self.p_init = float(p_init)
         self.restarts = int(restarts)
         self.eot = int(eot)
+        self.rescale_schedule = bool(rescale_schedule)
+
+    @property
+    def expects_randomness(self) -> bool:
+        return self.eot >= 2
 
     def _margin(
         self, fm: ModelFn, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean margin over ``eot`` draws (negative = adversarial) and mean logits."""
-        total: torch.Tensor | None = None
-        logits_sum: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Prediction]:
+        """Mean margin over the draws (negative = adversarial) and the mean prediction."""
+        draws = self.eot if fm.stochastic else 1
+        margin_sum = logits_sum = probs_sum = None
+        cls = t if t is not None else y
         with torch.no_grad():
-            for _ in range(self.eot if fm.stochastic else 1):
+            for _ in range(draws):
                 z = fm(x)
-                cls = t if t is not None else y
                 z_c = z.gather(1, cls.unsqueeze(1)).squeeze(1)
                 other = z.scatter(1, cls.unsqueeze(1), float("-inf")).amax(dim=1)
                 m = z_c - other if t is None else other - z_c
-                total = m if total is None else total + m
+                p = z.float().softmax(dim=1)
+                margin_sum = m if margin_sum is None else margin_sum + m
                 logits_sum = z if logits_sum is None else logits_sum + z
-        assert total is not None and logits_sum is not None
-        k = self.eot if fm.stochastic else 1
-        return total / k, logits_sum / k
+                probs_sum = p if probs_sum is None else probs_sum + p
+        assert margin_sum is not None and logits_sum is not None and probs_sum is not None
+        return margin_sum / draws, Prediction(logits_sum / draws, probs_sum / draws, draws)
 
     def _init(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -165,7 +179,7 @@ class Square(Attack):
                     - 1
                 )
                 delta[:, :, i : i + s, j : j + s] = sign * bump
-        delta = delta / _expand(lp_norm(delta, "l2").clamp_min(1e-12), delta)
+        delta = delta / batch_view(lp_norm(delta, "l2").clamp_min(1e-12), delta)
         return (x + eps * delta).clamp(0.0, 1.0)
 
     def _propose(
@@ -205,62 +219,67 @@ class Square(Attack):
         new = new * budget.sqrt().view(n, c, 1, 1)
         delta = delta * (1 - m2.to(x.dtype))
         delta[bidx, :, rows, cols] = new.permute(0, 2, 3, 1)
-        delta = delta / _expand(lp_norm(delta, "l2").clamp_min(1e-12), delta) * eps
+        delta = delta / batch_view(lp_norm(delta, "l2").clamp_min(1e-12), delta) * eps
         return ball.project(x + delta)
 
-    def _run(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, ctx: RunContext) -> torch.Tensor:
         fm, x, y, t = ctx.model, ctx.x, ctx.y, ctx.targets
         n = x.shape[0]
         counts = ctx.queries = torch.zeros(n, dtype=torch.long, device=x.device)
-        clean = ctx.clean_logits()
         best = x.clone()
         margin = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
-        logits_best = clean.clone()
-        done = self._is_adv(clean, y, t)
+        done = ctx.confirmed(ctx.clean_prediction(), y, t)
         margin[done] = -1.0
-        k = self.eot if fm.stochastic else 1
+        draws = self.eot if fm.stochastic else 1
+        shrink = ctx.shrink
         for _ in range(self.restarts):
-            idx = (margin > 0).nonzero().squeeze(1)
+            idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             xs, ys = x[idx], y[idx]
             ts = t[idx] if t is not None else None
             ball = self._ball(xs)
-            xb = ball.project(self._init(xs, ctx.generator))
-            mb, lb = self._margin(fm, xb, ys, ts)
-            counts[idx] += k
-            better = mb < margin[idx]
-            best[idx[better]], margin[idx[better]], logits_best[idx[better]] = (
-                xb[better],
-                mb[better],
-                lb[better],
-            )
-            act = (mb > 0).nonzero().squeeze(1)
-            for it in range(1, self.n_queries):
-                if act.numel() == 0:
+            x_cur = ball.project(self._init(xs, ctx.generator))
+            m_cur, pred = self._margin(fm, x_cur, ys, ts)
+            counts[idx] += draws
+            self._keep_best(idx, x_cur, m_cur, best, margin)
+            confirmed = ctx.confirmed(pred, ys, ts)
+            done[idx[confirmed]] = True
+            active = (~confirmed).nonzero().squeeze(1) if shrink else torch.arange(idx.numel(), device=x.device)
+            for it in range(self.n_queries):
+                if active.numel() == 0:
                     break
-                p = square_p_schedule(it, self.n_queries, self.p_init)
-                x_new = self._propose(ball[act], xb[act], p, ctx.generator)
+                p = square_p_schedule(it, self.n_queries, self.p_init, self.rescale_schedule)
+                x_new = self._propose(ball[active], x_cur[active], p, ctx.generator)
                 # A proposal that leaves the point unchanged (its window already holds those
                 # signs, or the box clips the change away) cannot improve. The AutoAttack
                 # reference (and torchattacks) spend a query on it and change nothing; skipping
                 # the query keeps the iteration (and the p schedule) and saves the forward pass.
-                moved = (x_new != xb[act]).flatten(1).any(dim=1)
-                ev = act
+                moved = (x_new != x_cur[active]).flatten(1).any(dim=1)
+                evaluated = active
                 if not bool(moved.all()):
-                    ev, x_new = act[moved], x_new[moved]
-                    if ev.numel() == 0:
+                    evaluated, x_new = active[moved], x_new[moved]
+                    if evaluated.numel() == 0:
                         continue
-                m_new, l_new = self._margin(fm, x_new, ys[ev], ts[ev] if ts is not None else None)
-                counts[idx[ev]] += k
-                imp = m_new < mb[ev]
-                upd = ev[imp]
-                xb[upd], mb[upd] = x_new[imp], m_new[imp]
-                g_ids = idx[upd]
-                better = m_new[imp] < margin[g_ids]
-                best[g_ids[better]] = x_new[imp][better]
-                margin[g_ids[better]] = m_new[imp][better]
-                logits_best[g_ids[better]] = l_new[imp][better]
-                if bool(imp.any()):
-                    act = act[mb[act] > 0]
-        return best, logits_best
+                m_new, pred = self._margin(fm, x_new, ys[evaluated], ts[evaluated] if ts is not None else None)
+                counts[idx[evaluated]] += draws
+                improved = m_new < m_cur[evaluated]
+                updated = evaluated[improved]
+                x_cur[updated], m_cur[updated] = x_new[improved], m_new[improved]
+                self._keep_best(idx[updated], x_new[improved], m_new[improved], best, margin)
+                confirmed = ctx.confirmed(pred, ys[evaluated], ts[evaluated] if ts is not None else None)
+                confirmed &= improved
+                if bool(confirmed.any()):
+                    done[idx[evaluated[confirmed]]] = True
+                    if shrink:
+                        active = active[~done[idx[active]]]
+        return best
+
+    @staticmethod
+    def _keep_best(
+        ids: torch.Tensor, x_new: torch.Tensor, m_new: torch.Tensor, best: torch.Tensor, margin: torch.Tensor
+    ) -> None:
+        """Keep, per sample, the point with the lowest margin seen over every restart."""
+        better = m_new < margin[ids]
+        best[ids[better]] = x_new[better]
+        margin[ids[better]] = m_new[better]

@@ -197,3 +197,31 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         yield
+
+
+def outputs_differ(first: torch.Tensor, second: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether two outputs of the same forward differ beyond float noise.
+
+    The difference must exceed ``rtol`` times the outputs' scale (their largest magnitude, at
+    least 1): exact on a CPU, and tolerant of the last-bit noise that non-deterministic GPU
+    kernels add, which is no defense.
+    """
+    if first.shape != second.shape:
+        return True
+    if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
+        return not torch.equal(first.nan_to_num(), second.nan_to_num())
+    scale = max(float(first.abs().max()) if first.numel() else 0.0, 1.0)
+    return bool(((first - second).abs() > rtol * scale).any())
+
+
+@torch.no_grad()
+def detect_randomness(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+    """Whether ``forward`` is random, judged empirically: two forwards of the same batch differ.
+
+    The reference AutoAttack's check (Croce & Hein, 2020, ``autoattack/checks.py``): randomness a
+    model draws without the :class:`Stochastic` protocol (``torch.randn`` in a forward, dropout in
+    training mode, a third-party defense wrapped as a function) is invisible to
+    :func:`is_stochastic` and would make an attack treat the model as deterministic, e.g. reduce
+    EOT to a single draw. ``forward`` must return a tensor (logits).
+    """
+    return outputs_differ(forward(x), forward(x))

@@ -247,6 +247,8 @@ def _quick(threat: ThreatModel, *, steps: int = 20) -> Battery:
 
 
 _STANDARD_LABELS = ("apgd-ce", "apgd-t", "fab-t", "square")
+# AutoAttack's own Square: 5,000 queries, p_init 0.8, the schedule not rescaled to the budget
+_SQUARE_REFERENCE: dict[str, Any] = {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False}
 
 
 def _standard_attacks(threat: ThreatModel, battery: str) -> list[Attack]:
@@ -254,14 +256,14 @@ def _standard_attacks(threat: ThreatModel, battery: str) -> list[Attack]:
         _attack(battery, _APGD_CE, threat),
         _attack(battery, [("apgd-t", {})], threat),
         _attack(battery, [("fab-t", {})], threat),
-        _attack(battery, [("square", {})], threat),
+        _attack(battery, [("square", {})], threat, **_SQUARE_REFERENCE),
     ]
 
 
 def _standard(threat: ThreatModel) -> Battery:
     """AutoAttack, standard version (Croce & Hein, 2020, Sec. 5): APGD-CE, APGD-T (9 targets),
-    FAB-T (9 targets), Square (5000 queries), each at its reference settings (the registered
-    attacks' defaults)."""
+    FAB-T (9 targets), Square (5000 queries, ``p_init`` 0.8, no schedule rescaling), each at
+    the reference implementation's settings."""
     return Battery(_standard_attacks(threat, "standard"), name="standard", labels=_STANDARD_LABELS)
 
 
@@ -281,15 +283,15 @@ def _rand(threat: ThreatModel, *, eot: int = 20) -> Battery:
 
 
 def _full(threat: ThreatModel, *, eot: int = 20, surrogate: nn.Module | None = None) -> Battery:
-    """Everything: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square with the expected margin
-    over ``eot`` draws on randomized models), then the ``rand``
-    attacks (APGD-CE and APGD-DLR with EOT), then a transfer attack from ``surrogate`` when one
-    is given (Papernot et al., 2017; a check against gradient masking, Athalye et al., 2018,
-    Sec. 3.1)."""
+    """Everything: AutoAttack standard's attacks (APGD-CE, APGD-T, FAB-T; Square at AutoAttack's
+    settings but, on randomized models, on the expected margin over ``eot`` draws), then the
+    ``rand`` attacks (APGD-CE and APGD-DLR with EOT), then a transfer attack from ``surrogate``
+    when one is given (Papernot et al., 2017; a check against gradient masking, Athalye et
+    al., 2018, Sec. 3.1)."""
     attacks = [*_standard_attacks(threat, "full"), *_rand_attacks(threat, eot, "full")]
     # On a randomized model Square queries the expected margin over ``eot`` draws (on a
-    # deterministic one this is plain Square).
-    attacks[3] = _attack("full", [("square", {})], threat, eot=eot)
+    # deterministic one this is AutoAttack's Square).
+    attacks[3] = _attack("full", [("square", {})], threat, eot=eot, **_SQUARE_REFERENCE)
     labels = [*_STANDARD_LABELS, *_RAND_LABELS]
     if surrogate is not None:
         attacks.append(_attack("full", [("transfer", {})], threat, surrogate=surrogate))

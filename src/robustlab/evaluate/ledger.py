@@ -144,7 +144,9 @@ class LedgerRow:
         return d
 
     def summary(self) -> dict[str, Any]:
-        """The leaderboard columns: id, model, dataset, battery, n, clean, robust, seconds."""
+        """The leaderboard columns: id, model, dataset, battery, n, clean, robust, repeats, how the
+        model's randomness was known (``protocol``, ``detected``, ``none``), the codes of the
+        sanity checks' warnings, seconds."""
         return {
             "id": self.id,
             "model": self.model_name,
@@ -157,6 +159,8 @@ class LedgerRow:
             "robust": self.robust_acc,
             "robust_std": self.robust_std,
             "repeats": self.repeats,
+            "randomness": str(self.config.get("randomness", "protocol" if self.config.get("stochastic") else "none")),
+            "warnings": ",".join(sorted({str(w.get("code")) for w in self.config.get("warnings", [])})),
             "seconds": self.seconds,
             "created_at": self.created_at,
         }
@@ -420,6 +424,7 @@ class Ledger:
                 "battery": s["battery"], "n": s["n"],
                 "clean (%)": format_pct(r.clean_acc, r.clean_std if multi else None, digits),
                 "robust (%)": format_pct(r.robust_acc, r.robust_std if multi else None, digits),
+                "randomness": s["randomness"], "warnings": s["warnings"] or "-",
                 "time (s)": f"{r.seconds:.1f}",
             })
         return markdown_table(table)

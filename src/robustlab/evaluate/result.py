@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..attacks.checks import EvalWarning
+
 __all__ = ["AttackSummary", "EvalResult", "decode_mask", "encode_mask", "mean_std"]
 
 
@@ -167,6 +169,16 @@ class EvalResult:
         return str(self.config.get("battery", {}).get("name", ""))
 
     @property
+    def warnings(self) -> tuple[EvalWarning, ...]:
+        """The sanity checks' findings (:mod:`robustlab.attacks.checks`), kept in ``config``."""
+        return tuple(EvalWarning.from_dict(w) for w in self.config.get("warnings", []))
+
+    @property
+    def randomness(self) -> str:
+        """``"protocol"``, ``"detected"`` or ``"none"``: how the model's randomness was known."""
+        return str(self.config.get("randomness", "protocol" if self.config.get("stochastic") else "none"))
+
+    @property
     def repeats(self) -> int:
         """Number of repeats of the battery."""
         return int(self.config.get("repeats", 1))
@@ -274,5 +286,11 @@ class EvalResult:
             f"`{self.battery}`, seed {self.seed}, repeats {self.repeats}, ensemble "
             f"{self.ensemble}, {self.seconds:.1f} s\n\n"
         )
+        if self.randomness != "none":
+            head += (f"The model is randomized ({self.randomness}); every verdict is a fresh "
+                     f"prediction over {self.config.get('prediction_draws', 1)} draw(s).\n\n")
         rows = self.table_rows(digits)
-        return head + markdown_table(rows, list(rows[0].keys()))
+        text = head + markdown_table(rows, list(rows[0].keys()))
+        if self.warnings:
+            text += "\n**Warnings**\n\n" + "".join(f"- {w}\n" for w in self.warnings)
+        return text

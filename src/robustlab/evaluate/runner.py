@@ -8,7 +8,8 @@ and a sample is robust only if it survives all of them.
 
 Randomized defenses get the treatment Athalye et al. (2018, "Obfuscated Gradients Give a False
 Sense of Security", Sec. 4.3) and the AutoAttack ``rand`` protocol ask for: when
-:func:`robustlab.core.randomness.is_stochastic` says the model draws randomness, the verdict on
+:func:`robustlab.core.randomness.is_stochastic` says the model draws randomness (or two forwards
+of one batch differ), the verdict on
 an adversarial input comes from a *fresh* prediction (new draws, never the attack's own logits),
 predictions can average the softmax over ``ensemble`` draws, and ``repeats`` re-runs the whole
 battery with independent randomness to report mean and standard deviation.
@@ -21,13 +22,13 @@ resumed from its saved state (``state_dir``) gives exactly the numbers of an uni
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import logits_of
+from ..attacks import (
+    ModelFn,
+    Verdict,
+    logits_of,
+    merge_warnings,
+    model_fn,
+    run_sequence,
+    sequence_warnings,
+)
+from ..attacks.base import DETECTION_BATCH
+from ..attacks.checks import (
+    EvalWarning,
+    detected_randomness_warning,
+    gradient_warnings,
+    probability_warning,
+    randomized_without_eot,
+    train_mode_warning,
+)
+from ..core.bpda import BPDAMode
+from ..core.bpda import bpda as bpda_context
 from ..core.checkpoint import content_hash
 from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
-from ..core.randomness import is_stochastic, seed_stochastic, stochastic_layers
+from ..core.randomness import seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
 from .battery import Battery, create_battery, jsonable
 from .result import AttackSummary, EvalResult, mean_std
@@ -60,7 +80,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 _LAYER_SEED_BITS = 40  # seed_stochastic multiplies by ~2**20; keep the product below 2**63
 
 
@@ -269,22 +289,31 @@ def run_battery(
     state_dir: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    bpda: BPDAMode | None = None,
+    train_mode_ok: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
 
-    For every repeat and batch: predict clean; samples predicted wrong are broken. Then run the
-    attacks in order, each on the samples still robust only; a sample an attack breaks leaves
-    the pool. The verdict on an attack's output is the model's prediction there: for a
-    randomized model a *fresh* prediction (new draws, ``ensemble`` of them), not the attack's
-    own logits, which saw the draws it optimized against.
+    For every repeat and batch, :func:`robustlab.attacks.run_sequence` (the loop AutoAttack
+    uses too): the :class:`~robustlab.attacks.Verdict` judges the clean inputs, then the
+    attacks run in order, each on every sample still robust by the verdict, whose judgement on
+    an attack's output is made once, right after it. For a randomized model the verdict is a
+    *fresh* prediction (new draws, the mean softmax over ``ensemble`` of them), never the
+    draws the attack optimized against; for a deterministic one it re-runs the model on the
+    returned points.
+
+    Whether the model is randomized is established once, before any attack: by its
+    :class:`core.randomness.Stochastic` layers, or empirically (two forwards of the first batch
+    differ), in which case it is treated as randomized too and the result says so
+    (``config["randomness"]`` is ``"protocol"``, ``"detected"`` or ``"none"``). The sanity
+    checks of :mod:`robustlab.attacks.checks` land in ``result.warnings``.
 
     Per-attack numbers (:class:`~robustlab.evaluate.AttackSummary`): the cumulative worst-case
     robust accuracy after that attack, and the attack's own success rate on the samples it saw.
 
-    The model's train/eval mode is not changed (a warning is issued in training mode), and the
-    model is not moved. The seeds of its random layers (:class:`core.randomness.Stochastic`)
-    are set per stage from ``seed`` (:func:`core.randomness.seed_stochastic`); they keep the
-    last one afterwards.
+    The model's train/eval mode is not changed, and the model is not moved. The seeds of its
+    random layers are set per stage from ``seed`` (:func:`core.randomness.seed_stochastic`);
+    they keep the last one afterwards.
 
     Args:
         model: the classifier, taking [0, 1] images (see ``attacks.logits_of`` for outputs).
@@ -304,10 +333,16 @@ def run_battery(
         state_dir: save the per-sample state after every batch under
             ``state_dir/<key>/state.safetensors`` and resume from it. The key hashes the model
             weights, the data and its indices, the battery configuration, ``seed``,
-            ``repeats``, ``ensemble`` and ``batch_size``; a finished state is returned at once.
+            ``repeats``, ``ensemble``, ``batch_size`` and ``bpda``; a finished state is
+            returned at once.
         progress: called with a :class:`ProgressEvent` at the start, after every attack and
             batch, and at the end.
         name: the model's name for tables; default :func:`model_name`.
+        bpda: run every gradient attack of the battery with the model's BPDA layers in this
+            mode (``"identity"`` or ``"smooth"``; Athalye et al., 2018, Sec. 4.1); the
+            verdict always uses the exact forward.
+        train_mode_ok: evaluate a model in training mode (refused otherwise: batch-norm
+            statistics would be updated by the attacks, dropout would be active).
 
     Returns:
         An :class:`~robustlab.evaluate.EvalResult`.
@@ -315,7 +350,7 @@ def run_battery(
     Raises:
         UnknownNameError: for an unknown battery name (listing the known ones).
         InputError: for bad arguments, ``n`` larger than the data, a named battery with no
-            threat, or a model on another device than ``device``.
+            threat, a model on another device than ``device``, or a model in training mode.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -323,6 +358,8 @@ def run_battery(
     repeats = _check_int("repeats", repeats, 1)
     ensemble = _check_int("ensemble", ensemble, 1)
     seed = _check_int("seed", seed, 0)
+    if bpda is not None and bpda not in ("identity", "smooth"):
+        raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth' or None")
     samples = _Samples(data, n)
     if isinstance(battery, str):
         threat = threat if threat is not None else samples.threat
@@ -340,14 +377,12 @@ def run_battery(
         raise InputError(
             f"the model is on {mdev} but device={dev} was asked for; move it with model.to({str(dev)!r})"
         )
-    if model.training:
-        warnings.warn(
-            "run_battery got a model in training mode (batch-norm and dropout behave as in "
-            "training); call model.eval() first unless that is intended",
-            stacklevel=2,
+    if model.training and not train_mode_ok:
+        raise InputError(
+            "run_battery got a model in training mode: the attacks would update its batch-norm "
+            "statistics and dropout would be active; call model.eval() first, or pass "
+            "train_mode_ok=True if training mode is what you mean to evaluate"
         )
-    stochastic = is_stochastic(model)
-    draws = ensemble if stochastic else 1
     mhash = model_hash(model)
     recipe = getattr(model, "robustlab_recipe", None)
     header = getattr(model, "robustlab_header", None)
@@ -365,11 +400,21 @@ def run_battery(
         "ensemble": ensemble,
         "batch_size": batch_size,
     }
+    if bpda is not None:
+        config["bpda"] = bpda
     key = hashlib.sha256(
         json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
+    # randomness, established once on the first batch (the protocol, else two forwards differ)
+    probe_x, _ = samples.batch(0, min(n_total, DETECTION_BATCH))
+    randomness = model_fn(model, probe_x.to(dev)).randomness
+    stochastic = randomness != "none"
+    draws = ensemble if stochastic else 1
     config["stochastic"] = stochastic
+    config["randomness"] = randomness
     config["prediction_draws"] = draws
+    if model.training:
+        config["train_mode"] = True
     if isinstance(header, Mapping) and header.get("content_hash"):
         config["checkpoint_hash"] = str(header["content_hash"])
 
@@ -383,69 +428,89 @@ def run_battery(
 
     total = repeats * batches
     completed = int(state.done.sum())
+    verdict = Verdict(draws=draws, batch_size=batch_size)
 
     def report(event: ProgressEvent) -> None:
         if progress is not None:
             progress(event)
 
     report(ProgressEvent("start", completed, total))
-    for r in range(repeats):
-        for b in range(batches):
-            if bool(state.done[r, b]):
-                continue
-            t_batch = time.perf_counter()
-            lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
-            x, y = samples.batch(lo, hi)
-            x, y = x.to(dev), y.to(dev)
-            _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, "clean", bits=_LAYER_SEED_BITS))
-            correct = ensemble_predict(model, x, draws) == y
-            robust = correct.clone()
-            state.clean[r, lo:hi] = correct.cpu()
-            success = torch.zeros(len(labels), hi - lo, dtype=torch.bool)
-            seen = torch.zeros(len(labels), hi - lo, dtype=torch.bool)
-            for i, (label, attack) in enumerate(zip(labels, battery.attacks, strict=True)):
-                idx = robust.nonzero().squeeze(1)
-                if idx.numel():
+    with bpda_context(model, bpda) if bpda is not None else contextlib.nullcontext():
+        for r in range(repeats):
+            for b in range(batches):
+                if bool(state.done[r, b]):
+                    continue
+                t_batch = time.perf_counter()
+                lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
+                x, y = samples.batch(lo, hi)
+                x, y = x.to(dev), y.to(dev)
+
+                def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
+                    if kind == "clean":
+                        parts: tuple[int | str, ...] = ("clean",)
+                    elif kind == "attack":
+                        parts = ("attack", i, "model")
+                    else:
+                        parts = ("attack", i, "predict")
+                    _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
+                                                    bits=_LAYER_SEED_BITS))
+
+                def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
                     gen = torch.Generator(device=dev)
                     gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
-                    _seed_layers(
-                        model,
-                        derive_seed(seed, "repeat", r, "batch", b, "attack", i, "model",
-                                    bits=_LAYER_SEED_BITS),
-                    )
-                    t0 = time.perf_counter()
-                    res = attack.run(model, x[idx], y[idx], generator=gen)
-                    if stochastic:
-                        # the verdict comes from fresh draws, never from the attack's own logits
-                        _seed_layers(
-                            model,
-                            derive_seed(seed, "repeat", r, "batch", b, "attack", i, "predict",
-                                        bits=_LAYER_SEED_BITS),
-                        )
-                        pred = ensemble_predict(model, res.x_adv, draws)
-                    else:
-                        pred = res.logits.argmax(dim=1)
-                    broken = pred != y[idx]
-                    state.attack_seconds[r, i] += time.perf_counter() - t0
-                    state.forward[r, i] += int(res.forward_passes)
-                    state.backward[r, i] += int(res.backward_passes)
-                    robust[idx[broken]] = False
-                    cpu_idx = idx.cpu()
-                    seen[i, cpu_idx] = True
-                    success[i, cpu_idx] = broken.cpu()
-                report(ProgressEvent("attack", completed, total, r, b, label,
-                                     int(robust.sum()), hi - lo))
-            state.robust[r, lo:hi] = robust.cpu()
-            state.success[r, :, lo:hi] = success
-            state.seen[r, :, lo:hi] = seen
-            state.done[r, b] = True
-            state.seconds += time.perf_counter() - t_batch
-            if folder is not None:
-                state.save(folder)
-            completed += 1
-            report(ProgressEvent("batch", completed, total, r, b, None, int(robust.sum()), hi - lo))
+                    return gen
+
+                def after_attack(i: int, robust: torch.Tensor, r: int = r, b: int = b,
+                                 size: int = hi - lo, done: int = completed) -> None:
+                    report(ProgressEvent("attack", done, total, r, b, labels[i],
+                                         int(robust.sum()), size))
+
+                out = run_sequence(
+                    battery.attacks, ModelFn(model, randomness), x, y, verdict=verdict,
+                    generator=generator, on_stage=on_stage, after_attack=after_attack,
+                )
+                state.clean[r, lo:hi] = out.clean_correct.cpu()
+                state.robust[r, lo:hi] = out.robust.cpu()
+                for i, stage in enumerate(out.stages):
+                    state.success[r, i, lo:hi] = stage.broken.cpu()
+                    state.seen[r, i, lo:hi] = stage.seen.cpu()
+                    state.attack_seconds[r, i] += stage.seconds
+                    state.forward[r, i] += stage.forward_passes
+                    state.backward[r, i] += stage.backward_passes
+                    state.gradients[r, i] += torch.tensor(
+                        [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
+                state.probability_rows[r] += torch.tensor([out.probability_rows, hi - lo])
+                state.done[r, b] = True
+                state.seconds += time.perf_counter() - t_batch
+                if folder is not None:
+                    state.save(folder)
+                completed += 1
+                report(ProgressEvent("batch", completed, total, r, b, None, int(out.robust.sum()), hi - lo))
     report(ProgressEvent("end", completed, total))
     return _result(state, battery, samples, name or model_name(model), recipe, config)
+
+
+def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> list[EvalWarning]:
+    """The sanity checks of a finished run, from its state (so a resumed run reports them too)."""
+    found: list[EvalWarning] = []
+    if config.get("train_mode"):
+        found.append(train_mode_warning(f"battery {battery.name!r}"))
+    randomness = str(config.get("randomness", "none"))
+    if randomness == "detected":
+        found.append(detected_randomness_warning())
+    if randomness != "none" and not any(a.expects_randomness for a in battery.attacks):
+        found.append(randomized_without_eot(randomness, f"battery {battery.name!r}"))
+    rows, checked = (int(v) for v in state.probability_rows.sum(dim=0))
+    prob = probability_warning(rows, checked)
+    if prob is not None:
+        found.append(prob)
+    for i, label in enumerate(battery.labels):
+        evals, zero, nonfinite = (int(v) for v in state.gradients[:, i].sum(dim=0))
+        found += gradient_warnings(evals, zero, nonfinite, label)
+    broken = [int(state.success[:, i].sum()) for i in range(len(battery.labels))]
+    seen = [int(state.seen[:, i].sum()) for i in range(len(battery.labels))]
+    found += sequence_warnings(battery.attacks, broken, seen)
+    return list(merge_warnings(found))
 
 
 def _result(
@@ -456,6 +521,7 @@ def _result(
     recipe: Any,
     config: dict[str, Any],
 ) -> EvalResult:
+    config = {**config, "warnings": [w.to_dict() for w in _warnings(state, battery, config)]}
     clean_accs = state.clean.double().mean(dim=1).tolist()
     robust_accs = state.robust.double().mean(dim=1).tolist()
     clean_mean, clean_std = mean_std(clean_accs)

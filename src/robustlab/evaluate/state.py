@@ -45,6 +45,10 @@ class EvalState:
         forward: ``(R, A)`` image forward passes per attack.
         backward: ``(R, A)`` image backward passes per attack.
         attack_seconds: ``(R, A)`` wall time per attack.
+        gradients: ``(R, A, 3)`` per-sample gradients each attack evaluated, and how many were
+            all zero / non-finite (the sanity checks).
+        probability_rows: ``(R, 2)`` clean output rows that looked like probabilities, and rows
+            checked.
         seconds: total wall time so far, over every session.
     """
 
@@ -58,6 +62,8 @@ class EvalState:
     forward: torch.Tensor
     backward: torch.Tensor
     attack_seconds: torch.Tensor
+    gradients: torch.Tensor
+    probability_rows: torch.Tensor
     seconds: float = 0.0
 
     @classmethod
@@ -77,6 +83,8 @@ class EvalState:
             forward=torch.zeros(repeats, attacks, dtype=torch.int64),
             backward=torch.zeros(repeats, attacks, dtype=torch.int64),
             attack_seconds=torch.zeros(repeats, attacks, dtype=torch.float64),
+            gradients=torch.zeros(repeats, attacks, 3, dtype=torch.int64),
+            probability_rows=torch.zeros(repeats, 2, dtype=torch.int64),
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -89,6 +97,8 @@ class EvalState:
             "forward": self.forward,
             "backward": self.backward,
             "attack_seconds": self.attack_seconds,
+            "gradients": self.gradients,
+            "probability_rows": self.probability_rows,
         }
 
     @property

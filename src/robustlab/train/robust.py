@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import project
+from ..attacks import project, random_point
 from ..core import InputError, ThreatModel
 from .objectives import OBJECTIVES, ObjectiveOutput
 
@@ -34,19 +34,12 @@ def pgd_perturb(
 
     Unlike :class:`robustlab.attacks.PGD` (an evaluation attack that keeps the first adversarial
     point it finds and stops early), training uses the end point of the full ascent, as in
-    Madry et al. (2018). Random start draws from ``generator`` (on CPU; moved to ``x``'s device).
+    Madry et al. (2018). The random start is the attacks' (:func:`robustlab.attacks.random_point`),
+    drawn from ``generator`` (on its device; moved to ``x``'s device).
     """
     x = x.detach()
     if random_start and threat.eps > 0:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        if threat.norm == "linf":
-            x_adv = x + (2 * u - 1) * threat.eps
-        else:
-            d = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)
-            x_adv = x + d * (r * threat.eps).view(-1, *([1] * (x.dim() - 1)))
-        x_adv = project(x, x_adv, threat)
+        x_adv = project(x, random_point(x, threat.norm, threat.eps, generator), threat)
     else:
         x_adv = x.clone()
     for _ in range(steps):

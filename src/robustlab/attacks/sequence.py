@@ -1,0 +1,156 @@
+"""Attack sequences judged by one verdict: the worst case over attacks, per sample.
+
+AutoAttack (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks", Sec. 4) and every battery run the same loop, written once
+here: the :class:`~robustlab.attacks.Verdict` judges the clean inputs, then each attack runs on
+every sample that is still robust by the verdict, and the verdict judges its output once, right
+after it. A sample is robust only if no attack produced a point the verdict calls broken; a
+sample is never re-judged afterwards (a second fresh draw could call a broken sample robust).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .base import Attack, ModelFn, RunContext, Verdict
+from .checks import EvalWarning, black_box_warning, probability_rows
+
+__all__ = ["SequenceResult", "StageResult", "run_sequence", "sequence_warnings"]
+
+
+@dataclass
+class StageResult:
+    """What one attack of a sequence did on a batch.
+
+    Attributes:
+        seen: per-sample, the attack ran on the sample.
+        broken: per-sample, the verdict called the attack's point broken.
+        forward_passes: image forwards of the attack's search.
+        backward_passes: image backwards of the attack's search.
+        grad_evaluations, zero_grads, nonfinite_grads: per-sample gradients the search
+            evaluated, and how many were all zero / non-finite.
+        seconds: wall time of the attack and its verdict.
+        queries: per-sample queries of a score-based attack (``None`` for others).
+    """
+
+    seen: torch.Tensor
+    broken: torch.Tensor
+    forward_passes: int = 0
+    backward_passes: int = 0
+    grad_evaluations: int = 0
+    zero_grads: int = 0
+    nonfinite_grads: int = 0
+    seconds: float = 0.0
+    queries: torch.Tensor | None = None
+
+
+@dataclass
+class SequenceResult:
+    """The outcome of :func:`run_sequence` on a batch of ``N`` samples.
+
+    Attributes:
+        x_adv: per sample, the point that broke it; for a sample that stayed robust, the last
+            attack's point; the clean input when it was misclassified clean or never attacked.
+        clean_correct: the verdict classified the clean input correctly.
+        robust: clean-correct and no attack broke it.
+        logits: the verdict's logits at ``x_adv``.
+        stages: one :class:`StageResult` per attack, in order.
+        probability_rows: clean output rows that looked like probabilities.
+    """
+
+    x_adv: torch.Tensor
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    logits: torch.Tensor
+    stages: list[StageResult]
+    probability_rows: int
+
+
+def run_sequence(
+    attacks: Sequence[Attack],
+    fmodel: ModelFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    verdict: Verdict,
+    generator: Callable[[int], torch.Generator],
+    shrink: bool = True,
+    on_stage: Callable[[str, int], None] | None = None,
+    after_attack: Callable[[int, torch.Tensor], None] | None = None,
+) -> SequenceResult:
+    """Run ``attacks`` in order on ``(x, y)`` (untargeted), each on the samples still robust.
+
+    Args:
+        attacks: the attacks.
+        fmodel: the model, wrapped once for the whole sequence (its randomness established).
+        x, y: clean inputs and labels.
+        verdict: judges the clean inputs and every attack's output, once each.
+        generator: ``generator(i)`` is attack ``i``'s generator.
+        shrink: whether attacks may stop early on confirmed samples.
+        on_stage: called with ``("clean", -1)``, ``("attack", i)`` and ``("verdict", i)``
+            before each step (an evaluator seeds the model's random layers there).
+        after_attack: called with ``(i, robust)`` after attack ``i`` was judged.
+    """
+    def stage(kind: str, i: int) -> None:
+        if on_stage is not None:
+            on_stage(kind, i)
+
+    stage("clean", -1)
+    wrong, logits = verdict.judge(fmodel, x, y)
+    clean_correct = ~wrong
+    prob_rows = probability_rows(logits)
+    robust = clean_correct.clone()
+    x_adv = x.clone()
+    logits = logits.clone()
+    stages = []
+    for i, attack in enumerate(attacks):
+        idx = robust.nonzero().squeeze(1)
+        seen = torch.zeros_like(robust)
+        broken = torch.zeros_like(robust)
+        record = StageResult(seen, broken)
+        stages.append(record)
+        if idx.numel():
+            t0 = time.perf_counter()
+            counts = (fmodel.forward_passes, fmodel.backward_passes, fmodel.grad_evaluations,
+                      fmodel.zero_grads, fmodel.nonfinite_grads)
+            stage("attack", i)
+            ctx = RunContext(model=fmodel, x=x[idx], y=y[idx], targets=None,
+                             generator=generator(i), shrink=shrink)
+            points = attack.perturb(ctx)
+            stage("verdict", i)
+            success, at_points = verdict.judge(fmodel, points, y[idx])
+            hit = idx[success]
+            x_adv[idx] = points
+            logits[idx] = at_points
+            robust[hit] = False
+            seen[idx] = True
+            broken[hit] = True
+            record.forward_passes = fmodel.forward_passes - counts[0]
+            record.backward_passes = fmodel.backward_passes - counts[1]
+            record.grad_evaluations = fmodel.grad_evaluations - counts[2]
+            record.zero_grads = fmodel.zero_grads - counts[3]
+            record.nonfinite_grads = fmodel.nonfinite_grads - counts[4]
+            record.seconds = time.perf_counter() - t0
+            if ctx.queries is not None:
+                record.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                record.queries[idx] = ctx.queries
+        if after_attack is not None:
+            after_attack(i, robust)
+    return SequenceResult(x_adv, clean_correct, robust, logits, stages, prob_rows)
+
+
+def sequence_warnings(
+    attacks: Sequence[Attack], broken: Sequence[int], seen: Sequence[int]
+) -> list[EvalWarning]:
+    """The ``black-box-beats-white-box`` check of a sequence: a score-based attack that broke
+    samples after a gradient attack had run on them (``broken[i]`` of ``seen[i]`` samples)."""
+    out = []
+    for i, attack in enumerate(attacks):
+        white_box_before = any(a.kind == "gradient" for a in attacks[:i])
+        if attack.kind == "score" and white_box_before and broken[i] > 0:
+            out.append(black_box_warning(repr(attack), broken[i], seen[i]))
+    return out
