@@ -39,6 +39,8 @@ def test_evaluate_refuses_a_pickle(tmp_path):
 
 
 def test_convert_writes_a_loadable_converted_model(tmp_path):
+    from torch import nn
+
     import robustlab
     from robustlab.defenses import Downsampled, StochasticDownsample
 
@@ -55,6 +57,19 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "x.safetensors"), "--method", "maxblur"])
     assert r.exit_code == 2 and "unknown downsampling method 'maxblur'" in r.output
     assert not (tmp_path / "x.safetensors").exists()
+    zhang = tmp_path / "zhang.safetensors"
+    r = runner.invoke(app, ["convert", str(src), "--out", str(zhang), "--method", "blurpool",
+                            "--placement", "after-activation"])
+    assert r.exit_code == 0, r.output
+    block = robustlab.load(zhang).model.layer2[0]
+    assert isinstance(block.conv1.op, nn.Sequential) and isinstance(block.bn1, nn.Identity)
+    shared = tmp_path / "shared.safetensors"
+    r = runner.invoke(app, ["convert", str(src), "--out", str(shared), "--shortcut-jitter", "shared"])
+    assert r.exit_code == 0, r.output
+    block = robustlab.load(shared).model.layer2[0]
+    assert block.conv1.down.jitter_link is block.shortcut[0].down.jitter_link is not None
+    r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "y.safetensors"), "--shortcut-jitter", "x"])
+    assert r.exit_code == 2 and "shortcut_jitter must be 'independent'" in r.output
 
 
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):

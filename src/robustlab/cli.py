@@ -201,6 +201,7 @@ def evaluate(
     ledger: Annotated[Path, typer.Option(help="SQLite ledger the result row is added to")] = Path("runs/ledger.sqlite"),
     state_dir: Annotated[Path | None, typer.Option(help="save per-batch state here and resume from it")] = None,
     surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model: the full battery adds a transfer attack from it")] = None,
+    bpda: Annotated[str | None, typer.Option(help="BPDA for every gradient attack of the battery: identity or smooth (for non-differentiable layers)")] = None,
 ) -> None:
     """Evaluate a checkpoint: clean accuracy and worst-case robust accuracy under an attack battery."""
 
@@ -212,6 +213,8 @@ def evaluate(
 
     try:
         dev = _device(device)
+        if bpda is not None and bpda not in ("identity", "smooth"):
+            raise RobustlabError(f"unknown --bpda {bpda!r}; use identity or smooth")
         model = load(checkpoint, device=dev)
         header: dict[str, Any] = getattr(model, "robustlab_header", {})
         name = dataset or header.get("dataset")
@@ -239,7 +242,7 @@ def evaluate(
             result = run_battery(model, test, battery, threat=threat, batch_size=batch_size,
                                  battery_options=options,
                                  repeats=repeats, ensemble=ensemble, seed=seed, device=dev,
-                                 state_dir=state_dir, progress=bar,
+                                 state_dir=state_dir, progress=bar, bpda=bpda,  # type: ignore[arg-type]
                                  name=checkpoint.stem if checkpoint.stem != "model" else None)
         finally:
             bar.close()
@@ -259,6 +262,10 @@ def evaluate(
     robust = f"{100 * result.robust_acc:.2f}" + (f"{pm}{100 * result.robust_std:.2f}" if pm else "")
     console.print(f"clean accuracy {clean}%, worst-case robust accuracy {robust}% on {result.n} "
                   f"{name} test images in {result.seconds:.1f} s; ledger row {row} in [bold]{ledger}[/]")
+    if result.randomness != "none":
+        console.print(f"the model is randomized ({result.randomness}): every verdict is a fresh prediction")
+    for w in result.warnings:
+        console.print(f"[yellow]warning[/] {w}")
 
 
 @app.command()
@@ -316,7 +323,8 @@ def convert(
     per_sample: Annotated[bool, typer.Option(help="sd: one jitter draw per image instead of per batch")] = False,
     p: Annotated[float | None, typer.Option(help="dropout-avgpool: dropout probability")] = None,
     filter_size: Annotated[int | None, typer.Option(help="blurpool: binomial filter size")] = None,
-    placement: Annotated[str | None, typer.Option(help="flc, asap: after (default) or before (official code)")] = None,
+    placement: Annotated[str | None, typer.Option(help="flc, asap: after (default) or before (official code); blurpool: after (default) or after-activation (Zhang: conv, BN, ReLU, blur)")] = None,
+    shortcut_jitter: Annotated[str, typer.Option(help="sd, sd+addnoise: independent (default) or shared (1x1 shortcuts reuse their block's main-path jitter)")] = "independent",
     deterministic: Annotated[bool, typer.Option(help="sd: sample pixel centres (the deterministic twin)")] = False,
     include_pooling: Annotated[bool, typer.Option(help="also convert strided max/avg pooling")] = False,
 ) -> None:
@@ -334,7 +342,8 @@ def convert(
     try:
         model = load(checkpoint)
         header: dict[str, Any] = getattr(model, "robustlab_header", {})
-        converted = convert_downsampling(model, method, include_pooling=include_pooling, **options)
+        converted = convert_downsampling(model, method, include_pooling=include_pooling,
+                                         shortcut_jitter=shortcut_jitter, **options)
         path = save(converted, out, dataset=header.get("dataset"), train_config=header.get("train_config"),
                     extra={"converted_from": str(checkpoint)})
     except RobustlabError as e:

@@ -173,3 +173,39 @@ def test_bad_arguments_are_clear_errors():
         StochasticDownsample(2)(torch.randn(3, 8, 8))
     with pytest.raises(InputError, match="jitter must have shape"):
         StochasticDownsample(2)(torch.randn(1, 1, 8, 8), jitter=torch.rand(2, 3, 3, 2))
+
+
+def test_linked_layers_share_one_draw_per_forward_in_either_order():
+    import copy
+
+    from robustlab.defenses.stochastic_downsampling import SharedJitter
+
+    # a ramp (value = column index) read by bilinear sampling returns the sample's x position,
+    # so a layer's output on it shows its jitter: 2 (v + j) - 0.5 for output column v
+    ramp = torch.arange(8, dtype=torch.float32).expand(1, 1, 8, 8).contiguous()
+    main, shortcut = StochasticDownsample(2, spp=1), StochasticDownsample(2, spp=1)
+    main.seed(1)
+    shortcut.seed(2)
+    a, b = main(ramp), shortcut(ramp)
+    assert not torch.equal(a, b)  # unlinked: independent draws
+    link = SharedJitter()
+    main.jitter_link = shortcut.jitter_link = link
+    a, b = main(ramp), shortcut(ramp)
+    assert torch.equal(a, b)
+    b2, a2 = shortcut(ramp), main(ramp)  # the other order: the shortcut draws, the main path takes
+    assert torch.equal(a2, b2) and not torch.equal(a2, a)
+    first, second = main(ramp), main(ramp)  # a layer never takes its own pending draw
+    assert not torch.equal(first, second)
+    assert torch.equal(shortcut(ramp), second)  # the partner takes the newest pending draw
+    pair = torch.nn.ModuleList([main, shortcut])
+    with frozen(pair):
+        p, q = main(ramp), shortcut(ramp)
+        assert torch.equal(p, q) and torch.equal(main(ramp), p) and torch.equal(shortcut(ramp), q)
+        resample(pair)
+        r, s = shortcut(ramp), main(ramp)
+        assert torch.equal(r, s) and not torch.equal(r, p)
+    twin = copy.deepcopy(pair)  # a copy links its own pair, not the original's
+    assert twin[0].jitter_link is twin[1].jitter_link and twin[0].jitter_link is not link
+    main(ramp)  # leaves a draw pending on the original link only
+    assert torch.equal(twin[0](ramp), twin[1](ramp))
+    assert "shared_jitter=True" in repr(main)

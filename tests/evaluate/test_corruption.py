@@ -1,4 +1,7 @@
-"""evaluate_corruptions: the paper's mCE (plain mean error), determinism, normalized mCE."""
+"""evaluate_corruptions: the paper's mCE (plain mean error), determinism, normalized mCE, and
+accuracies against a toy model whose answer under the reference noise levels is known."""
+
+import math
 
 import pytest
 import torch
@@ -51,17 +54,63 @@ def test_mce_is_the_plain_mean_error_and_relative_mce_normalizes():
         a.relative_mce(CorruptionResult({"fog": [0.5, 0.5]}, 1.0, 10, 0.0))
 
 
-def test_same_seed_same_numbers_and_n_limits_the_images():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 4)).eval()
+class Recorder(nn.Module):
+    """A linear classifier that keeps every batch it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 4)).eval()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.net(x)
+
+
+def test_same_seed_same_images_other_seed_other_noise_and_n_limits_the_images():
     x, y = _data()
     kw = {"corruptions": ["gaussian-noise", "zoom-blur"], "severities": [3], "n": 30, "batch_size": 7}
-    r1 = evaluate_corruptions(model, (x, y), **kw)
-    r2 = evaluate_corruptions(model, (x, y), **kw)
-    assert r1.accuracy == r2.accuracy and r1.n == 30
-    assert len(r1.per_image) == 30 and r1.per_image == r2.per_image
-    # the per-image fractions average back to the overall corrupted accuracy (1 - mCE)
+    m1, m2, m3 = Recorder(), Recorder(), Recorder()
+    r1 = evaluate_corruptions(m1, (x, y), **kw)
+    r2 = evaluate_corruptions(m2, (x, y), **kw)
+    evaluate_corruptions(m3, (x, y), seed=1, **kw)
+    # clean pass + 2 corruptions, 30 images in batches of 7, 7, 7, 7, 2
+    assert [len(b) for b in m1.seen] == [7, 7, 7, 7, 2] * 3
+    torch.testing.assert_close(torch.cat(m1.seen[:5]), x[:30])  # the first n images, in order
+    assert all(torch.equal(a, b) for a, b in zip(m1.seen, m2.seen, strict=True))  # same seed: same -C images
+    assert r1.accuracy == r2.accuracy and r1.per_image == r2.per_image and r1.n == 30
+    noise1, noise3 = torch.cat(m1.seen[5:10]), torch.cat(m3.seen[5:10])
+    assert not torch.equal(noise1, noise3)  # another seed draws other noise ...
+    assert torch.equal(torch.cat(m1.seen[10:]), torch.cat(m3.seen[10:]))  # ... and zoom blur has none
+    # per image: the fraction of its 2 corrupted versions classified right, averaging to 1 - mCE
+    assert len(r1.per_image) == 30 and set(r1.per_image) <= {0.0, 0.5, 1.0}
     assert sum(r1.per_image) / 30 == pytest.approx(1 - r1.mce)
-    # a different corruption seed draws other noise; accuracies are multiples of 1/30
-    r3 = evaluate_corruptions(model, (x, y), seed=1, **kw)
-    assert all(round(a * 30) == pytest.approx(a * 30) for a in r3.accuracy["gaussian-noise"])
+
+
+class PixelWithin(nn.Module):
+    """Class 0 while the first pixel is within ``tol`` of 0.5, else class 1."""
+
+    def __init__(self, tol: float) -> None:
+        super().__init__()
+        self.tol = tol
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        near = ((x[:, 0, 0, 0] - 0.5).abs() <= self.tol).float()
+        return torch.stack((near, 1 - near), dim=1)
+
+
+def test_noise_accuracy_falls_with_severity_as_the_reference_sigmas_predict():
+    # mid-gray images of class 0 and a model right while one pixel stays within 0.06 of 0.5:
+    # under N(0, sigma) noise its accuracy is P(|Z| <= 0.06 / sigma) = erf(0.06 / (sigma sqrt 2)),
+    # with CIFAR-10-C's sigma = 0.04, 0.06, 0.08, 0.09, 0.10 for severities 1-5
+    n = 2000
+    x, y = torch.full((n, 1, 2, 2), 0.5), torch.zeros(n, dtype=torch.long)
+    res = evaluate_corruptions(PixelWithin(0.06), (x, y), corruptions=["gaussian-noise"], batch_size=500)
+    accs = res.accuracy["gaussian-noise"]
+    assert res.clean_acc == 1.0
+    assert all(a > b for a, b in zip(accs, accs[1:], strict=False)), accs
+    want = [math.erf(0.06 / (sigma * math.sqrt(2))) for sigma in (0.04, 0.06, 0.08, 0.09, 0.10)]
+    # 8-bit rounding of the noisy pixel moves the threshold by < 1/255; 2000 images: se <= 0.011
+    for got, ref in zip(accs, want, strict=True):
+        assert got == pytest.approx(ref, abs=0.04), (accs, want)

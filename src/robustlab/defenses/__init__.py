@@ -39,7 +39,7 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     convert_downsampling,
     deterministic_twin,
 )
-from .stochastic_downsampling import StochasticDownsample  # noqa: E402
+from .stochastic_downsampling import SharedJitter, StochasticDownsample  # noqa: E402
 
 __all__ = [
     "CONVERSIONS",
@@ -49,6 +49,7 @@ __all__ = [
     "BlurPool",
     "Downsampled",
     "FLCPool",
+    "SharedJitter",
     "StochasticDownsample",
     "apply_conversion",
     "convert_downsampling",

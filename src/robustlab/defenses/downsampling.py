@@ -11,7 +11,8 @@ original's. Methods (paper Sec. 3 "To perform ablation studies" and Table 1):
 - ``avgpool``: 2x2 (stride x stride) average pooling;
 - ``dropout-avgpool``: Dropout(0.5) after the stride-1 convolution, then average pooling;
 - ``blurpool``: Zhang (2019), "Making Convolutional Networks Shift-Invariant Again": a
-  normalized binomial blur (3x3 by default) with reflect padding, subsampled by the stride;
+  normalized binomial blur (3x3 by default) with reflect padding, subsampled by the stride
+  (placements below);
 - ``flc``: FrequencyLowCut pooling (Grabinski et al., 2022): keep the central (low-frequency)
   ``ceil(H / s)`` x ``ceil(W / s)`` block of the centred 2-D spectrum;
 - ``asap``: ASAP (Grabinski et al., 2023): FLC after a 2-D Hamming window
@@ -24,23 +25,51 @@ a stride-1 convolution (``placement="before"``), the reverse of SD's convolution
 the default ``placement="after"`` is SD's order, used for every method so that all methods of
 the study differ only in the downsampler. ``"before"`` needs a convolution whose stride-1 form
 keeps the map size (odd kernel, "same" padding), so the output shapes stay the original's.
+
+BlurPool's ``placement="after-activation"`` is Zhang's own (his paper's "ReLU . Conv_s becomes
+Subsample_s . Blur . ReLU . Conv_1", as his ``antialiased-cnns`` ResNets do it): a strided
+convolution whose output feeds only a BatchNorm whose output feeds only a ReLU becomes stride-1
+conv, BN, ReLU, then the blur-downsample. The surgery finds these triples in the traced forward graph
+(``torch.fx``), moves the BN into the converted conv's slot (``Downsampled(op=Sequential(conv,
+bn, ReLU), down=BlurPool)``) and leaves an ``nn.Identity`` where the BN was; the ReLU the model
+applies next is then a no-op, since a blur of non-negative values is non-negative. Every other
+strided conv (not followed by BN + ReLU: the 1x1 projection shortcuts, whose BN output is added
+to the residual; convs followed by LayerNorm or a leaky ReLU) gets the default ``"after"``
+placement. For a 1x1 shortcut that is Zhang's own shortcut (blur, then the 1x1 conv) up to
+float rounding: a 1x1 conv mixes channels only, so it commutes with the per-channel blur.
+Departures from Zhang's ImageNet ResNets: his stem 7x7 conv stays strided and only the max-pool
+is blurred (``pool_only=True``); here the stem is converted like every strided conv (and the
+max-pool, with ``include_pooling=True``, keeps its 3x3 kernel at stride 1 before the blur where
+Zhang uses a 2x2 max at stride 1). The default stays ``"after"`` so that every method of the study
+downsamples at the same place and differs only in the downsampler.
+
+What the surgery does to stems and shortcuts: every strided ``nn.Conv2d`` is converted, whatever
+its role: a strided stem (torchvision's 7x7/2, ConvNeXt's 4x4/4 patchify) and the 1x1 strided
+convolution of a projection shortcut (``downsample.0`` / ``shortcut.0``) each become their
+stride-1 form followed by their own downsampler, with the same weights. Stride-1 stems (the CIFAR
+ResNets) and parameter-free shortcuts (Madry's average-pooling "option A") are left alone.
+With SD every converted layer draws its own jitter; ``shortcut_jitter="shared"`` instead links
+each 1x1 shortcut's SD layer to the SD layer of its block's main path (the first strided non-1x1
+conv of the smallest module holding both), so both sample the same offsets in each forward
+(:class:`~robustlab.defenses.stochastic_downsampling.SharedJitter`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ..core import InputError, Registry
 from ..core.randomness import Stochastic
 from . import CONVERSIONS
-from .stochastic_downsampling import StochasticDownsample
+from .stochastic_downsampling import SharedJitter, StochasticDownsample
 
 
 def _out_size(h: int, w: int, stride: tuple[int, int]) -> tuple[int, int]:
@@ -87,6 +116,10 @@ class AddNoise(Stochastic):
 
 class BlurPool(nn.Module):
     """Anti-aliased downsampling (Zhang, 2019): binomial blur with reflect padding, then stride.
+
+    ``convert_downsampling(model, "blurpool", placement=...)`` installs it after the stride-1
+    conv (``"after"``, the default, the study's common placement) or after the conv's BN and
+    ReLU (``"after-activation"``, Zhang's); see the module docstring.
 
     Args:
         stride: the subsampling factor (int or pair).
@@ -193,7 +226,13 @@ def _dropout_avgpool(stride: tuple[int, int], *, p: float = 0.5) -> nn.Module:
     return nn.Sequential(nn.Dropout(p), _avgpool(stride))
 
 
-def _blurpool(stride: tuple[int, int], *, filter_size: int = 3) -> nn.Module:
+BLURPOOL_PLACEMENTS = ("after", "after-activation")
+
+
+def _blurpool(stride: tuple[int, int], *, filter_size: int = 3, placement: str = "after") -> nn.Module:
+    if placement not in BLURPOOL_PLACEMENTS:
+        raise InputError(f"blurpool placement must be 'after' (stride-1 conv, then blur; the default) or "
+                         f"'after-activation' (stride-1 conv, BN, ReLU, then blur: Zhang 2019), got {placement!r}")
     return BlurPool(stride, filter_size)
 
 
@@ -245,15 +284,66 @@ def _targets(model: nn.Module, include_pooling: bool) -> list[tuple[nn.Module, s
     return found
 
 
+class _Tracer(fx.Tracer):
+    """Traces through containers and blocks; keeps converted and random layers opaque."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Downsampled | Stochastic | BlurPool | FLCPool) or super().is_leaf_module(
+            m, module_qualified_name)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _bn_relu_after(model: nn.Module) -> dict[int, tuple[nn.Module, str, nn.Module]]:
+    """For each conv whose output goes only to a BatchNorm whose output goes only to a ReLU:
+    ``id(conv) -> (the BN's parent, the BN's attribute name, the BN)``, from the traced graph."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # noqa: BLE001  (fx raises many types; the message says which)
+        raise InputError(
+            f"placement='after-activation' finds the BN and ReLU after each strided conv by tracing the "
+            f"forward with torch.fx, which fails on {type(model).__name__} ({type(e).__name__}: {e}); "
+            "use placement='after'") from None
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    found: dict[int, tuple[nn.Module, str, nn.Module]] = {}
+    for node in graph.nodes:
+        conv = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or calls[str(node.target)] != 1 or len(node.users) != 1:
+            continue
+        (bn_node,) = node.users
+        bn = modules.get(str(bn_node.target)) if bn_node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d | nn.SyncBatchNorm) or calls[str(bn_node.target)] != 1:
+            continue
+        if len(bn_node.users) == 1 and _is_relu(next(iter(bn_node.users)), modules):
+            parent, _, name = str(bn_node.target).rpartition(".")
+            found[id(conv)] = (model.get_submodule(parent), name, bn)
+    return found
+
+
+def _stride_one(child: nn.Module) -> nn.Module:
+    op = copy.copy(child)  # shares the parameters; only the stride changes
+    op.stride = (1, 1) if isinstance(child, nn.Conv2d) else 1  # type: ignore[assignment]
+    if isinstance(op, nn.MaxPool2d | nn.AvgPool2d):
+        op.ceil_mode = False
+    return op
+
+
 def _downsampled(child: nn.Module, method: str, options: dict[str, Any]) -> nn.Module:
     stride = _stride(child)
     if method == "addnoise":
         noise = {k: options[k] for k in ("std", "distribution") if k in options}
         return Downsampled(child, AddNoise(**noise), stride)
-    op = copy.copy(child)  # shares the parameters; only the stride changes
-    op.stride = (1, 1) if isinstance(child, nn.Conv2d) else 1  # type: ignore[assignment]
-    if isinstance(op, nn.MaxPool2d | nn.AvgPool2d):
-        op.ceil_mode = False
+    op = _stride_one(child)
     before = options.get("placement", "after") == "before"
     if before and not _keeps_size(child):
         raise InputError(
@@ -270,27 +360,69 @@ def _keeps_size(m: nn.Module) -> bool:
     return all(ki % 2 == 1 and pi == di * (ki - 1) // 2 for ki, di, pi in zip(k, d, pad, strict=True))
 
 
+SHORTCUT_JITTER = ("independent", "shared")
+
+
+def _shortcut_partners(model: nn.Module, convs: list[nn.Module]) -> list[tuple[nn.Module, nn.Module]]:
+    """``(shortcut conv, main-path conv)`` pairs: each strided 1x1 conv with the first strided
+    non-1x1 conv of the smallest module that holds it and another strided conv."""
+    names = {id(m): name for name, m in model.named_modules()}
+    order = [(names[id(c)], c) for c in convs]
+    pairs: list[tuple[nn.Module, nn.Module]] = []
+    for name, conv in order:
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)):
+            continue
+        prefix = name
+        while prefix:
+            prefix = prefix.rpartition(".")[0]
+            inside = [(n, c) for n, c in order if c is not conv and (not prefix or n.startswith(prefix + "."))]
+            if inside:
+                main = [c for _, c in inside if not (isinstance(c, nn.Conv2d) and c.kernel_size == (1, 1))]
+                if main:
+                    pairs.append((conv, main[0]))
+                break
+    return pairs
+
+
+def _sd_layer(module: nn.Module) -> StochasticDownsample | None:
+    return next((m for m in module.modules() if isinstance(m, StochasticDownsample)), None)
+
+
 def convert_downsampling(
     model: nn.Module,
     method: str = "sd",
     *,
     include_pooling: bool = False,
     inplace: bool = False,
+    shortcut_jitter: str = "independent",
     **options: Any,
 ) -> nn.Module:
     """Replace every strided convolution of ``model`` by a stride-1 convolution + a downsampler.
+
+    Stems and shortcuts: every strided ``nn.Conv2d`` is converted, whatever its role. A strided
+    stem (torchvision's 7x7/2 conv, ConvNeXt's 4x4/4 patchify conv) and the strided 1x1 conv of
+    a projection shortcut (torchvision's ``downsample.0``, our ``shortcut.0``) each become their
+    stride-1 form followed by a downsampler of their own, with the original weights; stride-1
+    stems and parameter-free shortcuts (average pooling) are untouched, and strided pooling is
+    converted only with ``include_pooling=True``.
 
     Args:
         model: any ``nn.Module`` (robustlab models, torchvision and timm networks).
         method: one of :data:`METHODS` (see the module docstring).
         include_pooling: also convert strided max/avg pooling layers.
         inplace: rewrite ``model`` itself; by default a converted deep copy is returned.
+        shortcut_jitter: for ``sd`` and ``sd+addnoise``: ``"independent"`` (the default, the
+            behaviour before this option existed: every SD layer, shortcut ones included, draws its
+            own jitter) or ``"shared"``: the SD layer of each 1x1 shortcut takes the same jitter
+            draw as the SD layer of its block's main path (the first strided non-1x1 conv of the
+            smallest module holding both), so the two branches sample the same offsets.
         **options: options of the method: for ``sd`` ``spp``, ``jitter``, ``normal_std``,
             ``reduction``, ``per_sample``, ``deterministic``; for ``addnoise`` and
             ``sd+addnoise`` ``std`` and ``distribution`` (plus the ``sd`` ones for the latter);
-            ``p`` for ``dropout-avgpool``; ``filter_size`` for ``blurpool``; ``placement``
-            (``"after"``, the default, or ``"before"``, the official code's order) for ``flc``
-            and ``asap``.
+            ``p`` for ``dropout-avgpool``; ``filter_size`` and ``placement`` (``"after"``, the
+            default, or ``"after-activation"``, Zhang's conv-BN-ReLU-blur) for ``blurpool``;
+            ``placement`` (``"after"``, the default, or ``"before"``, the official code's
+            order) for ``flc`` and ``asap``.
 
     Returns:
         The converted model. A robustlab model records the conversion in its recipe, so
@@ -298,7 +430,8 @@ def convert_downsampling(
 
     Raises:
         UnknownNameError: for an unknown method (the message lists the known ones).
-        InputError: for options the method does not take, or a model without strided layers.
+        InputError: for options the method does not take, a model without strided layers, or
+            (``placement="after-activation"``) a model ``torch.fx`` cannot trace.
     """
     if method not in METHODS:
         DOWNSAMPLERS.get(method)  # raises UnknownNameError listing the registered names
@@ -311,6 +444,10 @@ def convert_downsampling(
         unknown = set(options) - {"std", "distribution"}
         if unknown:
             raise InputError(f"addnoise takes std= and distribution=, not {sorted(unknown)}")
+    if shortcut_jitter not in SHORTCUT_JITTER:
+        raise InputError(f"shortcut_jitter must be 'independent' (the default) or 'shared', got {shortcut_jitter!r}")
+    if shortcut_jitter == "shared" and method not in ("sd", "sd+addnoise"):
+        raise InputError(f"shortcut_jitter='shared' applies to sd and sd+addnoise, not {method!r}")
     out = model if inplace else copy.deepcopy(model)
     targets = _targets(out, include_pooling)
     if not targets:
@@ -318,12 +455,36 @@ def convert_downsampling(
             f"{type(model).__name__} has no strided convolution"
             + ("" if include_pooling else " (pass include_pooling=True to convert strided pooling)")
         )
+    activated = _bn_relu_after(out) if method == "blurpool" and options.get("placement") == "after-activation" else {}
+    pairs = _shortcut_partners(out, [c for _, _, c in targets]) if shortcut_jitter == "shared" else []
+    converted: dict[int, nn.Module] = {}
     for parent, name, child in targets:
-        setattr(parent, name, _downsampled(child, method, options))
+        new: nn.Module
+        if id(child) in activated:  # Zhang's order: stride-1 conv, BN, ReLU, blur; the BN's slot idles
+            bn_parent, bn_name, bn = activated[id(child)]
+            stride = _stride(child)
+            new = Downsampled(nn.Sequential(_stride_one(child), bn, nn.ReLU()), _blurpool(stride, **options), stride)
+            setattr(bn_parent, bn_name, nn.Identity())
+        else:
+            new = _downsampled(child, method, options)
+        converted[id(child)] = new
+        setattr(parent, name, new)
+    for shortcut, main in pairs:
+        link = SharedJitter()
+        for conv in (shortcut, main):
+            layer = _sd_layer(converted[id(conv)])
+            assert layer is not None  # sd and sd+addnoise always hold one
+            layer.jitter_link = link
+    if shortcut_jitter == "shared" and not pairs:
+        warnings.warn(f"shortcut_jitter='shared': {type(model).__name__} has no strided 1x1 shortcut conv "
+                      "beside a strided main-path conv, so every SD layer keeps its own jitter", stacklevel=2)
     recipe = getattr(out, "robustlab_recipe", None)
     if isinstance(recipe, dict):
         recipe = copy.deepcopy(recipe)
-        entry = {"name": "downsampling", "options": {"method": method, "include_pooling": include_pooling, **options}}
+        recorded = {"method": method, "include_pooling": include_pooling, **options}
+        if shortcut_jitter != "independent":
+            recorded["shortcut_jitter"] = shortcut_jitter
+        entry = {"name": "downsampling", "options": recorded}
         recipe["conversions"] = [*recipe.get("conversions", []), entry]
         setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute, not a submodule)
     return out
@@ -361,9 +522,11 @@ def _replay(model: nn.Module, **options: Any) -> nn.Module:
 CONVERSIONS.register("downsampling", _replay, paper="stochastic-downsampling, Sec. 3")
 
 __all__ = [
+    "BLURPOOL_PLACEMENTS",
     "DOWNSAMPLERS",
     "METHODS",
     "PLACEMENTS",
+    "SHORTCUT_JITTER",
     "AddNoise",
     "BlurPool",
     "Downsampled",

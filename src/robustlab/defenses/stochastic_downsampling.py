@@ -30,12 +30,19 @@ not clipped. It departs from the public layer where that layer is wrong or waste
 
 The default ``spp=2`` is the paper's (Sec. 3 and its SPP ablation, Table 5); the public layer
 defaults to 16.
+
+Two layers can share one jitter draw through a :class:`SharedJitter` link (``jitter_link``):
+``convert_downsampling(..., shortcut_jitter="shared")`` links the SD layer of a residual block's
+1x1 projection shortcut to the one of its main path, so both sample the same offsets inside
+their (equal-sized) output pixels. The paper and the public layer do not say; by default every
+layer draws its own.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable, Hashable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +127,38 @@ class _MonteCarloBilinear(torch.autograd.Function):
 _CHUNKS = 1
 
 
+class SharedJitter:
+    """One jitter draw per forward shared by two :class:`StochasticDownsample` layers.
+
+    Whichever linked layer runs first in a forward draws from its own generator and leaves the
+    draw pending; the other layer takes it (the draw is then spent), so the two use the same
+    offsets in every forward that runs both, whatever order the block's code calls them in. A
+    layer never takes its own pending draw: called twice in a row, it draws twice. Inside
+    :func:`~robustlab.core.randomness.frozen` each layer caches what it took, so the pair stays
+    on one shared path until :func:`~robustlab.core.randomness.resample` (which clears the link).
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[int, Hashable, torch.Tensor] | None = None
+
+    def take(self, layer: object, key: Hashable, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The partner's pending draw for ``key``, or a new ``draw()`` left pending for it."""
+        pending = self._pending
+        if pending is not None and pending[0] != id(layer) and pending[1] == key:
+            self._pending = None
+            return pending[2]
+        value = draw()
+        self._pending = (id(layer), key, value)
+        return value
+
+    def clear(self) -> None:
+        """Drop a pending draw (a new inference path starts)."""
+        self._pending = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedJitter:
+        return SharedJitter()  # a copied model's pair gets one fresh link (deepcopy memoizes it)
+
+
 class StochasticDownsample(Stochastic):
     """Downsample a feature map by Monte-Carlo bilinear sampling of each output pixel's footprint.
 
@@ -175,6 +214,7 @@ class StochasticDownsample(Stochastic):
         self.per_sample = bool(per_sample)
         self.deterministic = bool(deterministic)
         self.memory_efficient = bool(memory_efficient)
+        self.jitter_link: SharedJitter | None = None
 
     @property
     def stochastic_active(self) -> bool:
@@ -194,17 +234,28 @@ class StochasticDownsample(Stochastic):
             return f"{where}, deterministic=True"
         return (f"{where}, spp={self.spp}, jitter={self.jitter!r}, reduction={self.reduction!r}"
                 + (f", normal_std={self.normal_std}" if self.jitter == "normal" else "")
-                + (", per_sample=True" if self.per_sample else ""))
+                + (", per_sample=True" if self.per_sample else "")
+                + (", shared_jitter=True" if self.jitter_link is not None else ""))
+
+    def clear_draws(self) -> None:
+        """Forget cached draws, and a draw pending on the shared-jitter link."""
+        super().clear_draws()
+        if self.jitter_link is not None:
+            self.jitter_link.clear()
 
     def _draw_jitter(self, n: int, oh: int, ow: int, device: torch.device) -> torch.Tensor:
         shape = (n, self.spp, oh, ow, 2)
+        key = (n, self.spp, oh, ow)
 
         def sample(g: torch.Generator) -> torch.Tensor:
             if self.jitter == "uniform":
                 return torch.rand(shape, generator=g, device=device)
             return 0.5 + self.normal_std * torch.randn(shape, generator=g, device=device)
 
-        return self.draw(sample, key=(n, self.spp, oh, ow), device=device)
+        link = self.jitter_link
+        if link is None:
+            return self.draw(sample, key=key, device=device)
+        return self.draw(lambda g: link.take(self, key, lambda: sample(g)), key=key, device=device)
 
     def forward(self, x: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
         """Downsample ``x`` (N, C, H, W).
@@ -260,4 +311,4 @@ class StochasticDownsample(Stochastic):
         return out
 
 
-__all__ = ["StochasticDownsample"]
+__all__ = ["SharedJitter", "StochasticDownsample"]
