@@ -33,6 +33,9 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert list(r["sd_study"]["table1"]) == ["Baseline", "SD"]
     assert "Stochastic Downsampling study (quick profile)" in report and "sd-study/report.md" in report
     assert "worst case, all attacks (%)" in report
+    # the quick battery lacks AutoAttack rand: the verdict points to the cpu profile, claims no gain
+    assert "not conclusive about adaptive robustness" in report and "runs/sd-study-cpu/report.md" in report
+    assert "survives adaptive attacks" not in report
     assert (tmp_path / "sd-study" / "report.md").exists()
     saved = json.loads((tmp_path / "sd-study" / "config.json").read_text())
     assert saved["baseline"] == str(tmp_path / "standard" / "model.safetensors")

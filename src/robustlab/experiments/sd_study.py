@@ -171,7 +171,8 @@ class SDStudyConfig:
 
 
 PROFILES: dict[str, SDStudyConfig] = {
-    # The demo's slice: one seed, five methods, cheap attacks; minutes on 2 CPU cores.
+    # The demo's slice: one seed, five methods, cheap attacks; minutes on 2 CPU cores. Without
+    # AutoAttack its verdict draws no conclusion about adaptive attacks (see the cpu profile).
     "quick": SDStudyConfig(
         profile="quick", seeds=(0,), finetune_limit=2000, eval_n=100, clean_n=2000,
         pgd_steps=10, square_queries=200, autoattack=False, eot_draws=(20,), aa_rand=False,
@@ -296,6 +297,8 @@ class _Study:
             "robust": _bits(res.robust[0]),
             "per_attack": {k: s.robust_acc for k, s in res.per_attack.items()},
             "seconds": res.seconds,
+            "randomness": res.randomness,
+            "warnings": [w.to_dict() for w in res.warnings],
         }
 
     def load(self, v: Variant, seed: int) -> dict[str, Any]:
@@ -642,10 +645,32 @@ def _report(r: dict[str, Any], cfg: SDStudyConfig) -> str:
         _table(t["table4"], ["tb-pgd", *(["tb-aa"] if cfg.autoattack else [])]),
         "\n## Table 5 analogue: samples per pixel\n\n",
         _table(t["table5"], ["clean", "pgd", *[f"pgd-eot{n}" for n in cfg.eot_draws[:1]]]),
+        _warnings_section(r),
         "\n## Verdict\n\n",
         _verdict(r, cfg),
     ]
     return "".join(parts)
+
+
+def _warnings_section(r: dict[str, Any]) -> str:
+    """The evaluations' sanity-check warnings (:mod:`robustlab.attacks.checks`), one line per
+    model, column and finding, from the records of every table."""
+    found: dict[tuple[str, str, str], set[str]] = {}
+    seeds = list(r["config"]["seeds"])
+    for table in r["tables"].values():
+        for label, evals in table.items():
+            for seed, e in zip(seeds, evals, strict=False):
+                for col, cell in e.items():
+                    if not isinstance(cell, dict):
+                        continue
+                    for w in cell.get("warnings", []):
+                        found.setdefault((label, col, str(w["message"])), set()).add(str(seed))
+    if not found:
+        return ""
+    lines = ["\n## Sanity checks\n\n", "Findings of the evaluation's sanity checks (gradient masking, misuse):\n\n"]
+    for (label, col, message), where in sorted(found.items()):
+        lines.append(f"- {label}, `{col}` (seed {', '.join(sorted(where))}): {message}\n")
+    return "".join(lines)
 
 
 def summary_markdown(results: dict[str, Any], cfg: SDStudyConfig) -> str:
@@ -662,6 +687,27 @@ def summary_markdown(results: dict[str, Any], cfg: SDStudyConfig) -> str:
 PAPER_CLEAN_DROP = 0.025
 PAPER_MCE_RISE = 0.035
 PAPER_SQUARE_DROP = 0.04
+
+# Where a profile's battery lacks AutoAttack (standard and ``rand``), its worst case is not
+# conclusive about adaptive robustness; the verdict points here instead.
+CONCLUSIVE_PROFILE = "cpu"
+CONCLUSIVE_COMMAND = f"robustlab run sd-study --profile {CONCLUSIVE_PROFILE}"
+CONCLUSIVE_REPORT = f"runs/sd-study-{CONCLUSIVE_PROFILE}/report.md"
+
+
+def _missing_adaptive(cfg: SDStudyConfig) -> list[str]:
+    """The AutoAttack columns a claim of adaptive robustness needs and ``cfg`` does not run:
+    ``aa`` (standard) and ``aa-rand`` (APGD-CE and APGD-DLR with EOT, for randomized models)."""
+    return [*([] if cfg.autoattack else ["aa"]), *([] if cfg.aa_rand else ["aa-rand"])]
+
+
+def _worst_case_attacks(cfg: SDStudyConfig) -> str:
+    """The attacks of Table 1 that the per-sample worst case covers, in words."""
+    words = {"pgd": "PGD", "aa": "AutoAttack standard", "square": "Square", "aa-rand": "AutoAttack rand",
+             "twin": "PGD transferred from the deterministic twin"}
+    names = [f"PGD with EOT-{c[len('pgd-eot'):]}" if c.startswith("pgd-eot") else words[c]
+             for c in _cols_table1(cfg) if c not in ("clean", "mce")]
+    return ", ".join(names) + ", and the transfers from the baseline where run"
 
 
 def _outcomes(evals: Sequence[dict[str, Any]], col: str) -> list[float] | None:
@@ -737,7 +783,10 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
     image the 0/1 outcome is averaged over seeds, and a difference counts when it exceeds twice
     its standard error over images (a paired test). Claims phrased by the paper as "marginal"
     or "almost unaffected" are held to the paper's own numbers (:data:`PAPER_CLEAN_DROP`,
-    :data:`PAPER_MCE_RISE`, :data:`PAPER_SQUARE_DROP`).
+    :data:`PAPER_MCE_RISE`, :data:`PAPER_SQUARE_DROP`). The last line concludes about adaptive
+    attacks only when the battery holds AutoAttack standard and ``rand`` (APGD-CE and APGD-DLR
+    with EOT, the attack that randomized defenses call for); otherwise (the quick profile) it says
+    the worst case is not conclusive and points to the cpu profile's report.
     """
     t = r["tables"]
     t1 = t["table1"]
@@ -767,12 +816,14 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
     def verdict(ok: bool | None) -> str:
         return "**held**" if ok else "**not shown** at this sample size" if ok is None else "**did not hold**"
 
-    def gain(text: str, p: Paired | None, who: str = "SD", vs: str = "baseline", want: str = "higher") -> None:
+    def shown(p: Paired) -> bool | None:  # is the first model significantly higher?
+        return True if p.outcome == "higher" else None if p.outcome.startswith("no ") else False
+
+    def gain(text: str, p: Paired | None, who: str = "SD", vs: str = "baseline") -> None:
         if p is None:
             return
-        got = p.outcome
-        ok = True if got == want else None if got.startswith("no ") else False
-        lines.append(f"- {text}: {who} {pct(p.a)} vs {vs} {pct(p.b)} ({p.text()}; {who} {got}) -> {verdict(ok)}.")
+        lines.append(f"- {text}: {who} {pct(p.a)} vs {vs} {pct(p.b)} ({p.text()}; {who} {p.outcome}) -> "
+                     f"{verdict(shown(p))}.")
 
     c = cmp(sd, base, "clean")
     if c is not None:
@@ -810,8 +861,7 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
         p = cmp(sd, an, "mce")
         if p is not None:
             lines.append(f"- Lower mCE than AddNoise (std=0.75) (paper: 38.34 vs 42.96): SD {pct(1 - p.a)} vs "
-                         f"AddNoise {pct(1 - p.b)} -> "
-                         f"{verdict(True if p.outcome == 'higher' else None if p.outcome.startswith('no ') else False)}.")
+                         f"AddNoise {pct(1 - p.b)} -> {verdict(shown(p))}.")
     t4 = t.get("table4", {})
     if SD.label in t4 and ADDNOISE.label in t4:
         gain("Transfer from the baseline hurts SD less than AddNoise (std=0.75) (Table 4, paper: 75.06 vs 45.24)",
@@ -853,13 +903,25 @@ def _verdict(r: dict[str, Any], cfg: SDStudyConfig) -> str:
     if w is not None:
         kept = "" if pg is None or pg.diff <= 0 else f"; {max(0.0, w.diff) / pg.diff:.0%} of SD's PGD gain remains"
         got = w.outcome
-        conclusion = ("**a robustness gain survives adaptive attacks**" if got == "higher" else
-                      "**no robustness gain is shown once adaptive attacks are used** (at this sample size)"
-                      if got.startswith("no ") else "**SD is less robust than the baseline under adaptive attacks**")
+        missing = _missing_adaptive(cfg)
+        if missing:
+            # without AutoAttack (rand for a randomized model) the worst case is an upper bound
+            # that the adaptive attacks may still lower, on SD and the baseline alike
+            lacks = " and ".join({"aa": "AutoAttack standard", "aa-rand": "AutoAttack rand (APGD-CE and "
+                                  "APGD-DLR with EOT)"}[c] for c in missing)
+            conclusion = (f"**not conclusive about adaptive robustness**: the {cfg.profile} profile's battery "
+                          f"lacks {lacks}; see the {CONCLUSIVE_PROFILE} profile's numbers "
+                          f"(`{CONCLUSIVE_COMMAND}`, report at `{CONCLUSIVE_REPORT}`)")
+        elif got == "higher":
+            conclusion = "**a robustness gain survives adaptive attacks**"
+        elif got.startswith("no "):
+            conclusion = "**no robustness gain is shown once adaptive attacks are used** (at this sample size)"
+        else:
+            conclusion = "**SD is less robust than the baseline under adaptive attacks**"
         lines.append(
             "- \"Does not provide a false sense of security\": the per-sample worst case over every attack run "
-            f"on the model (EOT, transfer from the deterministic twin, {'AutoAttack rand, ' if cfg.aa_rand else ''}"
-            f"Square): SD {pct(w.a)} vs baseline {pct(w.b)} ({w.text()}{kept}) -> {conclusion}.")
+            f"on the model ({_worst_case_attacks(cfg)}): SD {pct(w.a)} vs baseline {pct(w.b)} "
+            f"({w.text()}; SD {got}{kept}) -> {conclusion}.")
     return "\n".join(lines) + "\n"
 
 
