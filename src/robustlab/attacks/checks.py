@@ -124,8 +124,8 @@ def randomized_without_eot(randomness: str, what: str) -> EvalWarning:
     return EvalWarning(
         "randomized-without-eot",
         f"the model is randomized ({randomness}) but {what} takes no expectation over its "
-        "randomness; its gradients follow single random draws: use the 'rand' battery "
-        "(APGD-CE and APGD-DLR with EOT) or grad=EOT(n)",
+        "randomness, so each of its steps follows a single random draw: use the 'rand' battery "
+        "(APGD-CE and APGD-DLR with EOT), grad=EOT(n), or Square(eot=n)",
     )
 
 

@@ -653,23 +653,24 @@ def _report(r: dict[str, Any], cfg: SDStudyConfig) -> str:
 
 
 def _warnings_section(r: dict[str, Any]) -> str:
-    """The evaluations' sanity-check warnings (:mod:`robustlab.attacks.checks`), one line per
-    model, column and finding, from the records of every table."""
-    found: dict[tuple[str, str, str], set[str]] = {}
+    """The evaluations' sanity-check warnings (:mod:`robustlab.attacks.checks`) from the records
+    of every table, grouped by finding: which model's which column (and seed) raised it."""
+    by_code: dict[str, tuple[str, dict[str, None]]] = {}
     seeds = list(r["config"]["seeds"])
     for table in r["tables"].values():
         for label, evals in table.items():
             for seed, e in zip(seeds, evals, strict=False):
                 for col, cell in e.items():
-                    if not isinstance(cell, dict):
-                        continue
-                    for w in cell.get("warnings", []):
-                        found.setdefault((label, col, str(w["message"])), set()).add(str(seed))
-    if not found:
+                    for w in cell.get("warnings", []) if isinstance(cell, dict) else []:
+                        example, where = by_code.setdefault(str(w["code"]), (str(w["message"]), {}))
+                        where[f"{label} `{col}`" + (f" (seed {seed})" if len(seeds) > 1 else "")] = None
+    if not by_code:
         return ""
-    lines = ["\n## Sanity checks\n\n", "Findings of the evaluation's sanity checks (gradient masking, misuse):\n\n"]
-    for (label, col, message), where in sorted(found.items()):
-        lines.append(f"- {label}, `{col}` (seed {', '.join(sorted(where))}): {message}\n")
+    lines = ["\n## Sanity checks\n\n"]
+    for code, (example, where) in sorted(by_code.items()):
+        note = (" The paper's protocol columns (PGD, Square) attack randomized models without EOT by design; "
+                "the EOT, AutoAttack rand and transfer columns are the adaptive ones." if code == "randomized-without-eot" else "")
+        lines.append(f"- `{code}` in {', '.join(where)}. For example: {example}.{note}\n")
     return "".join(lines)
 
 
