@@ -103,3 +103,106 @@ def test_state_flattening_round_trips():
     assert back["param_groups"][0]["betas"] == (0.9, 0.99)
     assert torch.equal(back["state"][0]["momentum_buffer"], torch.ones(2))
     assert back["inf"] == float("inf") and list(back["state"]) == [0]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_checkpoints_get_the_users_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        p = ck.write_checkpoint(tmp_path / "m.safetensors", _tensors(), {"kind": "model"})
+        assert os.stat(p).st_mode & 0o777 == mode
+        ck.write_checkpoint(p, _tensors(), {"kind": "model", "v": 2})  # overwriting keeps it
+        assert os.stat(p).st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
+    assert [f.name for f in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders are fsynced on POSIX only")
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ck.write_checkpoint(tmp_path / "m.safetensors", _tensors(), {"kind": "model"})
+    assert events == ["fsync file", "rename", "fsync folder"]
+
+
+def _size(path):
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # renamed away between listing and stat
+        return 0
+
+
+_WRITER = """
+import sys
+import robustlab
+
+model = robustlab.create_model("resnet18", num_classes=10, seed=0)  # 11M parameters, 45 MB
+robustlab.save(model, sys.argv[1], metrics={"i": 0})
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    robustlab.save(model, sys.argv[1], metrics={"i": i})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_kill_9_in_the_middle_of_a_write_leaves_the_previous_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import robustlab
+
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    final = folder / "model.safetensors"
+    killed_mid_write = False
+    for _ in range(3):  # the kill must land while a temporary file exists; retry if it missed
+        child = subprocess.Popen([sys.executable, str(script), str(final)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if any(_size(f) > 0 for f in folder.iterdir() if f.name != final.name):
+                    break  # bytes of the next checkpoint are being written
+                time.sleep(0.001)
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()  # type: ignore[union-attr]
+        leftovers = [f for f in folder.iterdir() if f.name != final.name]
+        # the final name holds a whole checkpoint, never a half-written one
+        specs = ck._raw_safetensors_header(final)
+        with open(final, "rb") as f:
+            header_length = int.from_bytes(f.read(8), "little")
+        data_end = max(v["data_offsets"][1] for k, v in specs.items() if k != "__metadata__")
+        assert final.stat().st_size == 8 + header_length + data_end
+        model = robustlab.load(final)
+        assert model.robustlab_header["metrics"]["i"] >= 0
+        if any(_size(f) > 0 for f in leftovers):
+            print("killed mid-write; left behind:", [(f.name, f.stat().st_size) for f in leftovers])
+            killed_mid_write = True
+            assert all(f.name.startswith(".") for f in leftovers), leftovers
+            break
+    assert killed_mid_write, "the kill never landed in the middle of a write"

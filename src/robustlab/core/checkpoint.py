@@ -2,19 +2,31 @@
 
 Nothing here unpickles. A checkpoint is one ``.safetensors`` file whose metadata holds a JSON
 header (format version, model recipe, dataset, training config, metrics, versions) and a SHA-256
-content hash over the tensors and the header, checked on every read. Writes go to a temporary
-file in the same folder and are renamed into place, so a write that dies halfway leaves the
-previous checkpoint intact.
+content hash over the tensors and the header, checked on every read.
+
+What the hash guarantees: it detects accidental damage (a truncated copy, a flipped bit, a file
+edited by a tool that does not know about the hash). It does not detect deliberate tampering:
+anyone who can edit the file can recompute a plain SHA-256. For authenticity, set the
+environment variable ``ROBUSTLAB_CHECKPOINT_KEY``: every write then also stores an HMAC-SHA256
+of the same content under that key, and every read requires a valid tag (RFC 2104; the tag
+can only be made by someone who holds the key).
+
+Writes go to a temporary file in the same folder, created with the user's umask, which is
+fsynced, renamed into place and followed by an fsync of the folder, so a write that dies
+halfway (even by ``kill -9`` or a power cut after the rename) leaves the previous checkpoint
+intact under the final name.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
 import os
 import platform
+import secrets
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +39,10 @@ FORMAT_VERSION = 1
 _META_KEY = "robustlab"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"}
 _MAX_HEADER = 100 * 1024 * 1024
+KEY_ENV = "ROBUSTLAB_CHECKPOINT_KEY"
+"""Environment variable holding the HMAC key; unset or empty means no authenticity check."""
+HMAC_FIELD = "hmac_sha256"
+_UNHASHED_FIELDS = ("content_hash", HMAC_FIELD)
 
 
 def _versions() -> dict[str, str]:
@@ -39,18 +55,45 @@ def _versions() -> dict[str, str]:
     return {"robustlab": ours, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def content_hash(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
-    """SHA-256 over every tensor (name, dtype, shape, bytes) and the canonical JSON header."""
-    h = hashlib.sha256()
+def checkpoint_key() -> bytes | None:
+    """The HMAC key from ``ROBUSTLAB_CHECKPOINT_KEY`` (UTF-8), or None when unset or empty."""
+    value = os.environ.get(KEY_ENV, "")
+    return value.encode() if value else None
+
+
+def _digest(hashes: list[Any], tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    """Feed every tensor (name, dtype, shape, bytes) and the canonical JSON header, without its
+    hash and HMAC fields, to each hash object in ``hashes``."""
+
+    def update(data: bytes) -> None:
+        for h in hashes:
+            h.update(data)
+
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
+        update(key.encode())
+        update(str(t.dtype).encode())
+        update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    body = {k: v for k, v in header.items() if k != "content_hash"}
-    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+            update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    body = {k: v for k, v in header.items() if k not in _UNHASHED_FIELDS}
+    update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def content_hash(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and the canonical JSON header.
+
+    A checksum against accidental damage, not a signature: see :func:`content_hmac`.
+    """
+    h = hashlib.sha256()
+    _digest([h], tensors, header)
+    return h.hexdigest()
+
+
+def content_hmac(tensors: dict[str, torch.Tensor], header: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 under ``key`` over the same content as :func:`content_hash`."""
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    _digest([h], tensors, header)
     return h.hexdigest()
 
 
@@ -127,7 +170,9 @@ def _refuse_pickle(path: Path) -> None:
 def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``header`` atomically to ``path`` (a ``.safetensors`` file).
 
-    The header gains ``format``, ``format_version``, ``versions`` and ``content_hash``.
+    The header gains ``format``, ``format_version``, ``versions`` and ``content_hash``, and
+    ``hmac_sha256`` when ``ROBUSTLAB_CHECKPOINT_KEY`` is set. The file gets the permissions of
+    any new file of the user (``0o666`` less the umask).
     """
     from safetensors.torch import save_file
 
@@ -137,20 +182,64 @@ def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tens
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(), **header}
-    full.pop("content_hash", None)
-    full["content_hash"] = content_hash(tensors, full)
+    for field in _UNHASHED_FIELDS:
+        full.pop(field, None)
+    sha = hashlib.sha256()
+    key = checkpoint_key()
+    tag = hmac.new(key, digestmod=hashlib.sha256) if key else None
+    _digest([sha] if tag is None else [sha, tag], tensors, full)
+    full["content_hash"] = sha.hexdigest()
+    if tag is not None:
+        full[HMAC_FIELD] = tag.hexdigest()
     meta = {_META_KEY: json.dumps(full, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, mode = _new_temp_file(path)
     try:
         save_file(tensors, tmp, metadata=meta)
+        # safetensors may replace the file we created by its own (mode 0600); restore ours
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_temp_file(path: Path) -> tuple[Path, int]:
+    """Create an empty, uniquely named file beside ``path``; return it and its permission bits.
+
+    The file is created with mode ``0o666`` so the kernel applies the user's umask (and any
+    default ACL of the folder), as for any file the user creates; ``tempfile.mkstemp`` would
+    force ``0o600``.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode & 0o7777
+        finally:
+            os.close(fd)
+        return tmp, mode
+    raise CheckpointError(f"could not create a temporary file beside {path}")  # pragma: no cover
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the folder entry of a rename to disk, so the new name survives a power cut."""
+    if os.name == "nt":  # Windows cannot open a folder as a file; NTFS journals the rename
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot sync folders
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -163,9 +252,14 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint; return ``(tensors, header)``.
 
+    The SHA-256 content hash is always checked: it catches accidental damage, not an edit by
+    someone who recomputes it. When ``ROBUSTLAB_CHECKPOINT_KEY`` is set, the file must also carry
+    a valid HMAC-SHA256 tag under that key, which only a holder of the key can produce.
+
     Raises:
-        CheckpointError: for pickles, truncated or corrupted files, unknown formats and content
-            hash mismatches, each with a message that says what to do.
+        CheckpointError: for pickles, truncated or corrupted files, unknown formats, content
+            hash mismatches and (with a key set) missing or wrong HMAC tags, each with a
+            message that says what to do.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -173,21 +267,91 @@ def read_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     path = _check_path(path)
     raw = _raw_safetensors_header(path)
     header = _parse_meta(path, raw.get("__metadata__", {}))
+    key = checkpoint_key()
+    if key is not None:
+        require_hmac_tag(path, header)
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(
             f"{path} is corrupted or truncated ({e}); restore it from a good copy or retrain"
         ) from None
+    sha = hashlib.sha256()
+    tag = hmac.new(key, digestmod=hashlib.sha256) if key else None
+    _digest([sha] if tag is None else [sha, tag], tensors, header)
     expected = header.get("content_hash")
-    actual = content_hash(tensors, header)
+    actual = sha.hexdigest()
     if expected != actual:
         raise CheckpointError(
             f"{path} failed its content-hash check (stored {str(expected)[:12]}..., computed "
-            f"{actual[:12]}...): the file was modified or damaged after it was written; restore "
+            f"{actual[:12]}...): the file was damaged or modified after it was written; restore "
             "it from a good copy or retrain"
         )
+    if tag is not None and not hmac.compare_digest(
+        str(header[HMAC_FIELD]).encode(), tag.hexdigest().encode()
+    ):
+        raise CheckpointError(
+            f"{path} failed its HMAC check under the key in {KEY_ENV}: it was modified after it "
+            "was written, or written with another key; do not trust it. Restore it from a copy "
+            "you trust, or set the key it was written with"
+        )
     return tensors, header
+
+
+def require_hmac_tag(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    """Refuse a header without an HMAC tag (call it when ``ROBUSTLAB_CHECKPOINT_KEY`` is set)."""
+    if not isinstance(header.get(HMAC_FIELD), str):
+        raise CheckpointError(
+            f"{path} carries no HMAC tag, but {KEY_ENV} is set, so only checkpoints written "
+            "with that key are accepted: it was written without the key (or the tag was "
+            f"removed). If you trust the file, load it with {KEY_ENV} unset and save it again "
+            "with the key set"
+        )
+
+
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of ``dtype`` (``torch.float32`` -> ``"F32"``), as
+    :func:`read_tensor_specs` reports it; other dtypes get their torch name."""
+    return _DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def read_tensor_specs(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The dtype (safetensors name, e.g. ``"F32"``) and shape of every stored tensor, read from
+    the file's header alone: no tensor data is read and nothing is verified.
+
+    Raises:
+        CheckpointError: for a file whose tensor table is malformed.
+    """
+    path = _check_path(path)
+    raw = _raw_safetensors_header(path)
+    specs: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, entry in raw.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (
+            not isinstance(dtype, str)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise CheckpointError(f"{path} has a corrupted tensor table (entry {name!r})")
+        specs[name] = (dtype, tuple(shape))
+    return specs
 
 
 def _check_path(path: str | os.PathLike[str]) -> Path:

@@ -11,8 +11,17 @@ from . import resnet as _resnet  # noqa: F401  (registers resnet-mini, resnet18,
 from . import vgg as _vgg  # noqa: F401  (registers vgg16, alexnet)
 from . import wrn as _wrn  # noqa: F401  (registers wrn-34-10)
 from ._registry import MODELS, ModelBuilder
+from ._skeleton import TooManyTensors, build_on_meta
 from .base import StagedNetwork
-from .factory import count_parameters, create_model, list_models, load_weights, model_from_recipe
+from .factory import (
+    check_header_recipe,
+    count_parameters,
+    create_model,
+    header_options,
+    list_models,
+    load_weights,
+    model_from_recipe,
+)
 from .normalized import Normalized
 
 __all__ = [
@@ -20,8 +29,12 @@ __all__ = [
     "ModelBuilder",
     "Normalized",
     "StagedNetwork",
+    "TooManyTensors",
+    "build_on_meta",
+    "check_header_recipe",
     "count_parameters",
     "create_model",
+    "header_options",
     "list_models",
     "load_weights",
     "model_from_recipe",

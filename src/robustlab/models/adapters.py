@@ -1,14 +1,24 @@
 """Build torchvision and timm classifiers as bare robustlab networks (random init only).
 
 ``create_model("torchvision:resnet50")`` and ``create_model("timm:convnext_tiny")`` resolve
-here. Nothing is downloaded: torchvision models are built with ``weights=None`` and timm models
-with ``pretrained=False``; pretrained weights come in as local safetensors files through
+here. Nothing is downloaded or read: torchvision models are built with ``weights=None`` and timm
+models with ``pretrained=False``; pretrained weights come in as local safetensors files through
 ``create_model(..., weights=path)``.
+
+A checkpoint header is untrusted input, so a recipe read from one may set only
+``num_classes``, ``in_channels`` and the short reviewed lists :data:`TORCHVISION_HEADER_OPTIONS`
+and :data:`TIMM_HEADER_OPTIONS`: plain numbers and flags that shape the network (the result is
+checked against the stored tensors) and never name a file or a download.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -17,16 +27,77 @@ from ..core import InputError, RobustlabError, UnknownNameError
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
-_DOWNLOAD_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_cfg_overlay")
+_FILE_KWARGS = (
+    "weights",
+    "pretrained",
+    "weights_backbone",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+    "cache_dir",
+)
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+"""What an adapter model name may look like in a checkpoint header: no ``:`` or ``/``, so never
+timm's ``hf-hub:`` / ``local-dir:`` sources or a path."""
 
 
-def _refuse_download_kwargs(kind: str, kwargs: dict[str, Any]) -> None:
-    bad = [k for k in _DOWNLOAD_KWARGS if k in kwargs]
+@dataclass(frozen=True)
+class HeaderOption:
+    """An option a checkpoint header may set: what it is, and the test its value must pass."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+
+
+def _is_probability(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value < 1.0
+    )
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_pool_name(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[a-z]{0,16}", value) is not None
+
+
+_PROBABILITY = HeaderOption("a probability in [0, 1)", _is_probability)
+_FLAG = HeaderOption("true or false", _is_bool)
+
+TORCHVISION_HEADER_OPTIONS: Mapping[str, HeaderOption] = {
+    # classifier dropout (AlexNet, VGG, SqueezeNet, EfficientNet, MobileNet, MNASNet, GoogLeNet,
+    # Inception v3, ViT): a probability
+    "dropout": _PROBABILITY,
+    # stochastic depth (ConvNeXt, EfficientNet, Swin): a probability
+    "stochastic_depth_prob": _PROBABILITY,
+    # auxiliary heads of GoogLeNet / Inception v3: extra layers, checked against the file
+    "aux_logits": _FLAG,
+    # GoogLeNet / Inception v3 random-init scheme: overwritten by the stored weights
+    "init_weights": _FLAG,
+}
+"""Options besides ``num_classes`` / ``in_channels`` that a header may set for ``torchvision:``."""
+
+TIMM_HEADER_OPTIONS: Mapping[str, HeaderOption] = {
+    "drop_rate": _PROBABILITY,  # classifier dropout
+    "drop_path_rate": _PROBABILITY,  # stochastic depth
+    # pooling type ("avg", "max", "avgmax", "catavgmax", "token", ""): a short lowercase word
+    "global_pool": HeaderOption("a pooling name of lowercase letters", _is_pool_name),
+}
+"""Options besides ``num_classes`` / ``in_channels`` that a header may set for ``timm:``."""
+
+
+def _refuse_file_kwargs(kind: str, kwargs: dict[str, Any]) -> None:
+    bad = [k for k in _FILE_KWARGS if k in kwargs]
     if bad:
         raise InputError(
             f"{kind} models are always built with random weights here (got {', '.join(bad)}); "
-            "robustlab never downloads weights. Load a local safetensors file with "
-            "create_model(..., weights='path/to/weights.safetensors')"
+            "robustlab never downloads weights nor reads pickled checkpoints. Load a local "
+            "safetensors file with create_model(..., weights='path/to/weights.safetensors')"
         )
 
 
@@ -34,9 +105,21 @@ def _close_matches(name: str, candidates: list[str], n: int = 5, cutoff: float =
     return difflib.get_close_matches(name, candidates, n=n, cutoff=cutoff)
 
 
-def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
+ConvInit = Callable[[nn.Conv2d], None]
+"""Initializes a freshly made convolution in place."""
+
+
+def replace_first_conv(
+    model: nn.Module, in_channels: int, init: ConvInit | None = None
+) -> nn.Module:
     """Replace the first ``nn.Conv2d`` of ``model`` (in module order) by one taking
     ``in_channels`` inputs, keeping every other hyperparameter; a no-op when it already does.
+
+    Args:
+        model: the network, changed in place.
+        in_channels: input channels of the new convolution.
+        init: initializes the new convolution the way the architecture initializes its own
+            (see :func:`torchvision_first_conv_init`); None keeps PyTorch's default.
 
     Raises:
         RobustlabError: when the model has no ``Conv2d`` to adapt.
@@ -60,7 +143,11 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
                 groups=1,
                 bias=module.bias is not None,
                 padding_mode=module.padding_mode,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
             )
+            if init is not None:
+                init(new)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, new)
@@ -70,9 +157,111 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     )
 
 
+def _zero_bias(conv: nn.Conv2d) -> None:
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def _kaiming_fan_out_relu(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    _zero_bias(conv)
+
+
+def _kaiming_fan_out(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+    _zero_bias(conv)
+
+
+def _regnet(conv: nn.Conv2d) -> None:
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+
+
+def _convnext(conv: nn.Conv2d) -> None:
+    nn.init.trunc_normal_(conv.weight, std=0.02)
+    _zero_bias(conv)
+
+
+def _maxvit(conv: nn.Conv2d) -> None:
+    nn.init.normal_(conv.weight, std=0.02)
+    _zero_bias(conv)
+
+
+def _densenet(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight)
+
+
+def _squeezenet(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_uniform_(conv.weight)
+    _zero_bias(conv)
+
+
+def _googlenet(conv: nn.Conv2d) -> None:
+    nn.init.trunc_normal_(conv.weight, mean=0.0, std=0.01, a=-2, b=2)
+
+
+def _inception(conv: nn.Conv2d) -> None:
+    nn.init.trunc_normal_(conv.weight, mean=0.0, std=0.1, a=-2, b=2)
+
+
+def _vit_patchify(conv: nn.Conv2d) -> None:
+    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / fan_in))
+    _zero_bias(conv)
+
+
+def torchvision_first_conv_init(model: nn.Module, init_weights: bool | None = None) -> ConvInit | None:
+    """How torchvision's constructor of ``model`` initializes its first convolution.
+
+    Read from the constructors of torchvision 0.29 (each ``__init__``'s init loop): ResNet, VGG
+    and MNASNet use Kaiming-normal fan-out (ReLU) with zero bias; EfficientNet and MobileNet
+    v2 / v3 Kaiming-normal fan-out; RegNet a normal of std sqrt(2 / fan_out); ConvNeXt a
+    truncated normal of std 0.02 and zero bias; MaxViT a normal of std 0.02; DenseNet
+    Kaiming-normal fan-in; SqueezeNet Kaiming-uniform fan-in and zero bias; GoogLeNet and
+    Inception v3 truncated normals of std 0.01 and 0.1 (unless ``init_weights=False``); ViT's
+    patchify convolution a truncated normal of std sqrt(1 / fan_in) and zero bias. AlexNet,
+    ShuffleNet v2 and Swin keep PyTorch's default, and so does the new convolution (None).
+
+    Without this, an adapted stem keeps PyTorch's default init (Kaiming-uniform with a = sqrt(5),
+    std 1 / sqrt(3 fan_in)): 0.082 instead of 0.025 for a one-channel ResNet-18 stem.
+
+    Returns:
+        the initializer, or None to keep PyTorch's default. An architecture this function does
+        not know also gets None, with a warning.
+    """
+    import torchvision.models as tvm
+
+    table: list[tuple[tuple[type[nn.Module], ...], ConvInit | None]] = [
+        ((tvm.ResNet, tvm.VGG, tvm.MNASNet), _kaiming_fan_out_relu),
+        ((tvm.EfficientNet, tvm.MobileNetV2, tvm.MobileNetV3), _kaiming_fan_out),
+        ((tvm.RegNet,), _regnet),
+        ((tvm.ConvNeXt,), _convnext),
+        ((tvm.MaxVit,), _maxvit),
+        ((tvm.DenseNet,), _densenet),
+        ((tvm.SqueezeNet,), _squeezenet),
+        ((tvm.GoogLeNet,), None if init_weights is False else _googlenet),
+        ((tvm.Inception3,), None if init_weights is False else _inception),
+        ((tvm.AlexNet, tvm.ShuffleNetV2, tvm.SwinTransformer), None),
+    ]
+    if isinstance(model, tvm.VisionTransformer):
+        # the patchify stem is initialized; a convolutional stem (conv_stem_configs) keeps
+        # PyTorch's default except its last 1x1 convolution, which is not the first one
+        return _vit_patchify if isinstance(model.conv_proj, nn.Conv2d) else None
+    for classes, init in table:
+        if isinstance(model, classes):
+            return init
+    warnings.warn(
+        f"robustlab does not know how torchvision initializes the first convolution of "
+        f"{type(model).__name__}; the adapted one keeps PyTorch's default init",
+        stacklevel=3,
+    )
+    return None
+
+
 def build_torchvision(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
     """A randomly initialized torchvision classifier with ``num_classes`` outputs and its first
-    convolution adapted to ``in_channels``.
+    convolution adapted to ``in_channels``, initialized as the architecture initializes it
+    (:func:`torchvision_first_conv_init`).
 
     Raises:
         UnknownNameError: for a name that is not a torchvision classification model, with the
@@ -80,7 +269,7 @@ def build_torchvision(name: str, num_classes: int, in_channels: int, **kwargs: A
     """
     import torchvision
 
-    _refuse_download_kwargs("torchvision", kwargs)
+    _refuse_file_kwargs("torchvision", kwargs)
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         hint = _close_matches(name, known)
@@ -90,11 +279,14 @@ def build_torchvision(name: str, num_classes: int, in_channels: int, **kwargs: A
             + "; see torchvision.models.list_models(module=torchvision.models)"
         )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    return replace_first_conv(model, in_channels)
+    init = torchvision_first_conv_init(model, kwargs.get("init_weights"))
+    return replace_first_conv(model, in_channels, init)
 
 
 def build_timm(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
     """A randomly initialized timm model (``timm.create_model(name, pretrained=False, ...)``).
+
+    timm builds the stem for ``in_chans`` itself, so its own init applies to it.
 
     Raises:
         RobustlabError: when timm is not installed (``pip install robustlab[timm]``).
@@ -106,7 +298,7 @@ def build_timm(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> 
         raise RobustlabError(
             f"'timm:{name}' needs the optional dependency timm: pip install robustlab[timm]"
         ) from None
-    _refuse_download_kwargs("timm", kwargs)
+    _refuse_file_kwargs("timm", kwargs)
     if not timm.is_model(name):
         base = name.split(".")[0]
         candidates = timm.list_models(f"*{base}*") or timm.list_models()

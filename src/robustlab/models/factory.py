@@ -12,6 +12,7 @@ import contextlib
 import copy
 import fnmatch
 import inspect
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,16 @@ from torch import nn
 
 from ..core import CheckpointError, InputError, RobustlabError, UnknownNameError
 from ._registry import MODELS, ModelBuilder
-from .adapters import TIMM_PREFIX, TORCHVISION_PREFIX, build_timm, build_torchvision
+from .adapters import (
+    ADAPTER_NAME,
+    TIMM_HEADER_OPTIONS,
+    TIMM_PREFIX,
+    TORCHVISION_HEADER_OPTIONS,
+    TORCHVISION_PREFIX,
+    HeaderOption,
+    build_timm,
+    build_torchvision,
+)
 from .normalized import Normalized
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar", ".bin"}
@@ -276,12 +286,113 @@ def create_model(
     return model
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+
+
+_COMMON_HEADER_OPTIONS: dict[str, HeaderOption] = {
+    "num_classes": HeaderOption("a positive int", _is_count),
+    "in_channels": HeaderOption("a positive int", _is_count),
+    "mean": HeaderOption("a list of finite numbers", _is_number_list),
+    "std": HeaderOption("a list of finite numbers", _is_number_list),
+}
+_ANY_JSON = HeaderOption("checked by the architecture's constructor", lambda value: True)
+
+
+def header_options(arch: str) -> dict[str, HeaderOption]:
+    """The options a checkpoint header may set for ``arch``: ``num_classes``, ``in_channels``,
+    ``mean`` and ``std``, plus the keyword options of a registered architecture's own builder,
+    or the reviewed lists of :mod:`robustlab.models.adapters` for ``torchvision:`` / ``timm:``.
+
+    ``create_model``'s ``weights`` and ``seed`` are never among them: a header must not name a
+    file to read.
+
+    Raises:
+        UnknownNameError: for an unknown architecture.
+    """
+    name, builder = _resolve(arch)
+    allowed = dict(_COMMON_HEADER_OPTIONS)
+    if builder is None:
+        reviewed = TORCHVISION_HEADER_OPTIONS if name.startswith(TORCHVISION_PREFIX) else TIMM_HEADER_OPTIONS
+        allowed.update(reviewed)
+        return allowed
+    for key, param in inspect.signature(builder).parameters.items():
+        if key not in allowed and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+            allowed[key] = _ANY_JSON
+    return allowed
+
+
+def check_header_recipe(recipe: Any) -> None:
+    """Refuse a recipe (read from an untrusted checkpoint header) that sets anything beyond
+    what :func:`header_options` allows, so that loading never hands a header value to a
+    function that reads files (timm's ``checkpoint_path``, ``create_model``'s ``weights``, ...).
+
+    Raises:
+        CheckpointError: naming the offending key (or name) and what is allowed.
+    """
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("arch"), str):
+        raise CheckpointError(f"checkpoint recipe must be a dict with an 'arch' name, got {recipe!r}")
+    arch = recipe["arch"]
+    unknown_fields = sorted(set(recipe) - {"arch", "kwargs", "conversions"})
+    if unknown_fields:
+        raise CheckpointError(
+            f"checkpoint recipe has unexpected field(s) {', '.join(map(repr, unknown_fields))}; "
+            "a recipe holds only 'arch', 'kwargs' and 'conversions'"
+        )
+    lower = arch.strip().lower()
+    for prefix in (TORCHVISION_PREFIX, TIMM_PREFIX):
+        if lower.startswith(prefix) and not ADAPTER_NAME.fullmatch(arch.strip()[len(prefix) :]):
+            raise CheckpointError(
+                f"checkpoint recipe names the model {arch!r}; after {prefix!r} a checkpoint may "
+                "name only a plain model name (letters, digits, '_', '-', '.'), never a path or "
+                "a source such as 'hf-hub:' or 'local-dir:'"
+            )
+    try:
+        allowed = header_options(arch)
+    except RobustlabError as e:
+        raise CheckpointError(f"checkpoint recipe names an unknown architecture: {e}") from None
+    kwargs = recipe.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"checkpoint recipe 'kwargs' must be a dict, got {kwargs!r}")
+    for key, value in kwargs.items():
+        option = allowed.get(key)
+        if option is None:
+            raise CheckpointError(
+                f"checkpoint recipe for {arch!r} sets {key!r}, which robustlab does not accept "
+                f"from a checkpoint header (a header is untrusted input and must not make the "
+                f"loader read files or take options nobody reviewed); allowed: "
+                f"{', '.join(allowed)}"
+            )
+        if not option.accepts(value):
+            raise CheckpointError(
+                f"checkpoint recipe for {arch!r} sets {key}={value!r}; it must be {option.what}"
+            )
+    conversions = recipe.get("conversions", [])
+    if not isinstance(conversions, list) or not all(
+        isinstance(c, Mapping) and isinstance(c.get("name"), str) and isinstance(c.get("options", {}), Mapping)
+        for c in conversions
+    ):
+        raise CheckpointError(
+            "checkpoint recipe 'conversions' must be a list of {'name': ..., 'options': {...}}, "
+            f"got {conversions!r}"
+        )
+
+
 def model_from_recipe(recipe: Mapping[str, Any]) -> Normalized:
     """Rebuild the architecture a model's ``robustlab_recipe`` describes (random weights).
+
+    The recipe may set only what a checkpoint header may set (:func:`check_header_recipe`).
 
     Raises:
         RobustlabError: for a malformed recipe, or one listing conversions (defenses): those
             are applied by ``robustlab.load``, which also restores the weights.
+        CheckpointError: for an option a header may not set.
     """
     if not isinstance(recipe, Mapping) or not isinstance(recipe.get("arch"), str):
         raise RobustlabError(f"a model recipe is a dict with an 'arch' name, got {recipe!r}")
@@ -295,4 +406,5 @@ def model_from_recipe(recipe: Mapping[str, Any]) -> Normalized:
             f"this recipe lists conversions {names}; models.model_from_recipe builds only the "
             "base architecture, and conversions are applied by robustlab.load"
         )
+    check_header_recipe(recipe)
     return create_model(recipe["arch"], **copy.deepcopy(dict(kwargs)))
