@@ -405,3 +405,14 @@ def test_shortcut_jitter_errors_and_warning():
         convert_downsampling(model, "blurpool", shortcut_jitter="shared")
     with pytest.warns(UserWarning, match="no strided 1x1 shortcut conv"):
         convert_downsampling(robustlab.create_model("resnet32", num_classes=10), "sd", shortcut_jitter="shared")
+
+
+def test_blurpool_filter_size_is_bounded() -> None:
+    # a recipe (e.g. a crafted checkpoint header) could name any filter size; comb() over a
+    # huge one would burn CPU before any shape check
+    from robustlab.defenses.downsampling import BlurPool
+
+    assert BlurPool(2, 16).filter_size == 16
+    for bad in (0, 17, 10**9, 2.5, True):
+        with pytest.raises(InputError, match=r"filter_size must be an int in \[1, 16\]"):
+            BlurPool(2, bad)  # type: ignore[arg-type]

@@ -114,6 +114,11 @@ class AddNoise(Stochastic):
         return x + self.std * noise.to(x.dtype)
 
 
+MAX_FILTER_SIZE = 16
+"""Largest binomial filter BlurPool builds (Zhang, 2019, tries 2 to 7); a bound, since a
+checkpoint's recipe can name any value."""
+
+
 class BlurPool(nn.Module):
     """Anti-aliased downsampling (Zhang, 2019): binomial blur with reflect padding, then stride.
 
@@ -129,8 +134,9 @@ class BlurPool(nn.Module):
     def __init__(self, stride: int | tuple[int, int] = 2, filter_size: int = 3) -> None:
         super().__init__()
         self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        if filter_size < 1:
-            raise InputError(f"filter_size must be >= 1, got {filter_size}")
+        if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
+            raise InputError(
+                f"filter_size must be an int in [1, {MAX_FILTER_SIZE}] (Zhang uses 1 to 7), got {filter_size!r}")
         row = torch.tensor([math.comb(filter_size - 1, k) for k in range(filter_size)], dtype=torch.float32)
         kernel = torch.outer(row, row)
         self.kernel: torch.Tensor
