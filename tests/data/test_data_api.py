@@ -135,3 +135,33 @@ def test_stratified_select_on_imbalanced_labels() -> None:
     assert torch.equal(pos, again)
     prop = stratified_select(targets, 20, seeded_generator(0), balanced=False)
     assert torch.equal(targets[prop].bincount(), torch.tensor([1, 10, 9]))
+
+
+def test_content_hash_is_cached_and_options_are_recorded() -> None:
+    import hashlib
+
+    ds = load_dataset("synthetic", "train", num_classes=3, image_size=6, train_size=30, limit=12)
+    expected = hashlib.sha256(f"{ds.images.dtype}{tuple(ds.images.shape)}".encode())
+    expected.update(ds.images.contiguous().numpy().tobytes())
+    assert ds.content_hash() == expected.hexdigest()
+    ds.images = torch.zeros_like(ds.images)  # computed once: not recomputed for this object
+    assert ds.content_hash() == expected.hexdigest()
+    assert ds.options == {"root": None, "image_size": 6, "num_classes": 3, "train_size": 30}
+    assert ds.subset([0, 1]).options == ds.options
+    other = load_dataset("synthetic", "train", num_classes=3, image_size=7, train_size=30, limit=12)
+    assert torch.equal(other.targets, ds.targets) and other.content_hash() != expected.hexdigest()
+
+
+def test_select_subset_is_the_limit_rule() -> None:
+    from robustlab.data import select_subset
+
+    full = load_dataset("synthetic", "test", num_classes=4, image_size=4, test_size=80)
+    for n, seed in ((10, 0), (37, 3)):
+        limited = load_dataset("synthetic", "test", num_classes=4, image_size=4, test_size=80, limit=n, seed=seed)
+        positions = select_subset(full.targets, n, seed)
+        assert positions.tolist() == limited.indices.tolist()
+        counts = torch.bincount(full.targets[positions], minlength=4).tolist()
+        assert max(counts) - min(counts) <= 1 and sum(counts) == n
+    assert select_subset(full.targets, 500, 0).tolist() == list(range(80))
+    with pytest.raises(InputError, match="n must be an int >= 1"):
+        select_subset(full.targets, 0, 0)

@@ -116,3 +116,24 @@ def test_errors(tmp_path: Path) -> None:
         ds[int(next(i for i, p in enumerate(ds.paths) if p.endswith("broken.png")))]
     with pytest.raises(InputError, match="image_size"):
         load_dataset("imagefolder", "train", root=root, image_size=0)
+
+
+def test_content_hash_covers_the_files_bytes_and_the_output_size(tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    root = _tree(tmp_path / "a")
+    a = load_dataset("imagefolder", "train", root=root, image_size=16)
+    expected = hashlib.sha256(b"size=(16, 16)")
+    for p in a.paths:
+        data = Path(p).read_bytes()
+        expected.update(len(data).to_bytes(8, "little") + data)
+    assert a.content_hash() == expected.hexdigest()
+    assert load_dataset("imagefolder", "train", root=root, image_size=12).content_hash() != a.content_hash()
+    shutil.copytree(root, tmp_path / "b")
+    b = load_dataset("imagefolder", "train", root=tmp_path / "b", image_size=16)
+    assert b.content_hash() == a.content_hash() and b.options["root"] != a.options["root"]
+    Image.new("RGB", (23, 17), (1, 2, 3)).save(tmp_path / "b" / "train" / "cat" / "img0.png")
+    changed = load_dataset("imagefolder", "train", root=tmp_path / "b", image_size=16)
+    assert changed.content_hash() != a.content_hash()
+    assert a.subset([0, 5]).options == a.options == {"root": str(root.resolve()), "image_size": 16}

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -115,19 +116,32 @@ def test_result_is_json_ready_and_round_trips():
     assert "| clean |" in md and "after fgsm" in md and "worst case" in md and "±" in md
 
 
-def test_dataset_input_uses_its_threat_indices_and_first_n():
+def test_n_selects_the_images_load_dataset_limit_keeps_balanced_over_classes():
     from robustlab.data import load_dataset
 
-    ds = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60, limit=30)
+    full = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60)
+    limited = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60, limit=12, seed=5)
     net = linear_model()
-    r = run_battery(net, ds, "quick", n=12, batch_size=5)
-    assert r.n == 12 and r.indices == ds.indices[:12].tolist() and r.dataset == "synthetic"
+    r = run_battery(net, full, "quick", n=12, batch_size=5, seed=5)
+    # the documented rule: the CLI's load_dataset(..., limit=n, seed) subset, not the first n
+    assert r.n == 12 and r.indices == limited.indices.tolist() and r.dataset == "synthetic"
+    assert r.indices != list(range(12)) and r.indices == sorted(r.indices)
+    assert torch.bincount(full.targets[r.indices], minlength=3).tolist() == [4, 4, 4]
     assert r.per_attack["pgd"].config["threat"] == {"norm": "linf", "eps": 0.1}
     assert r.per_attack["pgd"].config["steps"] == 20
-    x = torch.stack([ds[i][0] for i in range(12)])
-    y = torch.tensor([ds[i][1] for i in range(12)])
-    same = run_battery(net, (x, y), "quick", threat=ThreatModel("linf", 0.1), n=12, batch_size=5)
+    # the same images through the CLI's path (the subset, all of it) and as raw tensors
+    via_limit = run_battery(net, limited, "quick", batch_size=5, seed=5)
+    assert via_limit.indices == r.indices and via_limit.config["indices_sha256"] == r.config["indices_sha256"]
+    assert torch.equal(via_limit.robust, r.robust) and torch.equal(via_limit.clean_correct, r.clean_correct)
+    x = torch.stack([full[i][0] for i in range(60)])
+    y = torch.tensor([full[i][1] for i in range(60)])
+    same = run_battery(net, (x, y), "quick", threat=ThreatModel("linf", 0.1), n=12, batch_size=5, seed=5)
+    assert same.indices == r.indices
     assert torch.equal(same.robust, r.robust) and torch.equal(same.clean_correct, r.clean_correct)
+    # another seed picks other images, and the recorded hash says so
+    other = run_battery(net, full, "quick", n=12, batch_size=5, seed=6)
+    assert other.indices != r.indices and other.config["indices_sha256"] != r.config["indices_sha256"]
+    assert r.config["indices_sha256"] == hashlib.sha256(json.dumps(r.indices).replace(" ", "").encode()).hexdigest()
 
 
 def test_describe_attack_holds_threat_steps_loss_and_eot():
@@ -244,3 +258,25 @@ def test_cuda_run_matches_cpu():
     gpu = run_battery(net.cuda(), (x, y), b, batch_size=16)
     assert torch.equal(cpu.clean_correct, gpu.clean_correct)
     assert abs(cpu.robust_acc - gpu.robust_acc) <= 1 / 64
+
+
+def test_a_plain_dataset_gets_the_same_selection_rule():
+    from robustlab.data import load_dataset
+
+    full = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60)
+    limited = load_dataset("synthetic", "test", num_classes=3, image_size=4, test_size=60, limit=12, seed=5)
+
+    class Plain:  # no targets, no subset: labels are read item by item
+        indices = torch.arange(100, 160)  # an attribute of its own, not positions
+
+        def __len__(self):
+            return 60
+
+        def __getitem__(self, i):
+            return full[i]
+
+    net = linear_model()
+    r = run_battery(net, Plain(), Battery([FGSM(T)]), n=12, seed=5)
+    assert r.indices == [100 + i for i in limited.indices.tolist()]
+    reference = run_battery(net, limited, Battery([FGSM(T)]), seed=5)
+    assert torch.equal(r.clean_correct, reference.clean_correct) and torch.equal(r.robust, reference.robust)

@@ -26,7 +26,7 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
         assert list(m["per_attack"]) == ["pgd"]
     assert r["models"][1]["train_images"] == 256 and r["eval_n"] == 60
     report = (tmp_path / "report.md").read_text()
-    assert "resnet-mini (pgd-at)" in report and "worst case (%)" in report and "first 60" in report
+    assert "resnet-mini (pgd-at)" in report and "worst case (%)" in report and "60 attacked" in report
     assert json.loads((tmp_path / "results.json").read_text())["eval_n"] == 60
     assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 2
     # the study's quick profile ran on the demo's standard model and its Table 1 is in the report

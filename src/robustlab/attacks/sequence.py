@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.errors import InputError
 from .base import Attack, ModelFn, RunContext, Verdict
 from .checks import EvalWarning, black_box_warning, probability_rows
 
-__all__ = ["SequenceResult", "StageResult", "run_sequence", "sequence_warnings"]
+__all__ = ["SequenceResult", "SequenceState", "StageResult", "run_sequence", "sequence_warnings"]
 
 
 @dataclass
@@ -46,6 +47,25 @@ class StageResult:
     nonfinite_grads: int = 0
     seconds: float = 0.0
     queries: torch.Tensor | None = None
+
+
+@dataclass
+class SequenceState:
+    """Where a sequence stands on a batch after some of its attacks: what an evaluator saves
+    mid-batch, and what :func:`run_sequence` resumes from.
+
+    Attributes:
+        clean_correct: the verdict classified the clean input correctly.
+        robust: clean-correct and no finished attack broke it.
+        stages: one :class:`StageResult` per finished attack, in order; the next attack to
+            run is ``len(stages)``.
+        probability_rows: clean output rows that looked like probabilities.
+    """
+
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    stages: list[StageResult]
+    probability_rows: int
 
 
 @dataclass
@@ -80,7 +100,8 @@ def run_sequence(
     generator: Callable[[int], torch.Generator],
     shrink: bool = True,
     on_stage: Callable[[str, int], None] | None = None,
-    after_attack: Callable[[int, torch.Tensor], None] | None = None,
+    after_attack: Callable[[int, SequenceState], None] | None = None,
+    resume: SequenceState | None = None,
 ) -> SequenceResult:
     """Run ``attacks`` in order on ``(x, y)`` (untargeted), each on the samples still robust.
 
@@ -93,26 +114,41 @@ def run_sequence(
         shrink: whether attacks may stop early on confirmed samples.
         on_stage: called with ``("clean", -1)``, ``("attack", i)`` and ``("verdict", i)``
             before each step (an evaluator seeds the model's random layers there).
-        after_attack: called with ``(i, robust)`` after attack ``i`` was judged.
+        after_attack: called with ``(i, state)`` after attack ``i`` was judged; ``state`` is the
+            live :class:`SequenceState` (``state.robust``, ``state.stages[i]``), which an
+            evaluator may save to resume from.
+        resume: a state saved after some attacks on this very batch: the clean verdict and
+            those attacks are skipped, and the sequence continues with attack
+            ``len(resume.stages)`` from ``resume``'s masks. With per-attack generators and
+            per-stage seeds (``generator``, ``on_stage``) the outcome equals an uninterrupted
+            run's, except that ``x_adv`` holds the clean input and ``logits`` NaN for the
+            samples the skipped attacks settled.
     """
     def stage(kind: str, i: int) -> None:
         if on_stage is not None:
             on_stage(kind, i)
 
-    stage("clean", -1)
-    wrong, logits = verdict.judge(fmodel, x, y)
-    clean_correct = ~wrong
-    prob_rows = probability_rows(logits)
-    robust = clean_correct.clone()
     x_adv = x.clone()
-    logits = logits.clone()
-    stages = []
-    for i, attack in enumerate(attacks):
+    logits: torch.Tensor | None
+    if resume is None:
+        stage("clean", -1)
+        wrong, clean_logits = verdict.judge(fmodel, x, y)
+        state = SequenceState(~wrong, (~wrong).clone(), [], probability_rows(clean_logits))
+        logits = clean_logits.clone()
+    else:
+        if not 0 <= len(resume.stages) <= len(attacks):
+            raise InputError(f"resume holds {len(resume.stages)} stages for {len(attacks)} attacks")
+        state = SequenceState(resume.clean_correct.to(x.device).clone(), resume.robust.to(x.device).clone(),
+                              list(resume.stages), resume.probability_rows)
+        logits = None
+    robust = state.robust
+    for i in range(len(state.stages), len(attacks)):
+        attack = attacks[i]
         idx = robust.nonzero().squeeze(1)
         seen = torch.zeros_like(robust)
         broken = torch.zeros_like(robust)
         record = StageResult(seen, broken)
-        stages.append(record)
+        state.stages.append(record)
         if idx.numel():
             t0 = time.perf_counter()
             counts = (fmodel.forward_passes, fmodel.backward_passes, fmodel.grad_evaluations,
@@ -125,6 +161,8 @@ def run_sequence(
             success, at_points = verdict.judge(fmodel, points, y[idx])
             hit = idx[success]
             x_adv[idx] = points
+            if logits is None:
+                logits = at_points.new_full((x.shape[0], at_points.shape[1]), float("nan"))
             logits[idx] = at_points
             robust[hit] = False
             seen[idx] = True
@@ -139,8 +177,10 @@ def run_sequence(
                 record.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
                 record.queries[idx] = ctx.queries
         if after_attack is not None:
-            after_attack(i, robust)
-    return SequenceResult(x_adv, clean_correct, robust, logits, stages, prob_rows)
+            after_attack(i, state)
+    if logits is None:
+        logits = x.new_full((x.shape[0], 0), float("nan"))
+    return SequenceResult(x_adv, state.clean_correct, robust, logits, state.stages, state.probability_rows)
 
 
 def sequence_warnings(

@@ -12,7 +12,7 @@ Example:
 """
 
 from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: F401  (register)
-from .api import DATASETS, DatasetBuilder, get_info, load_dataset
+from .api import DATASETS, DatasetBuilder, get_info, load_dataset, select_subset
 from .augment import (
     AUGMENTATIONS,
     Augmentation,
@@ -56,4 +56,5 @@ __all__ = [
     "random_flip",
     "random_resized_crop",
     "read_idx",
+    "select_subset",
 ]

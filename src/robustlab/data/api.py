@@ -8,20 +8,23 @@ Splitting (the ``"val"`` hold-out) and subsetting (``limit``) live here, once, f
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from robustlab.core import InputError, Registry
 
 from .base import SPLITS, DatasetInfo, ImageDataset
 from .splits import seeded_generator, stratified_select
 
-__all__ = ["DATASETS", "DatasetBuilder", "get_info", "load_dataset"]
+__all__ = ["DATASETS", "DatasetBuilder", "get_info", "load_dataset", "select_subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,38 @@ def _val_count(val_size: int | float, n: int) -> int:
     return val_size
 
 
+def select_subset(targets: Tensor, n: int, seed: int = 0) -> Tensor:
+    """The positions of the ``n`` items ``limit=n`` keeps: the one rule for "``n`` samples".
+
+    A deterministic subset balanced over classes as far as class sizes allow (each class's items
+    drawn from a generator seeded by ``seed``), returned sorted, so the original order is kept.
+    :func:`load_dataset` applies it for ``limit`` and :func:`robustlab.evaluate.run_battery`
+    for ``n``, so ``run_battery(model, load_dataset(name, "test"), battery, n=100, seed=s)``
+    attacks exactly the images of ``load_dataset(name, "test", limit=100, seed=s)``. Unlike the
+    first ``n`` items, it does not depend on how the files happen to be ordered (an image folder
+    lists its items class by class).
+
+    Args:
+        targets: 1-D integer labels of the items to choose from.
+        n: how many to keep; ``n >= len(targets)`` keeps every position.
+        seed: an int >= 0.
+    """
+    total = int(targets.numel())
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be an int >= 1, got {n!r}")
+    if n >= total:
+        seeded_generator(seed)  # validates the seed
+        return torch.arange(total)
+    return stratified_select(targets, n, seeded_generator(seed, _LIMIT_STREAM), balanced=True)
+
+
+def _load_options(root: str | os.PathLike[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready load options of a split (the resolved root and the dataset's options)."""
+    resolved = str(Path(root).expanduser().resolve()) if root is not None else None
+    options: dict[str, Any] = json.loads(json.dumps(kwargs, sort_keys=True, default=repr))
+    return {"root": resolved, **options}
+
+
 def get_info(name: str, **kwargs: Any) -> DatasetInfo:
     """Describe dataset ``name`` (classes, channels, size, mean/std, threat model).
 
@@ -148,6 +183,9 @@ def load_dataset(
         InputError: bad split, ``val_size``, ``limit``, ``seed`` or option.
         DataNotFoundError: the files are missing; the message says how to get them.
         DataFormatError: the files are corrupt or unsafe.
+
+    The returned dataset's ``options`` record ``root`` (resolved; ``None`` for the dataset's
+    default) and the dataset's own options, for the training fingerprint.
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -181,10 +219,8 @@ def load_dataset(
             keep[val_pos] = False
             positions = keep.nonzero().squeeze(1)
     if limit is not None and limit < positions.numel():
-        picked = stratified_select(
-            full.targets[positions], limit, seeded_generator(seed, _LIMIT_STREAM), balanced=True
-        )
-        positions = positions[picked]
+        positions = positions[select_subset(full.targets[positions], limit, seed)]
+    full.options = _load_options(root, kwargs)
     ds = full if positions.numel() == len(full) else full.subset(positions, split=split)
     logger.debug("loaded %s split=%s: %d items", ds.info.name, split, len(ds))
     return ds

@@ -7,6 +7,7 @@ per-channel mean and std for the model to use, never for the data pipeline.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,12 +111,17 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
         indices: int64 position of each item in the full underlying split (for ``"val"`` and for
             ``"train"`` with a hold-out, the full training split), so every subset is traceable.
         split: ``"train"``, ``"val"`` or ``"test"``.
+        options: how the split was loaded (``root`` and the dataset's own options, as
+            JSON-ready values), set by :func:`~robustlab.data.load_dataset`; ``{}`` otherwise.
+            Part of the training fingerprint, so a run resumes only on the data it started on.
     """
 
     info: DatasetInfo
     targets: Tensor
     indices: Tensor
     split: str
+    options: dict[str, Any]
+    _content_hash: str | None
 
     def _init_common(
         self, info: DatasetInfo, targets: Tensor, split: str, indices: Tensor | None
@@ -141,6 +147,8 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
         self.targets = targets
         self.indices = indices
         self.split = split
+        self.options = {}
+        self._content_hash = None
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -151,15 +159,45 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
     def subset(self, positions: Tensor | Sequence[int], split: str | None = None) -> ImageDataset:
         """Return the items at ``positions`` (of this dataset) as a new dataset of the same kind.
 
-        ``indices`` of the result still point into the full underlying split.
+        ``indices`` of the result still point into the full underlying split; ``options`` are
+        carried over.
         """
         raise NotImplementedError
+
+    def content_hash(self) -> str:
+        """SHA-256 over the stored pixel content of every item, in order (computed once, cached).
+
+        Labels and indices are not part of it (the training fingerprint hashes those
+        separately), so two splits with the same labels but other pixels (another image size,
+        another copy of the files) hash differently. Subclasses hash what they store
+        (:class:`TensorImageDataset` its image tensor, ``ImageFolderDataset`` its files'
+        bytes); this default hashes every item as returned by ``__getitem__``.
+        """
+        cached = getattr(self, "_content_hash", None)
+        if cached is None:
+            cached = self._compute_content_hash()
+            self._content_hash = cached
+        return cached
+
+    def _compute_content_hash(self) -> str:
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            update_tensor_hash(h, torch.as_tensor(self[i][0]))
+        return h.hexdigest()
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.info.name!r}, split={self.split!r}, "
             f"n={len(self)}, classes={self.info.num_classes})"
         )
+
+
+def update_tensor_hash(h: Any, t: Tensor) -> None:
+    """Feed ``t``'s dtype, shape and raw bytes to the hash object ``h`` (``hashlib`` style)."""
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _positions(positions: Tensor | Sequence[int], n: int) -> Tensor:
@@ -210,6 +248,11 @@ class TensorImageDataset(ImageDataset):
             raise InputError(f"got {images.shape[0]} images and {self.targets.numel()} labels")
         self.images = images
 
+    def _compute_content_hash(self) -> str:
+        h = hashlib.sha256()
+        update_tensor_hash(h, self.images)
+        return h.hexdigest()
+
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.images[i]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
@@ -220,10 +263,12 @@ class TensorImageDataset(ImageDataset):
     ) -> TensorImageDataset:
         """Return the items at ``positions`` as a new in-memory dataset (images are copied)."""
         pos = _positions(positions, len(self))
-        return TensorImageDataset(
+        out = TensorImageDataset(
             self.images.index_select(0, pos),
             self.targets.index_select(0, pos),
             self.info,
             split if split is not None else self.split,
             self.indices.index_select(0, pos),
         )
+        out.options = dict(getattr(self, "options", {}))
+        return out

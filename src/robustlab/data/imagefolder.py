@@ -14,6 +14,7 @@ paper, Sec. 4.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -174,13 +175,29 @@ class ImageFolderDataset(ImageDataset):
     ) -> ImageFolderDataset:
         """Return the items at ``positions`` as a new lazily loaded dataset."""
         pos = _positions(positions, len(self))
-        return ImageFolderDataset(
+        out = ImageFolderDataset(
             [self.paths[i] for i in pos.tolist()],
             self.targets.index_select(0, pos),
             self.info,
             split if split is not None else self.split,
             self.indices.index_select(0, pos),
         )
+        out.options = dict(getattr(self, "options", {}))
+        return out
+
+    def _compute_content_hash(self) -> str:
+        """SHA-256 over the output size and every file's length and bytes, in item order.
+
+        The stored content of an image folder is its encoded files: hashing their bytes reads
+        every file once (no decoding), and the output size stands for the resize.
+        """
+        h = hashlib.sha256(f"size={tuple(self.info.image_size)}".encode())
+        for path in self.paths:
+            with open(path, "rb") as f:
+                data = f.read()
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.hexdigest()
 
 
 def _info(classes: tuple[str, ...], size: tuple[int, int]) -> DatasetInfo:

@@ -4,7 +4,7 @@
 
     from robustlab.evaluate import Ledger, run_battery
 
-    result = run_battery(model, test_set, "standard", n=1000, seed=0, state_dir="runs/x/state")
+    result = run_battery(model, test_set, "standard", n=1000, seed=0, state_dir=state_dir_for("runs/x"))
     Ledger("runs/x/ledger.sqlite").add(result)
     print(result.markdown())
 
@@ -17,9 +17,20 @@ a False Sense of Security", Sec. 4.3).
 
 from .battery import BATTERIES, Battery, BatteryFactory, create_battery, describe_attack, jsonable
 from .corruption import CorruptionResult, evaluate_corruptions
-from .ledger import CSV_COLUMNS, Ledger, LedgerRow, record
-from .result import AttackSummary, EvalResult, decode_mask, encode_mask, mean_std
+from .ledger import CSV_COLUMNS, LeaderboardGroup, Ledger, LedgerRow, leaderboard_groups, record
+from .result import (
+    AttackSummary,
+    EvalResult,
+    battery_threat,
+    decode_mask,
+    encode_mask,
+    format_eps,
+    indices_hash,
+    mean_std,
+    robust_measure,
+)
 from .runner import (
+    STATE_DIR_NAME,
     ProgressCallback,
     ProgressEvent,
     derive_seed,
@@ -27,6 +38,7 @@ from .runner import (
     model_hash,
     model_name,
     run_battery,
+    state_dir_for,
     versions,
 )
 from .state import EvalState
@@ -34,16 +46,19 @@ from .state import EvalState
 __all__ = [
     "BATTERIES",
     "CSV_COLUMNS",
+    "STATE_DIR_NAME",
     "AttackSummary",
     "Battery",
     "BatteryFactory",
     "CorruptionResult",
     "EvalResult",
     "EvalState",
+    "LeaderboardGroup",
     "Ledger",
     "LedgerRow",
     "ProgressCallback",
     "ProgressEvent",
+    "battery_threat",
     "create_battery",
     "decode_mask",
     "derive_seed",
@@ -51,11 +66,16 @@ __all__ = [
     "encode_mask",
     "evaluate_corruptions",
     "ensemble_predict",
+    "format_eps",
+    "indices_hash",
     "jsonable",
+    "leaderboard_groups",
     "mean_std",
     "model_hash",
     "model_name",
     "record",
+    "robust_measure",
     "run_battery",
+    "state_dir_for",
     "versions",
 ]

@@ -100,12 +100,14 @@ def evaluate_corruptions(
     device: torch.device | str | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> CorruptionResult:
-    """Accuracy of ``model`` on the first ``n`` images of ``data`` under every corruption.
+    """Accuracy of ``model`` on ``n`` images of ``data`` under every corruption.
 
     Args:
         model: the classifier (its train/eval mode is left as it is).
         data: a dataset of ``(image, label)`` or an ``(x, y)`` pair of tensors, images in [0, 1].
-        n: how many clean images (default all); each is corrupted once per corruption/severity.
+        n: how many clean images (default all), chosen by the library's one rule for "n
+            samples" (:func:`robustlab.data.select_subset` with ``seed``, as ``run_battery``);
+            each is corrupted once per corruption and severity.
         corruptions: names from :data:`robustlab.data.corruptions.CORRUPTIONS`.
         severities: severities 1-5.
         batch_size: images per forward pass.
@@ -115,7 +117,7 @@ def evaluate_corruptions(
         device: where to run; default the model's device.
         progress: called as ``progress(corruption, severity)`` after each one.
     """
-    samples = _Samples(data, n)
+    samples = _Samples(data, n, seed)
     total = samples.n
     if device is None:
         device = _model_device(model)

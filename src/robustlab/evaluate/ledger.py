@@ -29,9 +29,17 @@ from typing import IO, Any
 import torch
 
 from ..core.errors import InputError, RobustlabError
-from .result import AttackSummary, EvalResult, encode_mask
+from .result import (
+    AttackSummary,
+    EvalResult,
+    battery_threat,
+    encode_mask,
+    format_eps,
+    indices_hash,
+    robust_measure,
+)
 
-__all__ = ["CSV_COLUMNS", "Ledger", "LedgerRow", "record"]
+__all__ = ["CSV_COLUMNS", "LeaderboardGroup", "Ledger", "LedgerRow", "leaderboard_groups", "record"]
 
 SCHEMA_VERSION = 1
 
@@ -143,22 +151,47 @@ class LedgerRow:
             d["masks"] = {k: encode_mask(v) for k, v in self.masks.items()}
         return d
 
+    @property
+    def indices_sha256(self) -> str:
+        """SHA-256 of the evaluated samples' indices (recorded in ``config``; recomputed from
+        ``indices`` for rows written before it was)."""
+        return str(self.config.get("indices_sha256") or indices_hash(self.indices))
+
     def summary(self) -> dict[str, Any]:
-        """The leaderboard columns: id, model, dataset, battery, n, clean, robust, repeats, how the
-        model's randomness was known (``protocol``, ``detected``, ``none``), the codes of the
-        sanity checks' warnings, seconds."""
+        """The leaderboard columns of this row.
+
+        ``id``, ``model``, ``hash`` (12 characters of the weight hash), ``dataset``,
+        ``battery`` (its name, in full), ``attacks`` (every attack label, in order),
+        ``measure`` (what ``robust`` is: ``worst case over k attacks`` for a battery of
+        several, ``robust under <attack>`` for a single attack), ``norm`` and ``eps`` of the
+        threat model (``None`` when the battery's attacks differ), ``eps_text``
+        (:func:`format_eps`), ``n``, ``samples`` (12 characters of the indices' SHA-256, which
+        tells apart two rows of the same ``n`` on other images), ``seed``, ``clean``,
+        ``clean_std``, ``robust``, ``robust_std``, ``repeats``, ``ensemble``, ``randomness``
+        (``protocol``, ``detected``, ``none``), ``warnings`` (the sanity checks' codes),
+        ``seconds``, ``created_at``.
+        """
+        threat = battery_threat(self.config)
         return {
             "id": self.id,
             "model": self.model_name,
             "hash": self.model_hash[:12],
             "dataset": self.dataset,
             "battery": self.battery,
+            "attacks": ", ".join(str(a.get("label", a.get("name", "?"))) for a in self.attacks),
+            "measure": robust_measure(self.config),
+            "norm": threat.get("norm") if threat else None,
+            "eps": threat.get("eps") if threat else None,
+            "eps_text": format_eps(float(threat["eps"])) if threat and "eps" in threat else "mixed",
             "n": self.n,
+            "samples": self.indices_sha256[:12],
+            "seed": self.seed,
             "clean": self.clean_acc,
             "clean_std": self.clean_std,
             "robust": self.robust_acc,
             "robust_std": self.robust_std,
             "repeats": self.repeats,
+            "ensemble": self.ensemble,
             "randomness": str(self.config.get("randomness", "protocol" if self.config.get("stochastic") else "none")),
             "warnings": ",".join(sorted({str(w.get("code")) for w in self.config.get("warnings", [])})),
             "seconds": self.seconds,
@@ -411,23 +444,87 @@ class Ledger:
         return text
 
     def markdown(self, rows: Sequence[LedgerRow] | None = None, digits: int = 2) -> str:
-        """A Markdown leaderboard of rows (default: all), best worst-case robust accuracy first."""
+        """A Markdown leaderboard of rows (default: all): one table per :func:`leaderboard_groups`
+        group (dataset, threat model, battery), best robust accuracy first within each.
+
+        A single attack is never ranked with batteries under one "worst case" heading: each
+        group's robust column says what it measures (``worst case over 4 attacks (%)``,
+        ``robust under pgd (%)``). Every row shows n, the samples' hash and the seed.
+        """
         from ..report import format_pct, markdown_table
 
-        rows = sorted(self.rows() if rows is None else rows, key=lambda r: -r.robust_acc)
-        table = []
-        for r in rows:
-            s = r.summary()
-            multi = r.repeats > 1
-            table.append({
-                "id": s["id"], "model": f"{s['model']} ({s['hash']})", "dataset": s["dataset"],
-                "battery": s["battery"], "n": s["n"],
-                "clean (%)": format_pct(r.clean_acc, r.clean_std if multi else None, digits),
-                "robust (%)": format_pct(r.robust_acc, r.robust_std if multi else None, digits),
-                "randomness": s["randomness"], "warnings": s["warnings"] or "-",
-                "time (s)": f"{r.seconds:.1f}",
-            })
-        return markdown_table(table)
+        rows = self.rows() if rows is None else rows
+        blocks = []
+        for group in leaderboard_groups(rows):
+            table = []
+            for r in group.rows:
+                s = r.summary()
+                multi = r.repeats > 1
+                table.append({
+                    "id": s["id"], "model": f"{s['model']} ({s['hash']})", "n": s["n"],
+                    "samples": s["samples"], "seed": s["seed"], "repeats": s["repeats"],
+                    "clean (%)": format_pct(r.clean_acc, r.clean_std if multi else None, digits),
+                    f"{group.measure} (%)": format_pct(r.robust_acc, r.robust_std if multi else None, digits),
+                    "randomness": s["randomness"], "warnings": s["warnings"] or "-",
+                    "time (s)": f"{r.seconds:.1f}",
+                })
+            blocks.append(f"**{group.title}**\n\n" + markdown_table(table))
+        return "\n".join(blocks)
+
+
+@dataclass(frozen=True)
+class LeaderboardGroup:
+    """Rows that may be ranked together: same dataset, threat model and battery (attacks).
+
+    Attributes:
+        dataset: the dataset's name.
+        norm: the threat model's norm (``None`` when the battery's attacks differ).
+        eps: its radius (``None`` likewise).
+        battery: the battery's name, in full.
+        attacks: the battery's attack labels, in order.
+        measure: what the robust accuracy is (:func:`~robustlab.evaluate.result.robust_measure`).
+        rows: the rows, best robust accuracy first (then oldest first).
+    """
+
+    dataset: str
+    norm: str | None
+    eps: float | None
+    battery: str
+    attacks: tuple[str, ...]
+    measure: str
+    rows: tuple[LedgerRow, ...]
+
+    @property
+    def title(self) -> str:
+        """A one-line heading: ``fashion-mnist, linf eps 0.1, battery `standard` (apgd-ce, ...)``."""
+        threat = (f"{self.norm} eps {format_eps(self.eps)}" if self.norm is not None and self.eps is not None
+                  else "mixed threat models")
+        return (f"{self.dataset}, {threat}, battery `{self.battery}` ({', '.join(self.attacks)}): "
+                f"{self.measure}")
+
+
+def leaderboard_groups(rows: Sequence[LedgerRow]) -> list[LeaderboardGroup]:
+    """Split rows into groups that may be ranked together (:class:`LeaderboardGroup`): a
+    leaderboard ranks within a group only, so a single attack's robust accuracy never sits in
+    one ranking with a battery's worst case, nor L2 with Linf, nor one eps with another.
+
+    Groups come sorted by dataset, battery, norm and eps; rows within a group by robust
+    accuracy, best first.
+    """
+    grouped: dict[tuple[Any, ...], list[LedgerRow]] = {}
+    for r in rows:
+        threat = battery_threat(r.config) or {}
+        attacks = tuple(str(a.get("label", a.get("name", "?"))) for a in r.attacks)
+        eps = threat.get("eps")
+        key = (r.dataset, r.battery, attacks, threat.get("norm"), None if eps is None else float(eps))
+        grouped.setdefault(key, []).append(r)
+    out = []
+    for key in sorted(grouped, key=lambda k: (k[0], k[1], k[2], str(k[3]), -1.0 if k[4] is None else k[4])):
+        dataset, battery, attacks, norm, eps = key
+        members = sorted(grouped[key], key=lambda r: (-r.robust_acc, r.id))
+        out.append(LeaderboardGroup(dataset, norm, eps, battery, attacks,
+                                    robust_measure(members[0].config), tuple(members)))
+    return out
 
 
 def record(result: EvalResult, *ledgers: Ledger | str | os.PathLike[str], **kw: Any) -> list[int]:

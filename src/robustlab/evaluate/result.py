@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +13,56 @@ import torch
 
 from ..attacks.checks import EvalWarning
 
-__all__ = ["AttackSummary", "EvalResult", "decode_mask", "encode_mask", "mean_std"]
+__all__ = [
+    "AttackSummary",
+    "EvalResult",
+    "battery_threat",
+    "decode_mask",
+    "encode_mask",
+    "format_eps",
+    "indices_hash",
+    "mean_std",
+    "robust_measure",
+]
+
+
+def indices_hash(indices: Sequence[int]) -> str:
+    """SHA-256 of the evaluated samples' indices (their canonical JSON list), so two results
+    labelled with the same ``n`` but computed on other samples are told apart."""
+    blob = json.dumps([int(i) for i in indices], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def battery_threat(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The threat model every attack of a result's battery used (``{"norm", "eps"}``), or
+    ``None`` when its attacks differ or none is recorded."""
+    battery = config.get("battery", {})
+    attacks = battery.get("attacks", []) if isinstance(battery, Mapping) else []
+    threats = {json.dumps(a.get("threat"), sort_keys=True) for a in attacks if isinstance(a, Mapping)}
+    if len(threats) != 1:
+        return None
+    threat = json.loads(threats.pop())
+    return threat if isinstance(threat, dict) else None
+
+
+def format_eps(eps: float) -> str:
+    """An eps as people write it: ``8/255 (0.03137)`` when it is a whole number of 255ths,
+    else its shortest exact-looking decimal (``0.1``, ``0.5``)."""
+    k = eps * 255
+    if 0 < eps <= 1 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255 ({eps:.4g})"
+    return f"{eps:.6g}"
+
+
+def robust_measure(config: Mapping[str, Any]) -> str:
+    """What a result's robust accuracy is: ``worst case over 4 attacks`` for a battery of
+    several attacks, ``robust under pgd`` for a single attack (never a "worst case")."""
+    battery = config.get("battery", {})
+    attacks = battery.get("attacks", []) if isinstance(battery, Mapping) else []
+    labels = [str(a.get("label", a.get("name", "?"))) for a in attacks if isinstance(a, Mapping)]
+    if len(labels) == 1:
+        return f"robust under {labels[0]}"
+    return f"worst case over {len(labels)} attacks"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -167,6 +218,11 @@ class EvalResult:
     def battery(self) -> str:
         """The battery's name."""
         return str(self.config.get("battery", {}).get("name", ""))
+
+    @property
+    def indices_sha256(self) -> str:
+        """SHA-256 of ``indices`` (:func:`indices_hash`): which samples were evaluated."""
+        return str(self.config.get("indices_sha256") or indices_hash(self.indices))
 
     @property
     def warnings(self) -> tuple[EvalWarning, ...]:

@@ -18,6 +18,12 @@ Randomness is explicit and derived, never taken from the clock or the global RNG
 generator of every (repeat, batch, attack) and the seeds of the model's random layers at every
 stage are derived from ``seed``, so a run repeats bit for bit on the same machine, and a run
 resumed from its saved state (``state_dir``) gives exactly the numbers of an uninterrupted one.
+The state is saved after every batch and, inside a batch, after any attack that ends more than
+``save_interval`` (60 s) after the last save, so an interrupted run loses at most about a minute
+plus one attack.
+
+``n`` samples are chosen by the one rule of the library (:func:`robustlab.data.select_subset`):
+the deterministic class-balanced subset ``load_dataset(..., limit=n, seed=seed)`` keeps.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from ..attacks.checks import (
     randomized_without_eot,
     train_mode_warning,
 )
+from ..attacks.sequence import SequenceState, StageResult
 from ..core.bpda import BPDAMode
 from ..core.bpda import bpda as bpda_context
 from ..core.checkpoint import content_hash
@@ -63,11 +70,13 @@ from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
 from ..core.randomness import seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
+from ..data import select_subset
 from .battery import Battery, create_battery, jsonable
-from .result import AttackSummary, EvalResult, mean_std
+from .result import AttackSummary, EvalResult, indices_hash, mean_std
 from .state import EvalState
 
 __all__ = [
+    "STATE_DIR_NAME",
     "ProgressCallback",
     "ProgressEvent",
     "derive_seed",
@@ -75,12 +84,15 @@ __all__ = [
     "model_hash",
     "model_name",
     "run_battery",
+    "state_dir_for",
     "versions",
 ]
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
+STATE_DIR_NAME = "eval-state"
+"""The evaluation-state folder's name inside a run folder (``runs/<name>/eval-state``)."""
 _LAYER_SEED_BITS = 40  # seed_stochastic multiplies by ~2**20; keep the product below 2**63
 
 
@@ -90,18 +102,21 @@ class ProgressEvent:
 
     Attributes:
         kind: ``"start"`` (once, before any work; ``completed`` counts batches restored from a
-            saved state), ``"attack"`` (an attack finished on a batch), ``"batch"`` (a batch
-            finished and its state was saved) or ``"end"`` (once, after the last batch).
+            saved state), ``"attack"`` (an attack finished on a batch), ``"saved"`` (the batch
+            in progress was saved after ``attack``, mid-batch: on time, or on an interrupt),
+            ``"batch"`` (a batch finished and its state was saved) or ``"end"`` (once, after
+            the last batch).
         completed: batches finished so far, over all repeats.
         total: batches in the whole run (``repeats * batches``).
         repeat: the current repeat (0-based).
         batch: the current batch (0-based).
-        attack: the label of the attack that finished (``"attack"`` events only).
+        attack: the label of the attack that finished (``"attack"`` events), or of the last
+            attack the saved state holds for the batch (``"saved"`` events).
         robust: samples of the current batch still robust after this stage.
         size: samples in the current batch.
     """
 
-    kind: Literal["start", "attack", "batch", "end"]
+    kind: Literal["start", "attack", "saved", "batch", "end"]
     completed: int
     total: int
     repeat: int = 0
@@ -174,24 +189,45 @@ def ensemble_predict(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch
     return probs.argmax(dim=1)
 
 
-class _Samples:
-    """The first ``n`` samples of a dataset or of ``(x, y)`` tensors, served by position."""
+def _select(targets: torch.Tensor, n: int, seed: int | None) -> torch.Tensor:
+    return torch.arange(n) if seed is None else select_subset(targets, n, seed)
 
-    def __init__(self, data: Any, n: int | None) -> None:
+
+def state_dir_for(run_folder: str | os.PathLike[str]) -> Path:
+    """The default evaluation-state folder of a run: ``<run folder>/eval-state``.
+
+    Pass it as ``run_battery(state_dir=...)`` so that every evaluation of the run can resume
+    (the CLI passes the folder of the evaluated checkpoint's run). States of different models,
+    data or settings live side by side in it, one subfolder per state key.
+    """
+    return Path(run_folder) / STATE_DIR_NAME
+
+
+class _Samples:
+    """The ``n`` samples of a dataset or of ``(x, y)`` tensors the selection rule picks
+    (:func:`robustlab.data.select_subset` with ``seed``; the first ``n`` with ``seed=None``, as
+    the corruption evaluation still does), served by position."""
+
+    def __init__(self, data: Any, n: int | None, seed: int | None) -> None:
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
             x, y = data
             check_images(x, "x")
             check_labels(y, x.shape[0])
-            self._x: torch.Tensor | None = x
-            self._y: torch.Tensor | None = y
-            self._dataset: Any = None
             total = int(x.shape[0])
             self.name = "tensors"
             self.split: str | None = None
             self.threat: ThreatModel | None = None
+            n = self._check_n(n, total)
+            positions = _select(y, n, seed)
+            if n < total:
+                x, y = x[positions], y[positions]
+            self._x: torch.Tensor | None = x
+            self._y: torch.Tensor | None = y
+            self._dataset: Any = None
+            self.indices = [int(i) for i in positions.tolist()]
+            self.fingerprint = content_hash({"x": x, "y": y}, {})
         elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
             self._x = self._y = None
-            self._dataset = data
             total = len(data)
             info = getattr(data, "info", None)
             self.name = str(getattr(info, "name", type(data).__name__))
@@ -199,11 +235,35 @@ class _Samples:
             self.split = str(split) if split is not None else None
             threat = getattr(info, "threat", None)
             self.threat = threat if isinstance(threat, ThreatModel) else None
+            n = self._check_n(n, total)
+            targets = getattr(data, "targets", None)
+            if n < total and seed is None:
+                positions = torch.arange(n)
+            elif n < total:
+                if not (isinstance(targets, torch.Tensor) and targets.numel() == total):
+                    targets = torch.as_tensor([int(data[i][1]) for i in range(total)], dtype=torch.long)
+                positions = _select(targets, n, seed)
+            else:
+                positions = torch.arange(total)
+            base = getattr(data, "indices", None)
+            if isinstance(base, torch.Tensor) and base.numel() == total:
+                self.indices = [int(i) for i in base[positions].tolist()]
+            else:
+                self.indices = [int(i) for i in positions.tolist()]
+            if n < total:
+                subset = getattr(data, "subset", None)
+                data = subset(positions) if callable(subset) else torch.utils.data.Subset(data, positions.tolist())
+            self._dataset = data
+            content = getattr(data, "content_hash", None)
+            self.fingerprint = str(content()) if callable(content) else ""
         else:
             raise InputError(
                 f"data must be a dataset (e.g. robustlab.data.load_dataset(...)) or an (x, y) "
                 f"pair of tensors, got {type(data).__name__}"
             )
+        self.n = n
+
+    def _check_n(self, n: int | None, total: int) -> int:
         if n is None:
             n = total
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -215,16 +275,7 @@ class _Samples:
                 f"n={n} samples were asked for, but the {self.name!r} data holds only {total}; "
                 f"pass n <= {total} (or n=None for all)"
             )
-        self.n = n
-        base = getattr(self._dataset, "indices", None)
-        if isinstance(base, torch.Tensor) and base.numel() == total:
-            self.indices = [int(i) for i in base[:n].tolist()]
-        else:
-            self.indices = list(range(n))
-        if self._x is not None and self._y is not None:
-            self.fingerprint = content_hash({"x": self._x[:n], "y": self._y[:n]}, {})
-        else:
-            self.fingerprint = ""
+        return n
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity of the data (part of the state key and the result config)."""
@@ -291,6 +342,7 @@ def run_battery(
     name: str | None = None,
     bpda: BPDAMode | None = None,
     train_mode_ok: bool = False,
+    save_interval: float = 60.0,
 ) -> EvalResult:
     """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
 
@@ -322,7 +374,13 @@ def run_battery(
         battery: a :class:`Battery`, or a name in :data:`~robustlab.evaluate.BATTERIES`.
         threat: the threat model of a named battery; default the dataset's default threat.
         battery_options: options of a named battery (e.g. ``{"surrogate": net}`` for ``full``).
-        n: evaluate the first ``n`` samples (as RobustBench does); default all.
+        n: evaluate ``n`` samples, chosen by the library's one rule for "``n`` samples"
+            (:func:`robustlab.data.select_subset` with ``seed``): the deterministic,
+            class-balanced subset that ``load_dataset(name, split, limit=n, seed=seed)`` keeps,
+            in the original order (so ``run_battery(m, load_dataset(name, "test"), b, n=100)``
+            and ``run_battery(m, load_dataset(name, "test", limit=100), b)`` attack the same
+            images; not the first ``n``, whose classes depend on how the files are ordered).
+            Default all. ``result.indices`` and ``config["indices_sha256"]`` say which.
         batch_size: samples per batch (also the unit of saved progress).
         repeats: run the whole battery this many times with independent randomness (derived
             from ``seed``) and report mean and standard deviation.
@@ -330,11 +388,15 @@ def run_battery(
             for randomized models; a deterministic model is evaluated once per prediction.
         seed: the root of every generator of the run.
         device: where the inputs go; default the model's device. The model must be there.
-        state_dir: save the per-sample state after every batch under
-            ``state_dir/<key>/state.safetensors`` and resume from it. The key hashes the model
-            weights, the data and its indices, the battery configuration, ``seed``,
-            ``repeats``, ``ensemble``, ``batch_size`` and ``bpda``; a finished state is
-            returned at once.
+        state_dir: save the per-sample state under ``state_dir/<key>/state.safetensors`` and
+            resume from it: after every batch, and after any attack that ends more than
+            ``save_interval`` seconds after the last save (a resumed batch continues with the
+            next attack, with exactly an uninterrupted run's numbers); on ``KeyboardInterrupt``
+            the last finished attack's state is saved before the interrupt propagates. The key
+            hashes the model weights, the data (name, split, pixel content) and its indices,
+            the battery configuration, ``seed``, ``repeats``, ``ensemble``, ``batch_size`` and
+            ``bpda``; a finished state is returned at once. A run folder's default is
+            :func:`state_dir_for` (``<run folder>/eval-state``).
         progress: called with a :class:`ProgressEvent` at the start, after every attack and
             batch, and at the end.
         name: the model's name for tables; default :func:`model_name`.
@@ -343,6 +405,8 @@ def run_battery(
             verdict always uses the exact forward.
         train_mode_ok: evaluate a model in training mode (refused otherwise: batch-norm
             statistics would be updated by the attacks, dropout would be active).
+        save_interval: seconds between saves inside a batch (``0``: after every attack);
+            used with ``state_dir`` only.
 
     Returns:
         An :class:`~robustlab.evaluate.EvalResult`.
@@ -360,7 +424,9 @@ def run_battery(
     seed = _check_int("seed", seed, 0)
     if bpda is not None and bpda not in ("identity", "smooth"):
         raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth' or None")
-    samples = _Samples(data, n)
+    if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval >= 0:
+        raise InputError(f"save_interval must be a number of seconds >= 0, got {save_interval!r}")
+    samples = _Samples(data, n, seed)
     if isinstance(battery, str):
         threat = threat if threat is not None else samples.threat
         if threat is None:
@@ -399,6 +465,7 @@ def run_battery(
         "repeats": repeats,
         "ensemble": ensemble,
         "batch_size": batch_size,
+        "indices_sha256": indices_hash(samples.indices),
     }
     if bpda is not None:
         config["bpda"] = bpda
@@ -429,63 +496,111 @@ def run_battery(
     total = repeats * batches
     completed = int(state.done.sum())
     verdict = Verdict(draws=draws, batch_size=batch_size)
+    fmodel = ModelFn(model, randomness)
 
     def report(event: ProgressEvent) -> None:
         if progress is not None:
             progress(event)
 
+    # the wall-clock bookkeeping of saves: time is added to state.seconds when it is saved
+    clock = {"mark": time.perf_counter(), "saved": time.monotonic()}
+    # True while after_attack writes a stage into ``state``: an interrupt then finds it torn
+    writing = [False]
+    unsaved = [False]
+
+    def save() -> None:
+        now = time.perf_counter()
+        state.seconds += now - clock["mark"]
+        clock["mark"] = now
+        if folder is not None:
+            state.save(folder)
+        clock["saved"] = time.monotonic()
+        unsaved[0] = False
+
     report(ProgressEvent("start", completed, total))
-    with bpda_context(model, bpda) if bpda is not None else contextlib.nullcontext():
-        for r in range(repeats):
-            for b in range(batches):
-                if bool(state.done[r, b]):
-                    continue
-                t_batch = time.perf_counter()
-                lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
-                x, y = samples.batch(lo, hi)
-                x, y = x.to(dev), y.to(dev)
+    try:
+        with bpda_context(model, bpda) if bpda is not None else contextlib.nullcontext():
+            for r in range(repeats):
+                for b in range(batches):
+                    if bool(state.done[r, b]):
+                        continue
+                    lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
+                    x, y = samples.batch(lo, hi)
+                    x, y = x.to(dev), y.to(dev)
+                    clock["mark"] = time.perf_counter()
+                    start = int(state.attacks_done[r, b])
+                    resume = None
+                    if start > 0:
+                        resume = SequenceState(
+                            clean_correct=state.clean[r, lo:hi].to(dev),
+                            robust=state.robust[r, lo:hi].to(dev),
+                            stages=[StageResult(seen=state.seen[r, i, lo:hi].to(dev),
+                                                broken=state.success[r, i, lo:hi].to(dev))
+                                    for i in range(start)],
+                            probability_rows=0,
+                        )
 
-                def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
-                    if kind == "clean":
-                        parts: tuple[int | str, ...] = ("clean",)
-                    elif kind == "attack":
-                        parts = ("attack", i, "model")
-                    else:
-                        parts = ("attack", i, "predict")
-                    _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
-                                                    bits=_LAYER_SEED_BITS))
+                    def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
+                        if kind == "clean":
+                            parts: tuple[int | str, ...] = ("clean",)
+                        elif kind == "attack":
+                            parts = ("attack", i, "model")
+                        else:
+                            parts = ("attack", i, "predict")
+                        _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
+                                                        bits=_LAYER_SEED_BITS))
 
-                def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
-                    gen = torch.Generator(device=dev)
-                    gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
-                    return gen
+                    def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
+                        gen = torch.Generator(device=dev)
+                        gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
+                        return gen
 
-                def after_attack(i: int, robust: torch.Tensor, r: int = r, b: int = b,
-                                 size: int = hi - lo, done: int = completed) -> None:
-                    report(ProgressEvent("attack", done, total, r, b, labels[i],
-                                         int(robust.sum()), size))
+                    def after_attack(i: int, seq: SequenceState, r: int = r, b: int = b, lo: int = lo,
+                                     hi: int = hi, first: int = start, fresh: bool = resume is None,
+                                     done: int = completed) -> None:
+                        stage = seq.stages[i]
+                        writing[0] = True
+                        if i == first and fresh:
+                            state.clean[r, lo:hi] = seq.clean_correct.cpu()
+                            state.probability_rows[r] += torch.tensor([seq.probability_rows, hi - lo])
+                        state.robust[r, lo:hi] = seq.robust.cpu()
+                        state.success[r, i, lo:hi] = stage.broken.cpu()
+                        state.seen[r, i, lo:hi] = stage.seen.cpu()
+                        state.attack_seconds[r, i] += stage.seconds
+                        state.forward[r, i] += stage.forward_passes
+                        state.backward[r, i] += stage.backward_passes
+                        state.gradients[r, i] += torch.tensor(
+                            [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
+                        state.attacks_done[r, b] = i + 1
+                        writing[0] = False
+                        unsaved[0] = True
+                        more = i + 1 < len(labels)
+                        if folder is not None and more and time.monotonic() - clock["saved"] >= save_interval:
+                            save()
+                            report(ProgressEvent("saved", done, total, r, b, labels[i],
+                                                 int(seq.robust.sum()), hi - lo))
+                        report(ProgressEvent("attack", done, total, r, b, labels[i],
+                                             int(seq.robust.sum()), hi - lo))
 
-                out = run_sequence(
-                    battery.attacks, ModelFn(model, randomness), x, y, verdict=verdict,
-                    generator=generator, on_stage=on_stage, after_attack=after_attack,
-                )
-                state.clean[r, lo:hi] = out.clean_correct.cpu()
-                state.robust[r, lo:hi] = out.robust.cpu()
-                for i, stage in enumerate(out.stages):
-                    state.success[r, i, lo:hi] = stage.broken.cpu()
-                    state.seen[r, i, lo:hi] = stage.seen.cpu()
-                    state.attack_seconds[r, i] += stage.seconds
-                    state.forward[r, i] += stage.forward_passes
-                    state.backward[r, i] += stage.backward_passes
-                    state.gradients[r, i] += torch.tensor(
-                        [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
-                state.probability_rows[r] += torch.tensor([out.probability_rows, hi - lo])
-                state.done[r, b] = True
-                state.seconds += time.perf_counter() - t_batch
-                if folder is not None:
-                    state.save(folder)
-                completed += 1
-                report(ProgressEvent("batch", completed, total, r, b, None, int(out.robust.sum()), hi - lo))
+                    out = run_sequence(
+                        battery.attacks, fmodel, x, y, verdict=verdict, generator=generator,
+                        on_stage=on_stage, after_attack=after_attack, resume=resume,
+                    )
+                    state.done[r, b] = True
+                    save()
+                    completed += 1
+                    report(ProgressEvent("batch", completed, total, r, b, None, int(out.robust.sum()), hi - lo))
+    except KeyboardInterrupt:
+        # keep what the finished attacks did (a stage half-written when the interrupt came is
+        # not saved: the previous save stands)
+        if folder is not None and unsaved[0] and not writing[0]:
+            save()
+            r_b = (state.attacks_done > 0) & ~state.done
+            if bool(r_b.any()):
+                r, b = (int(v) for v in r_b.nonzero()[0])
+                k = int(state.attacks_done[r, b])
+                report(ProgressEvent("saved", completed, total, r, b, labels[k - 1]))
+        raise
     report(ProgressEvent("end", completed, total))
     return _result(state, battery, samples, name or model_name(model), recipe, config)
 

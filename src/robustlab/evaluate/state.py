@@ -1,7 +1,7 @@
-"""Resumable per-sample evaluation state, saved after every batch.
+"""Resumable per-sample evaluation state, saved after every batch and inside a long batch.
 
 Following AutoAttack's resumable state (``autoattack/state.py``): an evaluation that dies halfway
-picks up where it stopped. The state is one safetensors file (tensors: the per-sample masks and
+picks up where it stopped, down to the last attack finished on the batch in progress. The state is one safetensors file (tensors: the per-sample masks and
 per-attack counters) whose JSON header holds the run's key and configuration. It is written
 atomically (temporary file, then rename) by :func:`robustlab.core.checkpoint.write_checkpoint`
 and checked against its content hash on every read. Nothing is pickled.
@@ -42,6 +42,10 @@ class EvalState:
         success: ``(R, A, N)`` attack broke the sample.
         seen: ``(R, A, N)`` attack was run on the sample.
         done: ``(R, B)`` batch finished.
+        attacks_done: ``(R, B)`` attacks finished on the batch (all of them once ``done``); a
+            batch with ``0 < attacks_done`` and not ``done`` was saved mid-batch: its clean
+            verdict and first ``attacks_done`` attacks are in the masks and counters, and a
+            resumed run continues with the next attack.
         forward: ``(R, A)`` image forward passes per attack.
         backward: ``(R, A)`` image backward passes per attack.
         attack_seconds: ``(R, A)`` wall time per attack.
@@ -59,6 +63,7 @@ class EvalState:
     success: torch.Tensor
     seen: torch.Tensor
     done: torch.Tensor
+    attacks_done: torch.Tensor
     forward: torch.Tensor
     backward: torch.Tensor
     attack_seconds: torch.Tensor
@@ -80,6 +85,7 @@ class EvalState:
             success=torch.zeros(repeats, attacks, n, dtype=b),
             seen=torch.zeros(repeats, attacks, n, dtype=b),
             done=torch.zeros(repeats, batches, dtype=b),
+            attacks_done=torch.zeros(repeats, batches, dtype=torch.int64),
             forward=torch.zeros(repeats, attacks, dtype=torch.int64),
             backward=torch.zeros(repeats, attacks, dtype=torch.int64),
             attack_seconds=torch.zeros(repeats, attacks, dtype=torch.float64),
@@ -94,6 +100,7 @@ class EvalState:
             "success": self.success,
             "seen": self.seen,
             "done": self.done,
+            "attacks_done": self.attacks_done,
             "forward": self.forward,
             "backward": self.backward,
             "attack_seconds": self.attack_seconds,
@@ -138,7 +145,9 @@ class EvalState:
                 stacklevel=3,
             )
             return None
-        logger.debug("resuming evaluation state %s (%d batches done)", path, int(tensors["done"].sum()))
+        logger.debug("resuming evaluation state %s (%d batches done, %d in progress)", path,
+                     int(tensors["done"].sum()),
+                     int(((tensors["attacks_done"] > 0) & ~tensors["done"]).sum()))
         return cls(
             key=like.key,
             config=like.config,

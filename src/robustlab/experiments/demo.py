@@ -5,7 +5,7 @@
 2. Train ``resnet-mini`` with PGD adversarial training (Madry et al., 2018; L-inf eps 0.1, the
    dataset's default threat) on a stratified training subset, sized to fit the CPU budget.
 3. Evaluate both with the ``standard`` battery (AutoAttack standard at the reference settings:
-   APGD-CE, APGD-T, FAB-T at 100 iterations, Square at 5,000 queries) on the first ``eval_n``
+   APGD-CE, APGD-T, FAB-T at 100 iterations, Square at 5,000 queries) on ``eval_n``
    test images, keeping the per-sample worst case. Each evaluation is a row of the ledger
    ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``).
 
@@ -204,7 +204,7 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
             "training": m["objective"],
             "train images x epochs": f"{m['train_images']} x {m['epochs']}",
             f"clean, all {r['test_images']} (%)": format_pct(m["clean_accuracy"]),
-            f"clean, first {r['eval_n']} (%)": format_pct(m["clean_accuracy_eval_n"]),
+            f"clean, {r['eval_n']} attacked (%)": format_pct(m["clean_accuracy_eval_n"]),
         }
         for a in attack_names:
             row[f"after {a} (%)"] = format_pct(m["per_attack"][a])
@@ -219,7 +219,8 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         "# robustlab demo report\n\n",
         f"Dataset: **{cfg['dataset']}** ({r['train_images']} training images for the standard model, "
         f"{r['test_images']} test images). Threat model: {th['norm']} eps = {th['eps']:g} in [0, 1] pixels. "
-        f"Battery: `{cfg['battery']}` on the first {r['eval_n']} test images, per-sample worst case "
+        f"Battery: `{cfg['battery']}` on {r['eval_n']} test images (the library's stratified, seeded "
+        f"subset, as `robustlab evaluate --n {r['eval_n']}` picks), per-sample worst case "
         "(a sample counts as robust only if every attack fails on it). "
         f"Device: {r['device']} ({r['threads']} threads), torch {r['torch']}, Python {r['python']}.\n\n",
         "## Clean and robust accuracy\n\n", markdown_table(summary),

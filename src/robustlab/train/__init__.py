@@ -5,11 +5,20 @@ from .ema import EMA
 from .objectives import OBJECTIVES, Objective, ObjectiveOutput, Standard, create_objective
 from .optim import OPTIMIZERS, create_optimizer, param_groups
 from .robust import PGDAT, pgd_perturb
-from .schedules import SCHEDULES, create_schedule
-from .trainer import METRICS_FILE, MODEL_FILE, STATE_FILE, TrainConfig, Trainer, TrainResult
+from .schedules import HORIZON_FREE, SCHEDULES, create_schedule, horizon_free
+from .trainer import (
+    METRICS_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    data_fingerprint,
+)
 
 __all__ = [
     "EMA",
+    "HORIZON_FREE",
     "METRICS_FILE",
     "MODEL_FILE",
     "OBJECTIVES",
@@ -28,6 +37,8 @@ __all__ = [
     "create_objective",
     "create_optimizer",
     "create_schedule",
+    "data_fingerprint",
+    "horizon_free",
     "param_groups",
     "pgd_perturb",
 ]

@@ -30,6 +30,9 @@ class Callback:
 class RichProgress(Callback):
     """A rich progress bar over batches with the running loss and each epoch's metrics.
 
+    A resumed run first prints where it starts (``resuming <state>: 2 of 5 epochs done,
+    starting at epoch 3 of 5``).
+
     The CLI installs it; library users opt in by passing it to ``Trainer(callbacks=[...])``.
     """
 
@@ -54,6 +57,13 @@ class RichProgress(Callback):
             transient=self.transient,
         )
         self._progress.start()
+        if trainer.resumed_from is not None:
+            total = trainer.config.epochs
+            where = (f"starting at epoch {trainer.start_epoch + 1} of {total}"
+                     if trainer.start_epoch < total else f"all {total} epochs are done")
+            self._progress.console.print(
+                f"resuming {trainer.resumed_from}: {trainer.start_epoch} of {total} epochs done, {where}"
+            )
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self._task = self._progress.add_task(

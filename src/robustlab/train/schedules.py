@@ -17,6 +17,17 @@ from ..core import InputError, Registry
 
 SCHEDULES: Registry[Callable[..., Callable[[int], float]]] = Registry("schedule")
 
+HORIZON_FREE = frozenset({"constant", "multistep"})
+"""Schedules whose rate at a step does not depend on the total number of steps, so a run can be
+extended (``epochs`` raised on resume) without changing the rates already used. ``cosine``,
+``onecycle`` and ``cyclic`` lay their curve over the whole run; a schedule registered elsewhere
+counts as horizon-dependent unless added here."""
+
+
+def horizon_free(name: str) -> bool:
+    """Whether the schedule ``name`` allows changing the number of epochs of a started run."""
+    return name in HORIZON_FREE
+
 
 def _warmup(step: int, warmup_steps: int) -> float | None:
     if warmup_steps > 0 and step < warmup_steps:

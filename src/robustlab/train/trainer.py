@@ -5,15 +5,28 @@ learning-rate schedule, optional EMA of the weights, gradient clipping and (on C
 autocast. After every epoch it writes ``last.safetensors`` (weights, optimizer, scheduler, EMA
 and RNG states; no pickle) and a line of ``metrics.jsonl``; ``fit(resume=True)`` continues from
 that state, and on CPU with the same seed ends with bit-identical weights to an uninterrupted run.
+
+Randomness: ``fit`` runs inside a fork of the global torch RNG (CPU and every CUDA device)
+seeded with ``config.seed``, exactly as the ``robustlab train`` command seeds it, so the library
+and the CLI train the same weights, and the caller's global RNG is untouched afterwards. The
+checkpoint stores that forked CPU state, every CUDA device's state and the objective's generator;
+batch order and augmentation come from per-epoch generators derived from the seed.
+
+A resume is refused, naming each setting that differs (old and new value), unless only
+``epochs`` changed and the schedule does not depend on the total (``constant``, ``multistep``):
+then a finished run is extended (or a running one shortened, not below the epochs done).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +44,7 @@ from .callbacks import Callback
 from .ema import EMA
 from .objectives import Objective, create_objective
 from .optim import create_optimizer, param_groups
-from .schedules import create_schedule
+from .schedules import HORIZON_FREE, create_schedule, horizon_free
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +97,86 @@ class TrainResult:
 
 
 def data_fingerprint(data: ImageDataset) -> dict[str, Any]:
-    """What identifies a training set for resuming: name, split, size and a hash of the item
-    indices and labels (so another dataset, ``limit`` or validation split is told apart)."""
+    """What identifies a training set for resuming.
+
+    Name, split, size, a hash of the item indices and labels (another ``limit`` or validation
+    split), a hash of the pixel content (:meth:`ImageDataset.content_hash`, computed once per
+    dataset object: the synthetic set at another image size, or Fashion-MNIST read from another
+    folder with the same labels) and the load options (``root``, image size, ...).
+    """
     h = hashlib.sha256()
     h.update(data.indices.to(torch.int64).contiguous().numpy().tobytes())
     h.update(data.targets.to(torch.int64).contiguous().numpy().tobytes())
-    return {"name": data.info.name, "split": data.split, "n": len(data), "sha256": h.hexdigest()[:16]}
+    options = json.loads(json.dumps(getattr(data, "options", {}) or {}, sort_keys=True, default=repr))
+    return {
+        "name": data.info.name,
+        "split": data.split,
+        "n": len(data),
+        "sha256": h.hexdigest()[:16],
+        "pixels": data.content_hash(),
+        "options": options,
+    }
+
+
+_MISSING = object()
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted field, old, new)`` for every leaf where two JSON trees differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key, _MISSING), new.get(key, _MISSING),
+                                f"{path}.{key}" if path else str(key))
+        return out
+    return [] if old == new else [(path or "value", old, new)]
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "not set"
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(diffs: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{field} was {_show(old)}, now {_show(new)}" for field, old, new in diffs)
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform opens folders (Windows)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically: a reader, or a crash, sees the old file or the
+    new one whole, never a torn one.
+
+    The text goes to a uniquely named temporary file in the same folder (created with the
+    user's umask, like any file the user writes), is fsynced, renamed over ``path`` with
+    ``os.replace``, and the folder is fsynced so the rename survives a power cut.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -136,6 +223,10 @@ class Trainer:
         self.dataset_name = dataset_name
         self.steps_per_epoch = 0
         self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        """The 0-based epoch ``fit`` started at (the epochs a resumed run had done)."""
+        self.resumed_from: Path | None = None
+        """The training state ``fit`` resumed from, or ``None`` for a fresh run."""
         self.generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, -1))
 
     # ------------------------------------------------------------------ state
@@ -147,9 +238,7 @@ class Trainer:
         tree = {
             "optimizer": flatten_state(optimizer.state_dict(), "optimizer", tensors),
             "scheduler": flatten_state(scheduler.state_dict(), "scheduler", tensors),
-            "rng": flatten_state(
-                {"torch": torch.get_rng_state(), "objective": self.generator.get_state()}, "rng", tensors
-            ),
+            "rng": flatten_state(self._rng_state(), "rng", tensors),
         }
         header = {
             "kind": "train_state",
@@ -164,52 +253,134 @@ class Trainer:
         }
         return tensors, header
 
+    def _rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state(), "objective": self.generator.get_state()}
+        devices = _cuda_devices()
+        if devices:
+            state["cuda"] = [torch.cuda.get_rng_state(i) for i in devices]
+        return state
+
+    def _set_rng_state(self, rng: dict[str, Any], path: Path) -> None:
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["objective"])
+        saved = list(rng.get("cuda") or [])
+        devices = _cuda_devices()
+        for i, state in zip(devices, saved, strict=False):
+            torch.cuda.set_rng_state(state, i)
+        if saved and len(saved) != len(devices):
+            warnings.warn(
+                f"{path} holds the RNG states of {len(saved)} CUDA device(s) and this machine has "
+                f"{len(devices)}; {min(len(saved), len(devices))} restored, so the resumed run's GPU "
+                "random draws differ from an uninterrupted run's",
+                stacklevel=4,
+            )
+
+    def _check_resume(self, path: Path, header: dict[str, Any], data: dict[str, Any]) -> None:
+        """Refuse a resume whose settings differ from the saved run's, naming every difference;
+        allow a change of ``epochs`` alone when the schedule does not depend on it."""
+        fresh = ("; use the same settings, or start afresh in another output folder or without "
+                 "resuming (resume=False; --no-resume)")
+        saved_data = header.get("data")
+        data_diffs = _differences(saved_data, data)
+        unrecorded = [f for f, old, _ in data_diffs if old is _MISSING and isinstance(saved_data, dict)]
+        if unrecorded:
+            warnings.warn(
+                f"{path} was written by an older robustlab that did not record "
+                f"{', '.join('data.' + f for f in unrecorded)}; those are not compared",
+                stacklevel=4,
+            )
+            data_diffs = [d for d in data_diffs if d[0] not in unrecorded]
+        if data_diffs:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written for another training set "
+                f"({_describe([(f'data.{f}', o, n) for f, o, n in data_diffs])}){fresh}"
+            )
+        recipe = json.loads(json.dumps(getattr(self.model, "robustlab_recipe", None)))
+        recipe_diffs = _differences(header.get("recipe"), recipe)
+        if recipe_diffs:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written for another model recipe "
+                f"({_describe([(f'recipe.{f}', o, n) for f, o, n in recipe_diffs])}){fresh}"
+            )
+        objective = json.loads(json.dumps(self.objective.config()))
+        objective_diffs = _differences(header.get("objective"), objective)
+        if objective_diffs:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written with another objective "
+                f"({_describe([(f'objective.{f}', o, n) for f, o, n in objective_diffs])}){fresh}"
+            )
+        config = json.loads(json.dumps(self.config.to_dict()))
+        config_diffs = _differences(header.get("config"), config)
+        others = [d for d in config_diffs if d[0] != "epochs"]
+        if others:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written with a different training config "
+                f"({_describe(others)}){fresh}"
+            )
+        if config_diffs:  # only epochs changed
+            done = int(header["epoch"]) + 1
+            before, now = header["config"]["epochs"], self.config.epochs
+            if not horizon_free(self.config.schedule):
+                raise RobustlabError(
+                    f"cannot resume from {path} with epochs {now} (it was started with {before}): "
+                    f"the {self.config.schedule!r} schedule spreads its learning-rate curve over the "
+                    "total number of epochs, so changing the total would change the rates of the "
+                    f"epochs already trained; only the {' and '.join(sorted(HORIZON_FREE))} "
+                    f"schedules can be extended. Keep epochs {before}, or start a new run (another "
+                    "output folder) that finetunes from its model.safetensors"
+                )
+            if now < done:
+                raise RobustlabError(
+                    f"cannot resume from {path} with epochs {now}: it has already trained {done} "
+                    f"epochs; pass epochs >= {done} (--epochs)"
+                )
+            logger.info("%s: changing the run's length from %d to %d epochs (%r schedule)",
+                        path, before, now, self.config.schedule)
+
     def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
                  data: dict[str, Any]) -> int:
         tensors, header = read_checkpoint(path)
         if header.get("kind") != "train_state":
             raise RobustlabError(f"{path} is not a training-state file")
-        fresh = "; use the same settings, or another output folder (or resume=False) to start afresh"
-        if header.get("data") != data:
-            raise RobustlabError(
-                f"cannot resume from {path}: it was written for another training set "
-                f"({header.get('data')}, now {data}){fresh}"
-            )
-        recipe = json.loads(json.dumps(getattr(self.model, "robustlab_recipe", None)))
-        if header.get("recipe") != recipe:
-            raise RobustlabError(
-                f"cannot resume from {path}: it was written for another model recipe "
-                f"({header.get('recipe')}, now {recipe}){fresh}"
-            )
-        if header["config"] != json.loads(json.dumps(self.config.to_dict())):
-            raise RobustlabError(
-                f"cannot resume from {path}: it was written with a different training config{fresh}"
-            )
-        if header["objective"] != json.loads(json.dumps(self.objective.config())):
-            raise RobustlabError(f"cannot resume from {path}: it was written with another objective{fresh}")
+        self._check_resume(path, header, data)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         state = header["state"]
         optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors))
         scheduler.load_state_dict(unflatten_state(state["scheduler"], tensors))
-        rng = unflatten_state(state["rng"], tensors)
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["objective"])
+        self._set_rng_state(unflatten_state(state["rng"], tensors), path)
         self.history = list(header["history"])
         return int(header["epoch"]) + 1
 
     def _write_metrics(self) -> None:
+        """Rewrite ``metrics.jsonl`` whole and atomically (:func:`write_text_atomic`).
+
+        One JSON line per epoch from ``history``, the same history the training state holds,
+        so after a crash the file never has a torn line, and a resume rewrites it to agree with
+        the state it continues from.
+        """
         assert self.out_dir is not None
-        tmp = self.out_dir / (METRICS_FILE + ".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        os.replace(tmp, self.out_dir / METRICS_FILE)
+        write_text_atomic(self.out_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in self.history))
 
     # -------------------------------------------------------------------- fit
     def fit(
         self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = False
     ) -> TrainResult:
-        """Train for ``config.epochs`` epochs; with ``resume=True`` continue from ``out_dir``."""
+        """Train for ``config.epochs`` epochs; with ``resume=True`` continue from ``out_dir``.
+
+        Runs in a fork of the global torch RNG (CPU and every CUDA device) seeded with
+        ``config.seed`` (see the module docstring): the result does not depend on the caller's
+        RNG state, and the caller's RNG is as it was afterwards.
+        """
+        devices = _cuda_devices()
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(self.config.seed)
+            if devices:
+                torch.cuda.manual_seed_all(self.config.seed)
+            return self._fit(train, val, resume)
+
+    def _fit(self, train: ImageDataset, val: ImageDataset | None, resume: bool) -> TrainResult:
         cfg = self.config
         if len(train) == 0:
             raise InputError("the training set is empty")
@@ -224,15 +395,24 @@ class Trainer:
         scheduler = create_schedule(cfg.schedule, optimizer, total, self.steps_per_epoch, **cfg.schedule_options)
         ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         start = 0
+        self.start_epoch = 0
+        self.resumed_from = None
         state_path = self.out_dir / STATE_FILE if self.out_dir is not None else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        data = data_fingerprint(train)
+        data = data_fingerprint(train) if state_path is not None else {}
         if self.dataset_name is None:
             self.dataset_name = train.info.name
         if resume and state_path is not None and state_path.exists():
             start = self._restore(state_path, optimizer, scheduler, ema, data)
-            logger.info("resuming from %s at epoch %d", state_path, start + 1)
+            self.start_epoch, self.resumed_from = start, state_path
+            self._write_metrics()  # agree with the state resumed from, whatever the last crash left
+            if start < cfg.epochs:
+                logger.info("resuming from %s: %d of %d epochs done, starting at epoch %d of %d",
+                            state_path, start, cfg.epochs, start + 1, cfg.epochs)
+            else:
+                logger.info("resuming from %s: all %d epochs are done; nothing left to train",
+                            state_path, cfg.epochs)
         else:
             self.history = []
         use_amp = cfg.amp and self.device.type == "cuda"
@@ -316,4 +496,13 @@ class Trainer:
         return TrainResult(final, self.history, ckpt)
 
 
-__all__ = ["METRICS_FILE", "MODEL_FILE", "STATE_FILE", "TrainConfig", "TrainResult", "Trainer"]
+__all__ = [
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "STATE_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "data_fingerprint",
+    "write_text_atomic",
+]
