@@ -55,7 +55,7 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     assert layers and all(m.spp == 4 for m in layers)
     assert sum(isinstance(m, Downsampled) for m in model.modules()) == len(layers)
     r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "x.safetensors"), "--method", "maxblur"])
-    assert r.exit_code == 2 and "unknown downsampling method 'maxblur'" in r.output
+    assert r.exit_code == 2 and "unknown downsampling method 'maxblur'; --method takes sd, sd+addnoise, addnoise" in r.output
     assert not (tmp_path / "x.safetensors").exists()
     zhang = tmp_path / "zhang.safetensors"
     r = runner.invoke(app, ["convert", str(src), "--out", str(zhang), "--method", "blurpool",
@@ -69,7 +69,10 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     block = robustlab.load(shared).model.layer2[0]
     assert block.conv1.down.jitter_link is block.shortcut[0].down.jitter_link is not None
     r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "y.safetensors"), "--shortcut-jitter", "x"])
-    assert r.exit_code == 2 and "shortcut_jitter must be 'independent'" in r.output
+    assert r.exit_code == 2 and "--shortcut-jitter must be independent or shared, got 'x'" in r.output
+    r = runner.invoke(app, ["convert", str(src), "--out", str(tmp_path / "z.safetensors"), "--method", "avgpool",
+                            "--shortcut-jitter", "shared"])
+    assert r.exit_code == 2 and "--shortcut-jitter shared applies to --method sd, sd+addnoise, not avgpool" in r.output
 
 
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):
@@ -91,7 +94,7 @@ def test_train_takes_schedule_options_and_rejects_bad_ones(tmp_path):
     assert len(lrs) == 2 and all(abs(lr - 0.01) < 1e-9 for lr in lrs)  # 0.1, dropped 10x at epoch 1
     r = runner.invoke(app, [*base, "--schedule", "multistep", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "multistep schedule needs milestones" in r.output
-    r = runner.invoke(app, [*base, "--milestones", "x", "--out", str(tmp_path / "c")])
+    r = runner.invoke(app, [*base, "--schedule", "multistep", "--milestones", "x", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--milestones takes comma-separated epochs" in r.output
     assert not (tmp_path / "b" / "model.safetensors").exists()
 

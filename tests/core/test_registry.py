@@ -32,3 +32,11 @@ def test_unknown_name_lists_known_names():
     with pytest.raises(UnknownNameError) as e:
         reg.get("gamma")
     assert str(e.value) == "unknown widget 'gamma'; known widgets: alpha, beta"
+
+
+def test_unknown_name_errors_spell_the_plural() -> None:
+    for kind, plural in (("battery", "batteries"), ("attack", "attacks"), ("key", "keys")):
+        reg: Registry[int] = Registry(kind)
+        reg.register("a", 1)
+        with pytest.raises(UnknownNameError, match=f"unknown {kind} 'b'; known {plural}: a$"):
+            reg.get("b")

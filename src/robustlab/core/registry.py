@@ -25,8 +25,9 @@ class Registry(Generic[T]):
         kind: what the registry holds, used in error messages ("dataset", "model", ...).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or (kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s")
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
@@ -61,7 +62,7 @@ class Registry(Generic[T]):
         key = _canonical(name)
         if key not in self._items:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}"
             )
         return self._items[key]
 

@@ -451,7 +451,8 @@ def run_sd_study(
         log: called with one line per step (the CLI prints them).
         callbacks: training callbacks (progress bars) for the baseline and every finetuning.
         report_only: compute nothing; write the report from what ``out_dir`` holds (cells not
-            computed yet show ``—``), e.g. while a long run is still going.
+            computed yet show ``—``, and the report says it is partial only when some are
+            missing), e.g. while a long run is still going. ``config.json`` is not rewritten.
 
     Returns:
         The numbers of every table (also written to ``results.json``).
@@ -469,7 +470,8 @@ def run_sd_study(
         if prev.get("config") != json.loads(json.dumps(cfg.to_dict())):
             raise InputError(f"{out} holds a study run with another configuration; pass a new --out or "
                              "delete the folder to start over")
-    _write_json(saved, {"config": cfg.to_dict(), "baseline": None if baseline is None else str(baseline)})
+    if not report_only:  # a report leaves the run's record as the run wrote it
+        _write_json(saved, {"config": cfg.to_dict(), "baseline": None if baseline is None else str(baseline)})
     say = log or (lambda s: logger.info("%s", s))
     t_start = time.perf_counter()
     study = _Study(cfg, out, torch.device(device), None if baseline is None else str(baseline), say, callbacks)
@@ -505,9 +507,11 @@ def run_sd_study(
     for key, jobs in tables.items():
         results["tables"][key] = {v.label: [study.load(v, s) for s in cfg.seeds] for v, _ in jobs}
     t1 = results["tables"]["table1"]
+    # partial: some cell of the run is not on disk (only a report-only pass can leave one out)
+    missing = any(c not in study.load(v, s) for s in cfg.seeds for v, cols in order for c in cols)
     elapsed = time.perf_counter() - t_start
     results.update({
-        "seconds": round(elapsed, 1), "compute_seconds": round(_compute_seconds(out), 1), "partial": report_only,
+        "seconds": round(elapsed, 1), "compute_seconds": round(_compute_seconds(out), 1), "partial": missing,
         "device": str(device), "torch": torch.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
         "finetune_images": len(study.finetune_set()), "clean_images": len(study.test),
