@@ -672,7 +672,7 @@ def _warnings_section(r: dict[str, Any]) -> str:
         return ""
     lines = ["\n## Sanity checks\n\n"]
     for code, (example, where) in sorted(by_code.items()):
-        note = (" The paper's protocol columns (PGD, Square) attack randomized models without EOT by design; "
+        note = (" The paper's protocol columns (PGD, AutoAttack standard, Square) attack randomized models without EOT by design; "
                 "the EOT, AutoAttack rand and transfer columns are the adaptive ones." if code == "randomized-without-eot" else "")
         lines.append(f"- `{code}` in {', '.join(where)}. For example: {example}.{note}\n")
     return "".join(lines)
