@@ -295,20 +295,16 @@ class Trainer:
                 f"cannot resume from {path}: it was written for another training set "
                 f"({_describe([(f'data.{f}', o, n) for f, o, n in data_diffs])}){fresh}"
             )
-        recipe = json.loads(json.dumps(getattr(self.model, "robustlab_recipe", None)))
-        recipe_diffs = _differences(header.get("recipe"), recipe)
-        if recipe_diffs:
-            raise RobustlabError(
-                f"cannot resume from {path}: it was written for another model recipe "
-                f"({_describe([(f'recipe.{f}', o, n) for f, o, n in recipe_diffs])}){fresh}"
-            )
-        objective = json.loads(json.dumps(self.objective.config()))
-        objective_diffs = _differences(header.get("objective"), objective)
-        if objective_diffs:
-            raise RobustlabError(
-                f"cannot resume from {path}: it was written with another objective "
-                f"({_describe([(f'objective.{f}', o, n) for f, o, n in objective_diffs])}){fresh}"
-            )
+        for key, what, current in (
+            ("recipe", "for another model recipe", getattr(self.model, "robustlab_recipe", None)),
+            ("objective", "with another objective", self.objective.config()),
+        ):
+            diffs = _differences(header.get(key), json.loads(json.dumps(current)))
+            if diffs:
+                raise RobustlabError(
+                    f"cannot resume from {path}: it was written {what} "
+                    f"({_describe([(f'{key}.{f}', o, n) for f, o, n in diffs])}){fresh}"
+                )
         config = json.loads(json.dumps(self.config.to_dict()))
         config_diffs = _differences(header.get("config"), config)
         others = [d for d in config_diffs if d[0] != "epochs"]
