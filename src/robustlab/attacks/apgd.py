@@ -46,10 +46,10 @@ class _State:
 
     Attributes:
         ids: the samples' positions in the attack's batch.
-        x, y: clean inputs and labels.
+        y: labels.
         loss_targets: classes the loss pulls toward (APGD-T), else ``None``.
         success_targets: classes success is measured against (targeted runs), else ``None``.
-        ball: the feasible set around ``x``.
+        ball: the feasible set around the clean inputs.
         x_adv, x_old: the current and the previous iterate.
         grad: the gradient at ``x_adv``.
         x_best, grad_best, loss_best: the highest-loss point so far, its gradient and loss.
@@ -61,7 +61,6 @@ class _State:
     """
 
     ids: torch.Tensor
-    x: torch.Tensor
     y: torch.Tensor
     loss_targets: torch.Tensor | None
     success_targets: torch.Tensor | None
@@ -83,35 +82,31 @@ class _State:
         cls,
         *,
         ids: torch.Tensor,
-        x: torch.Tensor,
         y: torch.Tensor,
         ball: Ball,
         x_adv: torch.Tensor,
+        grad: torch.Tensor,
+        loss: torch.Tensor,
         step: float,
         loss_targets: torch.Tensor | None,
         success_targets: torch.Tensor | None,
     ) -> _State:
-        """The state at the start point ``x_adv`` (gradient and loss set by
-        :meth:`first_estimate`)."""
-        n = x.shape[0]
-        zeros = x.new_zeros(n)
+        """The state at the start point ``x_adv``, whose gradient and loss are ``grad`` and
+        ``loss``."""
+        n = x_adv.shape[0]
+        zeros = loss.new_zeros(n)
         return cls(
-            ids=ids, x=x, y=y, loss_targets=loss_targets, success_targets=success_targets,
-            ball=ball, x_adv=x_adv, x_old=x_adv.clone(), grad=torch.zeros_like(x),
-            x_best=x_adv.clone(), grad_best=torch.zeros_like(x), loss_best=zeros.clone(),
-            step=torch.full((n,), step, device=x.device, dtype=x.dtype),
+            ids=ids, y=y, loss_targets=loss_targets, success_targets=success_targets,
+            ball=ball, x_adv=x_adv, x_old=x_adv.clone(), grad=grad,
+            x_best=x_adv.clone(), grad_best=grad.clone(), loss_best=loss.clone(),
+            step=torch.full((n,), step, device=x_adv.device, dtype=x_adv.dtype),
             # As in the reference implementation (and torchattacks'): the first oscillation
             # window compares its first loss against an empty (zero) slot of the loss history,
             # and condition 2 cannot fire at the first checkpoint ("halved at the last check"
             # starts true).
-            prev_loss=zeros.clone(), increases=zeros.clone(), loss_at_check=zeros.clone(),
-            halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
+            prev_loss=zeros.clone(), increases=zeros.clone(), loss_at_check=loss.clone(),
+            halved_at_check=torch.ones(n, dtype=torch.bool, device=x_adv.device),
         )
-
-    def first_estimate(self, grad: torch.Tensor, loss: torch.Tensor) -> None:
-        """Record the gradient and loss at the start point."""
-        self.grad, self.grad_best = grad, grad.clone()
-        self.loss_best, self.loss_at_check = loss.clone(), loss.clone()
 
     def observe(self, grad: torch.Tensor, loss: torch.Tensor) -> None:
         """Record the gradient and loss at the new iterate; keep the best point."""
@@ -213,18 +208,18 @@ class APGD(GradientAttack):
         ones success is measured against (``None``: misclassification).
         """
         shrink = ctx.shrink and self.early_stop
-        x = ctx.x[idx]
-        ball = self._ball(x)
+        ball = self._ball(ctx.x[idx])
+        y = ctx.y[idx]
+        goal = loss_targets[idx] if loss_targets is not None else None
         # the start: a random point on the sphere of radius eps (as in the reference code)
-        x_adv = ball.project(random_point(x, self.threat.norm, self.threat.eps, ctx.generator, on_sphere=True))
+        x_adv = ball.project(random_point(ball.x, self.threat.norm, self.threat.eps, ctx.generator, on_sphere=True))
+        est = self._estimate(ctx.model, x_adv, y, goal)
         st = _State.start(
-            ids=idx, x=x, y=ctx.y[idx], ball=ball, x_adv=x_adv, step=2.0 * self.threat.eps,
-            loss_targets=loss_targets[idx] if loss_targets is not None else None,
+            ids=idx, y=y, ball=ball, x_adv=x_adv, grad=est.grad, loss=est.loss,
+            step=2.0 * self.threat.eps, loss_targets=goal,
             success_targets=ctx.targets[idx] if ctx.targets is not None else None,
         )
-        est = self._estimate(ctx.model, st.x_adv, st.y, st.loss_targets)
-        st.first_estimate(est.grad, est.loss)
-        confirmed = ctx.confirmed(est, st.y, st.success_targets)
+        confirmed = ctx.confirmed(est.logits, st.y, st.success_targets)
         track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
         if shrink and bool(confirmed.any()):
             st = st.index(~confirmed)
@@ -238,7 +233,7 @@ class APGD(GradientAttack):
             x_new = st.ball.project(st.x_adv + a * (z - st.x_adv) + (1 - a) * (st.x_adv - st.x_old))
             st.x_old, st.x_adv = st.x_adv, x_new
             est = self._estimate(ctx.model, st.x_adv, st.y, st.loss_targets)
-            confirmed = ctx.confirmed(est, st.y, st.success_targets)
+            confirmed = ctx.confirmed(est.logits, st.y, st.success_targets)
             track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
             st.observe(est.grad, est.loss)
             if i + 1 in checkpoints:
@@ -252,7 +247,7 @@ class APGD(GradientAttack):
         """A tracker that holds the clean inputs, with the samples confirmed adversarial at the
         clean input already done (as in the reference, they are not attacked)."""
         track = Tracker(ctx.x)
-        confirmed = ctx.confirmed(ctx.clean_prediction(), ctx.y, targets)
+        confirmed = ctx.confirmed(ctx.clean_logits(), ctx.y, targets)
         track.adversarial(confirmed.nonzero().squeeze(1), ctx.x[confirmed])
         return track
 

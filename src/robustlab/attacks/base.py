@@ -34,10 +34,9 @@ from ..core.randomness import detect_randomness, is_frozen, is_stochastic
 from ..core.types import ThreatModel
 from .checks import (
     EvalWarning,
-    detected_randomness_warning,
     gradient_warnings,
     merge_warnings,
-    randomized_without_eot,
+    randomness_warnings,
     train_mode_warning,
 )
 
@@ -200,20 +199,12 @@ class Prediction:
     """A prediction at a batch, possibly averaged over random draws.
 
     Attributes:
-        logits: logits (mean over draws when ``draws > 1``), detached.
-        probs: mean softmax over the draws, detached.
-        draws: how many forwards were averaged.
+        logits: logits (mean over the draws), detached.
+        probs: mean softmax over the draws, detached: what a randomized model's step predicts.
     """
 
     logits: torch.Tensor
     probs: torch.Tensor
-    draws: int
-
-    @classmethod
-    def of(cls, logits: torch.Tensor) -> Prediction:
-        """The prediction of a single forward."""
-        logits = logits.detach()
-        return cls(logits, logits.float().softmax(dim=1), 1)
 
 
 @dataclass(frozen=True)
@@ -252,7 +243,7 @@ class GradientEstimator(abc.ABC):
             logits_sum = z if logits_sum is None else logits_sum + z
             probs_sum = p if probs_sum is None else probs_sum + p
         assert logits_sum is not None and probs_sum is not None
-        return Prediction(logits_sum / k, probs_sum / k, k)
+        return Prediction(logits_sum / k, probs_sum / k)
 
     @staticmethod
     def _once(fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
@@ -262,7 +253,7 @@ class GradientEstimator(abc.ABC):
             loss = objective(logits)
             grad = fmodel.grad(loss.sum(), x)
         logits = logits.detach()
-        return GradEstimate(logits, logits.float().softmax(dim=1), 1, grad.detach(), loss.detach())
+        return GradEstimate(logits, logits.float().softmax(dim=1), grad.detach(), loss.detach())
 
 
 @dataclass(frozen=True)
@@ -326,8 +317,8 @@ class EOT(GradientEstimator):
                 logits, probs = logits + est.logits, probs + est.probs
         assert grad is not None and loss is not None and logits is not None and probs is not None
         if draws == 1:
-            return GradEstimate(logits, probs, 1, grad, loss)
-        return GradEstimate(logits / draws, probs / draws, draws, grad / draws, loss / draws)
+            return GradEstimate(logits, probs, grad, loss)
+        return GradEstimate(logits / draws, probs / draws, grad / draws, loss / draws)
 
 
 def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
@@ -588,7 +579,7 @@ class RunContext:
         shrink: whether the attack may drop samples from its batch once they are confirmed
             broken (:meth:`confirmed`). ``False`` inside :func:`core.randomness.frozen` (a
             smaller batch would get another draw) and for ``full_budget`` runs (transfer).
-        clean: the prediction at ``x`` if already known (see :meth:`clean_prediction`).
+        clean: logits at ``x`` if already known (see :meth:`clean_logits`).
         queries: per-sample query counts a score-based attack reports (it sets them).
     """
 
@@ -598,7 +589,7 @@ class RunContext:
     targets: torch.Tensor | None
     generator: torch.Generator
     shrink: bool
-    clean: Prediction | None = None
+    clean: torch.Tensor | None = None
     queries: torch.Tensor | None = None
 
     @property
@@ -606,15 +597,11 @@ class RunContext:
         """Whether the model draws fresh randomness on each forward."""
         return self.model.stochastic
 
-    def clean_prediction(self) -> Prediction:
-        """The prediction at the clean inputs (one forward), computed once."""
-        if self.clean is None:
-            self.clean = Prediction.of(self.model.predict(self.x))
-        return self.clean
-
     def clean_logits(self) -> torch.Tensor:
         """Logits at the clean inputs (one forward), computed once."""
-        return self.clean_prediction().logits
+        if self.clean is None:
+            self.clean = self.model.predict(self.x)
+        return self.clean
 
     def is_adversarial(
         self, pred: Prediction, y: torch.Tensor, targets: torch.Tensor | None
@@ -626,12 +613,12 @@ class RunContext:
         return top == targets if targets is not None else top != y
 
     def confirmed(
-        self, pred: Prediction, y: torch.Tensor, targets: torch.Tensor | None
+        self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
     ) -> torch.Tensor:
-        """The early-stop rule: which samples a step's prediction confirms broken, so that the
+        """The early-stop rule: which samples a step's logits confirm broken, so that the
         attack may keep the point and drop the sample.
 
-        On a deterministic model, those :meth:`is_adversarial` marks. On a randomized model
+        On a deterministic model, those the logits misclassify (or put on the target). On a randomized model
         none: a step's draw, or the mean softmax over a step's EOT draws, is one more random
         sample and can be lucky, and a point just across the averaged boundary fools a fresh
         draw only about half the time; so every sample runs the attack's full budget and
@@ -639,7 +626,8 @@ class RunContext:
         """
         if self.stochastic:
             return torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-        return self.is_adversarial(pred, y, targets)
+        top = logits.argmax(dim=1)
+        return top == targets if targets is not None else top != y
 
     def subset(self, idx: torch.Tensor) -> RunContext:
         """The context restricted to samples ``idx``."""
@@ -651,7 +639,7 @@ class RunContext:
             targets=self.targets[idx] if self.targets is not None else None,
             generator=self.generator,
             shrink=self.shrink,
-            clean=None if clean is None else Prediction(clean.logits[idx], clean.probs[idx], clean.draws),
+            clean=clean[idx] if clean is not None else None,
         )
 
 
@@ -671,9 +659,9 @@ class Attack(abc.ABC):
     neither one draw nor the mean softmax over one step's EOT draws (measured: stopping at
     the first point whose EOT-20 mean softmax is wrong leaves points that fool a fresh draw
     about half the time, weaker than running on), so every sample gets the attack's full
-    budget and returns its end point (last iterate, or highest-loss point). Either way the verdict, with fresh draws, decides the result. Runs with
-    ``full_budget=True`` (transfer attacks, which maximize the loss on the surrogate) never
-    stop early.
+    budget and returns its end point (last iterate, or highest-loss point). Either way the
+    verdict, with fresh draws, decides the result. Runs with ``full_budget=True`` (transfer
+    attacks, which maximize the loss on the surrogate) never stop early.
 
     The model's train/eval mode is never changed: call ``model.eval()`` first (batch-norm in
     train mode makes predictions depend on the batch and the attack would update its
@@ -838,11 +826,7 @@ class Attack(abc.ABC):
         found = gradient_warnings(
             fmodel.grad_evaluations, fmodel.zero_grads, fmodel.nonfinite_grads, self.name
         )
-        if fmodel.randomness == "detected":
-            found.append(detected_randomness_warning())
-        if fmodel.stochastic and not self.expects_randomness:
-            found.append(randomized_without_eot(fmodel.randomness, repr(self)))
-        return found
+        return found + randomness_warnings(fmodel.randomness, self.expects_randomness, repr(self))
 
     def perturb(self, ctx: RunContext) -> torch.Tensor:
         """The search alone, with no verdict: :meth:`_run` (inside the attack's BPDA mode),

@@ -41,6 +41,7 @@ __all__ = [
     "probability_rows",
     "probability_warning",
     "randomized_without_eot",
+    "randomness_warnings",
     "train_mode_warning",
 ]
 
@@ -146,6 +147,15 @@ def black_box_warning(attack: str, broken: int, attacked: int) -> EvalWarning:
         f"{attack} broke {broken} of {attacked} samples that the gradient attacks before it did not: "
         "the gradients may be masked; trust the worst case over every attack, and try BPDA or EOT",
     )
+
+
+def randomness_warnings(randomness: str, expects_randomness: bool, what: str) -> list[EvalWarning]:
+    """The checks on how a model's randomness was met by ``what`` (an attack or a battery):
+    ``detected-randomness`` and ``randomized-without-eot``."""
+    found = [detected_randomness_warning()] if randomness == "detected" else []
+    if randomness != "none" and not expects_randomness:
+        found.append(randomized_without_eot(randomness, what))
+    return found
 
 
 def train_mode_warning(what: str) -> EvalWarning:

@@ -17,7 +17,7 @@ from .base import EOT, Attack, RunContext, Verdict, model_fn
 from .checks import EvalWarning, probability_warning
 from .fab import FABT
 from .sequence import run_sequence, sequence_warnings
-from .square import Square
+from .square import AUTOATTACK_SQUARE, Square
 
 __all__ = ["AutoAttack", "Transfer"]
 
@@ -70,7 +70,7 @@ class AutoAttack(Attack):
                 APGD(threat, steps, loss="ce", bpda=bpda),
                 APGDT(threat, steps, n_target_classes=n_target_classes, bpda=bpda),
                 FABT(threat, steps, n_target_classes=n_target_classes, bpda=bpda),
-                Square(threat, n_queries, p_init=0.8, rescale_schedule=False),
+                Square(threat, **{**AUTOATTACK_SQUARE, "n_queries": n_queries}),
             )
         elif version == "rand":
             attacks = (

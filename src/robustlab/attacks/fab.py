@@ -178,7 +178,7 @@ class FABT(GradientAttack):
             alpha = batch_view(alpha, x1)
             x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
             pred = self._grad.predict(ctx.model, x1)
-            candidate, confirmed = ctx.is_adversarial(pred, y, None), ctx.confirmed(pred, y, None)
+            candidate, confirmed = ctx.is_adversarial(pred, y, None), ctx.confirmed(pred.logits, y, None)
             done = self._record(x0, x1, candidate, ids, best_x, best_d) & confirmed
             settled[ids[done]] = True
             if i == self.steps - 1:
@@ -221,7 +221,7 @@ class FABT(GradientAttack):
         n_classes = clean.shape[1]
         best_x = x.clone()
         best_d = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-        settled = ctx.confirmed(ctx.clean_prediction(), y, None)
+        settled = ctx.confirmed(ctx.clean_logits(), y, None)
         best_d[settled] = 0.0
         for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
             targets = select_targets(clean, rank)

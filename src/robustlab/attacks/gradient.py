@@ -14,7 +14,6 @@ from .base import (
     Gradient,
     GradientEstimator,
     ModelFn,
-    Prediction,
     RunContext,
     batch_view,
     lp_norm,
@@ -203,7 +202,7 @@ class PGD(GradientAttack):
             state = self._init_state(cur)
             for _step in range(self.steps):
                 est = self._estimate(ctx.model, cur, labels, goal)
-                confirmed = ctx.confirmed(est, labels, goal)
+                confirmed = ctx.confirmed(est.logits, labels, goal)
                 track.adversarial(ids[confirmed], cur[confirmed])
                 grad = est.grad
                 if shrink and bool(confirmed.any()):
@@ -217,7 +216,7 @@ class PGD(GradientAttack):
                 cur = ball.project(cur + self._ascent_step(direction, self.step_size))
             if ids.numel():  # the last iterate
                 if not ctx.stochastic:
-                    confirmed = ctx.confirmed(Prediction.of(ctx.model.predict(cur)), labels, goal)
+                    confirmed = ctx.confirmed(ctx.model.predict(cur), labels, goal)
                     track.adversarial(ids[confirmed], cur[confirmed])
                 track.fallback(ids, cur)
         return track.x

@@ -13,7 +13,7 @@ import torch
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import GradientEstimator, Prediction, RunContext, batch_view, lp_norm
+from .base import GradientEstimator, RunContext, batch_view, lp_norm
 from .gradient import GradientAttack, Tracker
 
 __all__ = ["CWL2", "DeepFool"]
@@ -71,7 +71,7 @@ class DeepFool(GradientAttack):
         clean = ctx.clean_logits()
         k = min(self.candidates, clean.shape[1])
         others = clean.scatter(1, y.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices
-        confirmed = ctx.confirmed(ctx.clean_prediction(), y, None)
+        confirmed = ctx.confirmed(ctx.clean_logits(), y, None)
         track.adversarial(confirmed.nonzero().squeeze(1), x[confirmed])
         active = (~confirmed).nonzero().squeeze(1)
         r_tot = torch.zeros_like(x)
@@ -88,7 +88,7 @@ class DeepFool(GradientAttack):
                 gaps.append(est.loss)
                 grads.append(est.grad)
             assert est is not None
-            confirmed = ctx.confirmed(est, ya, None)
+            confirmed = ctx.confirmed(est.logits, ya, None)
             track.adversarial(active[confirmed], xa[confirmed])
             f = torch.stack(gaps, dim=1)  # (n, k-1)
             w = torch.stack(grads, dim=1)  # (n, k-1, ...)
@@ -108,7 +108,7 @@ class DeepFool(GradientAttack):
             x_cur[active] = (x[active] + (1 + self.overshoot) * r_tot[active]).clamp(0.0, 1.0)
         if active.numel():
             if not ctx.stochastic:
-                confirmed = ctx.confirmed(Prediction.of(fm.predict(x_cur[active])), y[active], None)
+                confirmed = ctx.confirmed(fm.predict(x_cur[active]), y[active], None)
                 track.adversarial(active[confirmed], x_cur[active][confirmed])
             track.fallback(active, x_cur[active])
         return track.x

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import Attack, Ball, ModelFn, Prediction, RunContext, batch_view, lp_norm
+from .base import Attack, Ball, ModelFn, RunContext, batch_view, lp_norm
 
-__all__ = ["Square", "square_p_schedule"]
+__all__ = ["AUTOATTACK_SQUARE", "Square", "square_p_schedule"]
+
+AUTOATTACK_SQUARE: dict[str, Any] = {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False}
+"""The Square settings of the reference AutoAttack (``autoattack.py``: ``SquareAttack(...,
+p_init=.8, n_queries=5000, resc_schedule=False)``)."""
 
 
 _SCHEDULE = (
@@ -140,10 +145,10 @@ class Square(Attack):
 
     def _margin(
         self, fm: ModelFn, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None
-    ) -> tuple[torch.Tensor, Prediction]:
-        """Mean margin over the draws (negative = adversarial) and the mean prediction."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean margin over the draws (negative = adversarial) and the mean logits."""
         draws = self.eot if fm.stochastic else 1
-        margin_sum = logits_sum = probs_sum = None
+        margin_sum = logits_sum = None
         cls = t if t is not None else y
         with torch.no_grad():
             for _ in range(draws):
@@ -151,12 +156,10 @@ class Square(Attack):
                 z_c = z.gather(1, cls.unsqueeze(1)).squeeze(1)
                 other = z.scatter(1, cls.unsqueeze(1), float("-inf")).amax(dim=1)
                 m = z_c - other if t is None else other - z_c
-                p = z.float().softmax(dim=1)
                 margin_sum = m if margin_sum is None else margin_sum + m
                 logits_sum = z if logits_sum is None else logits_sum + z
-                probs_sum = p if probs_sum is None else probs_sum + p
-        assert margin_sum is not None and logits_sum is not None and probs_sum is not None
-        return margin_sum / draws, Prediction(logits_sum / draws, probs_sum / draws, draws)
+        assert margin_sum is not None and logits_sum is not None
+        return margin_sum / draws, logits_sum / draws
 
     def _init(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -228,7 +231,7 @@ class Square(Attack):
         counts = ctx.queries = torch.zeros(n, dtype=torch.long, device=x.device)
         best = x.clone()
         margin = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
-        done = ctx.confirmed(ctx.clean_prediction(), y, t)
+        done = ctx.confirmed(ctx.clean_logits(), y, t)
         margin[done] = -1.0
         draws = self.eot if fm.stochastic else 1
         shrink = ctx.shrink
@@ -240,10 +243,10 @@ class Square(Attack):
             ts = t[idx] if t is not None else None
             ball = self._ball(xs)
             x_cur = ball.project(self._init(xs, ctx.generator))
-            m_cur, pred = self._margin(fm, x_cur, ys, ts)
+            m_cur, logits = self._margin(fm, x_cur, ys, ts)
             counts[idx] += draws
             self._keep_best(idx, x_cur, m_cur, best, margin)
-            confirmed = ctx.confirmed(pred, ys, ts)
+            confirmed = ctx.confirmed(logits, ys, ts)
             done[idx[confirmed]] = True
             active = (~confirmed).nonzero().squeeze(1) if shrink else torch.arange(idx.numel(), device=x.device)
             for it in range(self.n_queries):
@@ -261,13 +264,13 @@ class Square(Attack):
                     evaluated, x_new = active[moved], x_new[moved]
                     if evaluated.numel() == 0:
                         continue
-                m_new, pred = self._margin(fm, x_new, ys[evaluated], ts[evaluated] if ts is not None else None)
+                m_new, logits = self._margin(fm, x_new, ys[evaluated], ts[evaluated] if ts is not None else None)
                 counts[idx[evaluated]] += draws
                 improved = m_new < m_cur[evaluated]
                 updated = evaluated[improved]
                 x_cur[updated], m_cur[updated] = x_new[improved], m_new[improved]
                 self._keep_best(idx[updated], x_new[improved], m_new[improved], best, margin)
-                confirmed = ctx.confirmed(pred, ys[evaluated], ts[evaluated] if ts is not None else None)
+                confirmed = ctx.confirmed(logits, ys[evaluated], ts[evaluated] if ts is not None else None)
                 confirmed &= improved
                 if bool(confirmed.any()):
                     done[idx[evaluated[confirmed]]] = True

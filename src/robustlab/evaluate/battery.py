@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, EOT, Attack, create_attack
+from ..attacks.square import AUTOATTACK_SQUARE
 from ..core.checkpoint import content_hash
 from ..core.errors import InputError, UnknownNameError
 from ..core.registry import Registry
@@ -247,8 +248,6 @@ def _quick(threat: ThreatModel, *, steps: int = 20) -> Battery:
 
 
 _STANDARD_LABELS = ("apgd-ce", "apgd-t", "fab-t", "square")
-# AutoAttack's own Square: 5,000 queries, p_init 0.8, the schedule not rescaled to the budget
-_SQUARE_REFERENCE: dict[str, Any] = {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False}
 
 
 def _standard_attacks(threat: ThreatModel, battery: str) -> list[Attack]:
@@ -256,7 +255,7 @@ def _standard_attacks(threat: ThreatModel, battery: str) -> list[Attack]:
         _attack(battery, _APGD_CE, threat),
         _attack(battery, [("apgd-t", {})], threat),
         _attack(battery, [("fab-t", {})], threat),
-        _attack(battery, [("square", {})], threat, **_SQUARE_REFERENCE),
+        _attack(battery, [("square", {})], threat, **AUTOATTACK_SQUARE),
     ]
 
 
@@ -291,7 +290,7 @@ def _full(threat: ThreatModel, *, eot: int = 20, surrogate: nn.Module | None = N
     attacks = [*_standard_attacks(threat, "full"), *_rand_attacks(threat, eot, "full")]
     # On a randomized model Square queries the expected margin over ``eot`` draws (on a
     # deterministic one this is AutoAttack's Square).
-    attacks[3] = _attack("full", [("square", {})], threat, eot=eot, **_SQUARE_REFERENCE)
+    attacks[3] = _attack("full", [("square", {})], threat, eot=eot, **AUTOATTACK_SQUARE)
     labels = [*_STANDARD_LABELS, *_RAND_LABELS]
     if surrogate is not None:
         attacks.append(_attack("full", [("transfer", {})], threat, surrogate=surrogate))

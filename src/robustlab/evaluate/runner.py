@@ -56,10 +56,9 @@ from ..attacks import (
 from ..attacks.base import DETECTION_BATCH
 from ..attacks.checks import (
     EvalWarning,
-    detected_randomness_warning,
     gradient_warnings,
     probability_warning,
-    randomized_without_eot,
+    randomness_warnings,
     train_mode_warning,
 )
 from ..attacks.sequence import SequenceState, StageResult
@@ -610,11 +609,8 @@ def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> 
     found: list[EvalWarning] = []
     if config.get("train_mode"):
         found.append(train_mode_warning(f"battery {battery.name!r}"))
-    randomness = str(config.get("randomness", "none"))
-    if randomness == "detected":
-        found.append(detected_randomness_warning())
-    if randomness != "none" and not any(a.expects_randomness for a in battery.attacks):
-        found.append(randomized_without_eot(randomness, f"battery {battery.name!r}"))
+    found += randomness_warnings(str(config.get("randomness", "none")),
+                                 any(a.expects_randomness for a in battery.attacks), f"battery {battery.name!r}")
     rows, checked = (int(v) for v in state.probability_rows.sum(dim=0))
     prob = probability_warning(rows, checked)
     if prob is not None:
