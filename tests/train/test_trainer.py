@@ -361,7 +361,7 @@ def test_metrics_file_is_replaced_atomically_with_the_umask(tmp_path, monkeypatc
     import os
     import stat
 
-    from robustlab.train.trainer import write_text_atomic
+    from robustlab.core.checkpoint import write_text_atomic
 
     target = tmp_path / METRICS_FILE
     old = os.umask(0o027)
@@ -387,13 +387,17 @@ def test_resume_rewrites_metrics_to_agree_with_the_state(tmp_path):
     with pytest.raises(_Crash):
         Trainer(model, "standard", cfg, out_dir=tmp_path, callbacks=[CrashAfter(1)]).fit(data)
     (tmp_path / METRICS_FILE).write_text('{"epoch": 1, "train_lo')  # a crash's leftovers
+    at_start: list[list[int]] = []
 
     class Check(Callback):
         def on_fit_start(self, trainer):
             lines = (tmp_path / METRICS_FILE).read_text().splitlines()
-            assert [json.loads(s)["epoch"] for s in lines] == [1]
+            at_start.append([json.loads(s)["epoch"] for s in lines])
 
     Trainer(model, "standard", cfg, out_dir=tmp_path, callbacks=[Check()]).fit(data, resume=True)
+    assert at_start == [[1]]  # read once, before training resumed: the leftovers are gone
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
 
 
 def test_a_state_from_before_pixel_fingerprints_resumes_with_a_warning(tmp_path, monkeypatch):

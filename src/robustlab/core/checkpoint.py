@@ -61,23 +61,23 @@ def checkpoint_key() -> bytes | None:
     return value.encode() if value else None
 
 
+def update_tensor_hash(h: Any, t: torch.Tensor) -> None:
+    """Feed ``t``'s dtype, shape and raw bytes to the hash object ``h`` (``hashlib`` style)."""
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _digest(hashes: list[Any], tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
     """Feed every tensor (name, dtype, shape, bytes) and the canonical JSON header, without its
     hash and HMAC fields, to each hash object in ``hashes``."""
-
-    def update(data: bytes) -> None:
-        for h in hashes:
-            h.update(data)
-
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        update(key.encode())
-        update(str(t.dtype).encode())
-        update(str(tuple(t.shape)).encode())
-        if t.numel():
-            update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     body = {k: v for k, v in header.items() if k not in _UNHASHED_FIELDS}
-    update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    for h in hashes:
+        for key in sorted(tensors):
+            h.update(key.encode())
+            update_tensor_hash(h, tensors[key])
+        h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def content_hash(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
@@ -198,6 +198,28 @@ def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tens
         # safetensors may replace the file we created by its own (mode 0600); restore ours
         os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` by ``text`` atomically, as :func:`write_checkpoint` writes: a reader, or
+    a crash, sees the old file or the new one whole, never a torn one.
+
+    The text goes to a temporary file beside ``path`` created with the user's umask, is
+    fsynced, renamed over ``path`` and the folder fsynced, so the rename survives a power cut.
+    """
+    path = Path(path)
+    tmp, _ = _new_temp_file(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_folder(path.parent)

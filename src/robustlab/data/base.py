@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from robustlab.core import InputError, ThreatModel
+from robustlab.core.checkpoint import update_tensor_hash
 from robustlab.core.checks import check_images
 
 __all__ = [
@@ -190,14 +191,6 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
             f"{type(self).__name__}(name={self.info.name!r}, split={self.split!r}, "
             f"n={len(self)}, classes={self.info.num_classes})"
         )
-
-
-def update_tensor_hash(h: Any, t: Tensor) -> None:
-    """Feed ``t``'s dtype, shape and raw bytes to the hash object ``h`` (``hashlib`` style)."""
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    if t.numel():
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _positions(positions: Tensor | Sequence[int], n: int) -> Tensor:

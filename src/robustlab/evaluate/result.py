@@ -33,12 +33,17 @@ def indices_hash(indices: Sequence[int]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _battery_attacks(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The attack configurations a result's config records for its battery."""
+    battery = config.get("battery", {})
+    attacks = battery.get("attacks", []) if isinstance(battery, Mapping) else []
+    return [a for a in attacks if isinstance(a, Mapping)]
+
+
 def battery_threat(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The threat model every attack of a result's battery used (``{"norm", "eps"}``), or
     ``None`` when its attacks differ or none is recorded."""
-    battery = config.get("battery", {})
-    attacks = battery.get("attacks", []) if isinstance(battery, Mapping) else []
-    threats = {json.dumps(a.get("threat"), sort_keys=True) for a in attacks if isinstance(a, Mapping)}
+    threats = {json.dumps(a.get("threat"), sort_keys=True) for a in _battery_attacks(config)}
     if len(threats) != 1:
         return None
     threat = json.loads(threats.pop())
@@ -57,9 +62,7 @@ def format_eps(eps: float) -> str:
 def robust_measure(config: Mapping[str, Any]) -> str:
     """What a result's robust accuracy is: ``worst case over 4 attacks`` for a battery of
     several attacks, ``robust under pgd`` for a single attack (never a "worst case")."""
-    battery = config.get("battery", {})
-    attacks = battery.get("attacks", []) if isinstance(battery, Mapping) else []
-    labels = [str(a.get("label", a.get("name", "?"))) for a in attacks if isinstance(a, Mapping)]
+    labels = [str(a.get("label", a.get("name", "?"))) for a in _battery_attacks(config)]
     if len(labels) == 1:
         return f"robust under {labels[0]}"
     return f"worst case over {len(labels)} attacks"

@@ -1,7 +1,8 @@
 """Resumable per-sample evaluation state, saved after every batch and inside a long batch.
 
 Following AutoAttack's resumable state (``autoattack/state.py``): an evaluation that dies halfway
-picks up where it stopped, down to the last attack finished on the batch in progress. The state is one safetensors file (tensors: the per-sample masks and
+picks up where it stopped, down to the last attack finished on the batch in progress. The
+state is one safetensors file (tensors: the per-sample masks and
 per-attack counters) whose JSON header holds the run's key and configuration. It is written
 atomically (temporary file, then rename) by :func:`robustlab.core.checkpoint.write_checkpoint`
 and checked against its content hash on every read. Nothing is pickled.

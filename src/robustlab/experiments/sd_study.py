@@ -50,6 +50,7 @@ from torch import nn
 
 from ..attacks import EOT, PGD, AutoAttack, Square, Transfer
 from ..checkpoints import load
+from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
 from ..core.metrics import predict
 from ..core.randomness import is_stochastic, seed_stochastic
@@ -207,9 +208,7 @@ def _bits(mask: torch.Tensor) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 class _Study:

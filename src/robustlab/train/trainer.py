@@ -19,12 +19,10 @@ then a finished run is extended (or a running one shortened, not below the epoch
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -37,7 +35,13 @@ from torch import nn
 
 from ..checkpoints import save
 from ..core import InputError, RobustlabError
-from ..core.checkpoint import flatten_state, read_checkpoint, unflatten_state, write_checkpoint
+from ..core.checkpoint import (
+    flatten_state,
+    read_checkpoint,
+    unflatten_state,
+    write_checkpoint,
+    write_text_atomic,
+)
 from ..core.metrics import accuracy
 from ..data import ImageDataset, make_loader
 from .callbacks import Callback
@@ -145,38 +149,6 @@ def _describe(diffs: list[tuple[str, Any, Any]]) -> str:
 
 def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform opens folders (Windows)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically: a reader, or a crash, sees the old file or the
-    new one whole, never a torn one.
-
-    The text goes to a uniquely named temporary file in the same folder (created with the
-    user's umask, like any file the user writes), is fsynced, renamed over ``path`` with
-    ``os.replace``, and the folder is fsynced so the rename survives a power cut.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -500,5 +472,4 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "data_fingerprint",
-    "write_text_atomic",
 ]
