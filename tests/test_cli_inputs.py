@@ -25,22 +25,6 @@ def one_error_line(r) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def fashion_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "fm.safetensors"
-    robustlab.save(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1, seed=0), path,
-                   dataset="fashion-mnist")
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "digits.safetensors"
-    robustlab.save(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1, seed=0), path,
-                   dataset="digits")
-    return path
-
-
 # --- item 7: the checkpoint's dataset ----------------------------------------------------------
 
 

@@ -13,14 +13,6 @@ from robustlab.evaluate import Ledger
 runner = CliRunner()  # its output is not a terminal: the CLI logs lines instead of live bars
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "digits.safetensors"
-    robustlab.save(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1, seed=0), path,
-                   dataset="digits")
-    return path
-
-
 def test_without_a_terminal_training_logs_progress_lines_with_an_eta(tmp_path):
     r = runner.invoke(app, ["train", "--dataset", "digits", "--limit", "96", "--batch-size", "32", "--epochs", "2",
                             "--device", "cpu", "--out", str(tmp_path / "run")])
@@ -31,9 +23,9 @@ def test_without_a_terminal_training_logs_progress_lines_with_an_eta(tmp_path):
     assert r.output.count("ETA") >= 3 and "━" not in r.output  # lines, no live bar
 
 
-def test_without_a_terminal_the_battery_logs_progress_lines_with_an_eta(checkpoint, tmp_path):
-    r = runner.invoke(app, ["evaluate", str(checkpoint), "--n", "12", "--batch-size", "4", "--device", "cpu",
-                            "--ledger", str(tmp_path / "ledger.sqlite")])
+def test_without_a_terminal_the_battery_logs_progress_lines_with_an_eta(digits_checkpoint, tmp_path):
+    r = runner.invoke(app, ["evaluate", str(digits_checkpoint), "--n", "12", "--batch-size", "4",
+                            "--device", "cpu", "--ledger", str(tmp_path / "ledger.sqlite")])
     assert r.exit_code == 0, r.output
     assert "attacking (batches): 1/3 (33%)" in r.output and "attacking (batches): 3/3 (100%)" in r.output
     progress = [line for line in r.output.splitlines() if "attacking" in line]
@@ -65,9 +57,11 @@ def _interrupt_after(batches: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(robustlab.evaluate, "run_battery", run_battery)
 
 
-def test_ctrl_c_during_evaluate_says_what_was_saved_and_how_to_resume(checkpoint, tmp_path, monkeypatch):
+def test_ctrl_c_during_evaluate_says_what_was_saved_and_how_to_resume(
+    digits_checkpoint, tmp_path, monkeypatch
+):
     ledger = tmp_path / "ledger.sqlite"
-    args = ["evaluate", str(checkpoint), "--n", "16", "--batch-size", "4", "--device", "cpu",
+    args = ["evaluate", str(digits_checkpoint), "--n", "16", "--batch-size", "4", "--device", "cpu",
             "--ledger", str(ledger)]
     with monkeypatch.context() as m:
         _interrupt_after(2, m)
@@ -86,10 +80,10 @@ def test_ctrl_c_during_evaluate_says_what_was_saved_and_how_to_resume(checkpoint
     assert len(Ledger(ledger).rows()) == 1
 
 
-def test_ctrl_c_without_state_says_nothing_was_saved(checkpoint, tmp_path, monkeypatch):
+def test_ctrl_c_without_state_says_nothing_was_saved(digits_checkpoint, tmp_path, monkeypatch):
     _interrupt_after(1, monkeypatch)
-    r = runner.invoke(app, ["evaluate", str(checkpoint), "--n", "8", "--batch-size", "4", "--device", "cpu",
-                            "--ledger", str(tmp_path / "ledger.sqlite"), "--no-state"])
+    r = runner.invoke(app, ["evaluate", str(digits_checkpoint), "--n", "8", "--batch-size", "4",
+                            "--device", "cpu", "--ledger", str(tmp_path / "ledger.sqlite"), "--no-state"])
     assert r.exit_code == 130, r.output
     assert "1 of 2 batches finished, none saved (--no-state)" in r.output
     assert not (tmp_path / "eval-state").exists()

@@ -71,14 +71,6 @@ def answered(r) -> None:
         assert len(errors) == 1 and lines[-1] == errors[0], r.output
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "digits.safetensors"
-    robustlab.save(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1, seed=0), path,
-                   dataset="digits")
-    return path
-
-
 @SETTINGS
 @given(invocation(
     valid={"n": st.integers(1, 60).map(str), "batch_size": st.integers(8, 600).map(str), "eps": GOOD_EPS,
@@ -87,10 +79,10 @@ def checkpoint(tmp_path_factory):
     wild={"n": INTS, "batch_size": INTS, "eps": EPS, "norm": names(["l1", "L2", "inf"]), "seed": INTS,
           "dataset": names(DATASETS.names()), "device": names(["auto", "cuda", "cuda:7", "mps", "cpu:0", "gpu"])},
 ))
-def test_evaluate_answers_every_number_and_name(checkpoint, values):
+def test_evaluate_answers_every_number_and_name(digits_checkpoint, values):
     with tempfile.TemporaryDirectory() as tmp:
-        answered(runner.invoke(app, ["evaluate", str(checkpoint), "--battery", "none", *options(values),
-                                     "--ledger", str(Path(tmp) / "ledger.sqlite")]))
+        answered(runner.invoke(app, ["evaluate", str(digits_checkpoint), "--battery", "none",
+                                     *options(values), "--ledger", str(Path(tmp) / "ledger.sqlite")]))
 
 
 @settings(SETTINGS, max_examples=12)
@@ -102,9 +94,9 @@ def test_evaluate_answers_every_number_and_name(checkpoint, values):
     wild={"battery": names(["Quick", " standard ", "autoattack", "none "]), "repeats": SMALL, "ensemble": SMALL,
           "bpda": names(["BPDA", "none"]), "eps": EPS},
 ))
-def test_evaluate_answers_every_battery(checkpoint, values):
+def test_evaluate_answers_every_battery(digits_checkpoint, values):
     with tempfile.TemporaryDirectory() as tmp:
-        answered(runner.invoke(app, ["evaluate", str(checkpoint), *options(values), "--device", "cpu",
+        answered(runner.invoke(app, ["evaluate", str(digits_checkpoint), *options(values), "--device", "cpu",
                                      "--ledger", str(Path(tmp) / "ledger.sqlite")]))
 
 
@@ -192,10 +184,10 @@ def conversion(draw):
 
 @settings(SETTINGS, max_examples=20)
 @given(conversion())
-def test_convert_answers_every_method_and_option(checkpoint, values):
+def test_convert_answers_every_method_and_option(digits_checkpoint, values):
     with tempfile.TemporaryDirectory() as tmp:
-        answered(runner.invoke(app, ["convert", str(checkpoint), "--out", str(Path(tmp) / "c.safetensors"),
-                                     *options(values)]))
+        answered(runner.invoke(app, ["convert", str(digits_checkpoint),
+                                     "--out", str(Path(tmp) / "c.safetensors"), *options(values)]))
 
 
 @settings(SETTINGS, max_examples=15)

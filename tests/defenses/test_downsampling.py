@@ -19,6 +19,11 @@ from robustlab.defenses import (
 )
 
 
+def _mini() -> nn.Module:
+    """A fresh (untrained, train-mode) resnet-mini for 1-channel 28x28 images."""
+    return robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)
+
+
 def _shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
@@ -61,7 +66,7 @@ def test_every_method_preserves_every_intermediate_shape(arch, cin, size, kw):
 
 def test_flc_and_asap_take_the_official_placement_before_the_conv(tmp_path):
     torch.manual_seed(0)
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    model = _mini().eval()
     x = torch.rand(2, 1, 28, 28)
     before_shapes = _shapes(model, x)
     for method in ("flc", "asap"):
@@ -95,7 +100,7 @@ def test_convnext_stem_and_downsample_layers_are_converted():
 
 def test_deterministic_sd_equals_the_avgpool_conversion():
     torch.manual_seed(0)
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    model = _mini().eval()
     x = torch.rand(4, 1, 28, 28)
     sd = convert_downsampling(model, "sd", spp=8, deterministic=True).eval()
     avg = convert_downsampling(model, "avgpool").eval()
@@ -120,7 +125,7 @@ def _as_if_trained(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def test_conversion_copies_trained_weights_and_bn_statistics_exactly():
     torch.manual_seed(0)
-    model = _as_if_trained(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)).eval()
+    model = _as_if_trained(_mini()).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert not torch.allclose(before["model.bn1.running_var"], torch.ones(16))
     conv = convert_downsampling(model, "blurpool", filter_size=1).eval()
@@ -145,7 +150,7 @@ def test_conversion_copies_trained_weights_and_bn_statistics_exactly():
 
 def test_reload_rebuilds_the_conversion_with_identical_outputs(tmp_path):
     torch.manual_seed(0)
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    model = _mini().eval()
     conv = convert_downsampling(model, "sd+addnoise", spp=4, std=0.1).eval()
     path = tmp_path / "sd.safetensors"
     robustlab.save(conv, path, dataset="fashion-mnist")
@@ -161,7 +166,7 @@ def test_reload_rebuilds_the_conversion_with_identical_outputs(tmp_path):
 
 
 def test_bad_requests_are_clear_errors():
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)
+    model = _mini()
     with pytest.raises(UnknownNameError, match="avgpool"):
         convert_downsampling(model, "maxblur")
     with pytest.raises(InputError, match="bad option for downsampling method 'sd'"):
@@ -231,7 +236,7 @@ def test_deterministic_twin_switches_randomness_off_and_leaves_the_original():
     from robustlab.defenses import deterministic_twin
 
     torch.manual_seed(0)
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1).eval()
+    model = _mini().eval()
     x = torch.rand(3, 1, 28, 28)
     avg = convert_downsampling(model, "avgpool").eval()
     for method in ("sd", "sd+addnoise"):
@@ -280,7 +285,7 @@ def test_blurpool_after_activation_is_zhangs_conv_bn_relu_blur_by_hand():
 
 def test_blurpool_after_activation_on_resnets_reloads_and_keeps_shortcuts_zhangs(tmp_path):
     torch.manual_seed(0)
-    model = _as_if_trained(robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)).eval()
+    model = _as_if_trained(_mini()).eval()
     zhang = convert_downsampling(model, "blurpool", placement="after-activation").eval()
     block = zhang.model.layer2[0]
     assert isinstance(block.conv1.op, nn.Sequential) and isinstance(block.bn1, nn.Identity)
@@ -313,7 +318,7 @@ def test_blurpool_after_activation_on_resnets_reloads_and_keeps_shortcuts_zhangs
 
 
 def test_blurpool_placement_errors():
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)
+    model = _mini()
     with pytest.raises(InputError, match="blurpool placement must be 'after'"):
         convert_downsampling(model, "blurpool", placement="before")
     with pytest.raises(InputError, match="placement must be 'after'"):
@@ -398,7 +403,7 @@ def test_shortcut_shares_the_main_paths_jitter_only_when_asked(arch, cin, size, 
 
 
 def test_shortcut_jitter_errors_and_warning():
-    model = robustlab.create_model("resnet-mini", num_classes=10, in_channels=1)
+    model = _mini()
     with pytest.raises(InputError, match="shortcut_jitter must be 'independent'"):
         convert_downsampling(model, "sd", shortcut_jitter="same")
     with pytest.raises(InputError, match="applies to sd and sd\\+addnoise, not 'blurpool'"):
@@ -410,8 +415,6 @@ def test_shortcut_jitter_errors_and_warning():
 def test_blurpool_filter_size_is_bounded() -> None:
     # a recipe (e.g. a crafted checkpoint header) could name any filter size; comb() over a
     # huge one would burn CPU before any shape check
-    from robustlab.defenses.downsampling import BlurPool
-
     assert BlurPool(2, 16).filter_size == 16
     for bad in (0, 17, 10**9, 2.5, True):
         with pytest.raises(InputError, match=r"filter_size must be an int in \[1, 16\]"):

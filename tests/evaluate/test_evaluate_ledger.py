@@ -35,6 +35,9 @@ def test_row_round_trips_every_field(tmp_path, result):
     chosen = load_dataset("synthetic", "test", num_classes=3, image_size=8, test_size=30, limit=10, seed=4)
     assert row.dataset == "synthetic" and row.n == 10 and row.indices == chosen.indices.tolist()
     assert row.indices_sha256 == result.config["indices_sha256"] == result.indices_sha256
+    # and it is the SHA-256 of those indices' compact JSON list, not only a stored value read back
+    compact = json.dumps(chosen.indices.tolist(), separators=(",", ":"))
+    assert row.indices_sha256 == hashlib.sha256(compact.encode()).hexdigest()
     assert row.seed == 4 and row.battery == "tiny" and row.repeats == 2 and row.ensemble == 1
     assert [a["label"] for a in row.attacks] == ["fgsm", "pgd"]
     pgd = row.attacks[1]
@@ -70,6 +73,8 @@ def test_filters_exports_and_markdown(tmp_path, result):
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 2
     assert float(rows[0]["robust_acc"]) == result.robust_acc
     assert json.loads(rows[0]["indices"]) == result.indices
+    chosen = load_dataset("synthetic", "test", num_classes=3, image_size=8, test_size=30, limit=10, seed=4)
+    assert result.indices == chosen.indices.tolist()  # the selection rule's images, not an echo
     assert json.loads(rows[0]["per_attack"])["pgd"]["seen"] == result.per_attack["pgd"].seen
     buf = io.StringIO()
     ledger.to_csv(buf)

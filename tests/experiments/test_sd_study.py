@@ -292,6 +292,7 @@ def test_claim_sd_lower_mce_than_addnoise(sd_right, an_right, expected):
 def test_no_addnoise_claims_without_addnoise():
     text = verdict(CPU, {"Baseline": baseline(CPU), "SD": record(CPU)})
     assert "AddNoise" not in text
+    claim(text, "Robustness to PGD")  # a verdict with its other claims, not an empty one
 
 
 @pytest.mark.parametrize(("sd_k", "an_k", "diff", "outcome", "word"), DIRECTIONS)
@@ -315,6 +316,7 @@ def test_no_spp_claim_without_both_ends_of_the_sweep():
     t1 = {"Baseline": baseline(CPU), "SD": record(CPU)}
     text = verdict(CPU, t1, table5={"SD (spp=1)": record(CPU, 60), "SD": record(CPU, 20)})
     assert "spp grows" not in text
+    claim(text, "Robustness to PGD")  # a verdict with its other claims, not an empty one
 
 
 # the adaptive columns of SD against the column they refine: (robust count in the adaptive
@@ -400,7 +402,9 @@ def test_final_conclusion_is_not_conclusive_without_autoattack_rand(cfg, lacks, 
 
 def test_verdict_needs_the_baseline_and_sd():
     assert verdict(CPU, {"Baseline": baseline(CPU)}).startswith("Not enough results for a verdict")
-    assert verdict(CPU, {"Baseline": [{}], "SD": [{}]}).count("\n- ") == 0  # nothing finished, no claim
+    empty = verdict(CPU, {"Baseline": [{}], "SD": [{}]})
+    assert empty.count("\n- ") == 0  # nothing finished, no claim
+    assert "What the paper reports" in empty  # the verdict's frame is still written
 
 
 # ---------------------------------------------------------------------------------------------
