@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -863,8 +863,3 @@ def select_targets(logits: torch.Tensor, rank: int) -> torch.Tensor:
     the classes with the 2nd, 3rd, ... highest clean logit.
     """
     return logits.topk(rank, dim=1).indices[:, rank - 1]
-
-
-def _check_choices(name: str, value: object, choices: Sequence[object]) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
