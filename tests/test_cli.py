@@ -75,6 +75,17 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     assert r.exit_code == 2 and "--shortcut-jitter shared applies to --method sd, sd+addnoise, not avgpool" in r.output
 
 
+def test_run_list_names_every_study_with_its_profiles_and_time():
+    r = runner.invoke(app, ["run", "--list"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.output.splitlines() if "sd-study" in line]
+    assert [next(p for p in ("quick", "cpu", "full") if f" {p} " in line) for line in rows] == ["quick", "cpu", "full"]
+    assert "3 min on 2 CPU cores" in r.output and "hours on one GPU" in r.output
+    r = runner.invoke(app, ["run"])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "error: name a study to run: sd-study (robustlab run --list)")
+
+
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):
     r = runner.invoke(app, ["run", "sd-studdy", "--out", str(tmp_path / "a")])
     assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: sd-study" in r.output

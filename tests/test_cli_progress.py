@@ -115,14 +115,14 @@ def test_ctrl_c_during_training_names_the_saved_epoch_and_the_command(tmp_path, 
 
 @pytest.mark.slow
 def test_report_only_on_a_finished_study_is_not_partial_and_keeps_config_json(tmp_path, monkeypatch):
-    from robustlab.experiments import sd_study
+    import robustlab.experiments as experiments
 
-    tiny = sd_study.study_config(
-        "quick", dataset="digits", baseline_epochs=1, baseline_limit=64, finetune_limit=32, finetune_epochs=1,
-        batch_size=32, eval_n=8, clean_n=16, eval_batch_size=8, pgd_steps=1, square_queries=2, eot_draws=(2,),
-        corruption_n=4, table1=(sd_study.BASELINE,), noise_sweep=(), spp_sweep=(), transfer_from_baseline=(),
-        seeds=(0,), eps=0.05)
-    monkeypatch.setattr(sd_study, "study_config", lambda profile, **overrides: tiny)
+    tiny = experiments.study_config(
+        "sd-study", "quick", dataset="digits", baseline_epochs=1, baseline_limit=64, finetune_limit=32,
+        finetune_epochs=1, batch_size=32, eval_n=8, clean_n=16, eval_batch_size=8, pgd_steps=1, square_queries=2,
+        eot_draws=(2,), corruption_n=4, table1=("Baseline",), noise_sweep=(), spp_sweep=(),
+        transfer_from_baseline=(), seeds=(0,), eps=0.05)
+    monkeypatch.setattr(experiments, "study_config", lambda name, profile, **overrides: tiny)
     out = tmp_path / "study"
     r = runner.invoke(app, ["run", "sd-study", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -133,14 +133,11 @@ def test_report_only_on_a_finished_study_is_not_partial_and_keeps_config_json(tm
     assert r.exit_code == 0, r.output
     assert f"report written from {out} (complete)" in " ".join(r.output.split())
     assert "Partial report" not in (out / "report.md").read_text()
-    assert json.loads((out / "results.json").read_text())["partial"] is False
+    assert json.loads((out / "results.json").read_text())["facts"]["partial"] is False
     assert (config.read_bytes(), config.stat().st_mtime_ns) == before
 
-    # take one finished cell away: now the report is partial, and says so
-    evals = out / "evals" / "baseline-seed0.json"
-    record = json.loads(evals.read_text())
-    del record["square"]
-    evals.write_text(json.dumps(record))
+    # take one finished record away: now the report is partial, and says so
+    (out / "records" / "baseline" / "seed0" / "square.json").unlink()
     r = runner.invoke(app, ["run", "sd-study", "--out", str(out), "--device", "cpu", "--report-only"])
     assert r.exit_code == 0, r.output
     assert "(partial: some cells are not computed yet)" in " ".join(r.output.split())

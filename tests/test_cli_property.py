@@ -6,13 +6,14 @@ examples, replaces one of them with a wild value (junk text with rich markup bra
 huge, NaN or fractional numbers, other registered names), so both the work behind valid inputs
 and every refusal are reached. The commands stay cheap: a tiny digits checkpoint, batteries on at
 most four images, ``Trainer.fit`` stubbed where the models are drawn (a separate test trains
-resnet-mini for real on drawn settings), and ``run_sd_study`` stubbed: every input of ``run`` is
+resnet-mini for real on drawn settings), and ``run_study`` stubbed: every input of ``run`` is
 checked before the study starts.
 """
 
 import string
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -199,9 +200,10 @@ def test_convert_answers_every_method_and_option(digits_checkpoint, values):
           "model": names(["torchvision:resnet18", "resnet-huge"])},
 ), recipe=st.one_of(st.just("sd-study"), st.just("sd-study"), JUNK))
 def test_run_answers_every_input_before_any_work(monkeypatch, values, recipe):
-    from robustlab.experiments import sd_study
+    import robustlab.experiments as experiments
 
-    monkeypatch.setattr(sd_study, "run_sd_study", lambda out, cfg, **kwargs: {"seconds": 0.0, "partial": False})
+    monkeypatch.setattr(experiments, "run_study", lambda name, out, cfg, **kwargs: SimpleNamespace(seconds=0.0,
+                                                                                                   partial=False))
     with tempfile.TemporaryDirectory() as tmp:
         answered(runner.invoke(app, ["run", recipe, *options(values), "--device", "cpu",
                                      "--out", str(Path(tmp) / "study")]))

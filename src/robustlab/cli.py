@@ -901,46 +901,53 @@ def convert(
                   f"wrote [bold]{path}[/] (finetune it through the Python Trainer)")
 
 
-RECIPES = ("sd-study",)
-
-
 @app.command()
 def run(
-    recipe: Annotated[str, typer.Argument(help="the recipe: " + ", ".join(RECIPES))],
+    recipe: Annotated[str | None, typer.Argument(help="the study to run (robustlab run --list names them)")] = None,
+    list_studies: Annotated[bool, typer.Option("--list", help="name the studies, their profiles and expected time")] = False,
     profile: Annotated[str, typer.Option(help="quick (minutes), cpu (every table and column, hours on 2 cores) or full (the paper's scale, a GPU)")] = "quick",
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<recipe>-<profile>)")] = None,
     baseline: Annotated[Path | None, typer.Option(help="start from this trained model instead of training one")] = None,
     model: Annotated[str | None, typer.Option(help=f"architecture: {MODEL_NAMES} (default: resnet-mini; resnet18 with the full profile on a GPU)")] = None,
-    eps: Annotated[str | None, typer.Option(help="L-inf radius in [0, 1] pixels, e.g. 4/255 (the paper's, default) or 0.1")] = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default 3; quick: 1)")] = None,
+    eps: Annotated[str | None, typer.Option(help="L-inf radius in [0, 1] pixels, e.g. 4/255 or 0.1 (default: the study's)")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default: the profile's)")] = None,
     eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked (default: the profile's)")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="compute nothing; write the report from what OUT holds")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Run a recipe that reproduces a paper's tables; writes OUT/report.md and resumes when rerun.
+    """Run a study that reproduces a paper's tables; writes OUT/report.md and resumes when rerun.
 
     Example: robustlab run sd-study --profile quick --out runs/sd-quick
     """
-    from .experiments.sd_study import run_sd_study, study_config
+    from .experiments import STUDIES, run_study, study_config
 
-    flags = _flags(run)
+    flags = _flags(run, list_studies="--list")
+    if list_studies:
+        table = Table("study", "profile", "expected time", "covers", title="studies (robustlab run NAME --profile P)")
+        for name in STUDIES.names():
+            for p, prof in STUDIES.get(name).profiles.items():
+                table.add_row(name, p, prof.time, prof.about)
+        console.print(table)
+        return
     try:
-        if recipe not in RECIPES:
-            raise RobustlabError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+        if recipe is None:
+            raise RobustlabError(f"name a study to run: {', '.join(STUDIES.names())} (robustlab run --list)")
+        if recipe not in STUDIES.names():
+            raise RobustlabError(f"unknown recipe {recipe!r}; known recipes: {', '.join(STUDIES.names())}")
         dev = _device(device)
         if model is None and profile == "full" and dev.type == "cuda":
             model = "resnet18"  # the issue's GPU model; resnet-mini is the CPU default
         if model is not None and not model.startswith(("torchvision:", "timm:")):
             MODELS.get(model)
-        cfg = study_config(profile, model=model, eps=None if eps is None else _eps(eps, "linf"),
+        cfg = study_config(recipe, profile, model=model, eps=None if eps is None else _eps(eps, "linf"),
                            seeds=None if seeds is None else tuple(range(seeds)), eval_n=eval_n)
         folder = out or Path("runs") / f"{recipe}-{profile}"
         _check_writable(folder, "--out", folder=True)
         torch.manual_seed(0)
         try:
-            r = run_sd_study(folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
-                             log=lambda line: console.print(line, highlight=False, markup=False),
-                             callbacks=_train_progress(), report_only=report_only)
+            r = run_study(recipe, folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
+                          log=lambda line: console.print(line, highlight=False, markup=False),
+                          callbacks=_train_progress(), report_only=report_only)
         except KeyboardInterrupt:
             _error_line(f"interrupted: what finished is kept in {folder}; to resume, rerun: {_rerun()}")
             raise typer.Exit(code=130) from None
@@ -952,11 +959,11 @@ def run(
         return
     report = folder / "report.md"
     if report_only:
-        state = "partial: some cells are not computed yet" if r.get("partial") else "complete"
+        state = "partial: some cells are not computed yet" if r.partial else "complete"
         console.print(f"{recipe} ({profile}) report written from {folder} ({state}): [bold]{report}[/]",
                       soft_wrap=True)
     else:
-        console.print(f"{recipe} ({profile}) finished in {r['seconds']:.0f} s; report: [bold]{report}[/]",
+        console.print(f"{recipe} ({profile}) finished in {r.seconds:.0f} s; report: [bold]{report}[/]",
                       soft_wrap=True)
 
 
@@ -991,9 +998,9 @@ def demo(
                          at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
                          battery=battery, sd_study=None if sd_study == "none" else sd_study)
         if sd_study != "none":
-            from .experiments.sd_study import study_config
+            from .experiments import study_config
 
-            study_config(sd_study)  # an unknown profile fails before any training
+            study_config("sd-study", sd_study)  # an unknown profile fails before any training
         if fresh and out.exists():
             shutil.rmtree(out)
         torch.manual_seed(cfg.seed)

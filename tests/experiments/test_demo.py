@@ -3,13 +3,12 @@
 import json
 
 from robustlab.evaluate import Ledger
-from robustlab.experiments import DemoConfig, run_demo
-from robustlab.experiments.sd_study import BASELINE, SD, study_config
+from robustlab.experiments import DemoConfig, run_demo, study_config
 
 TINY_SD = study_config(
-    "quick", dataset="digits", finetune_limit=128, finetune_epochs=1, batch_size=64, eval_n=20, clean_n=100,
-    eval_batch_size=20, pgd_steps=2, square_queries=5, eot_draws=(2,), corruption_n=10, table1=(BASELINE, SD),
-    noise_sweep=(), spp_sweep=(2,), transfer_from_baseline=(BASELINE, SD), eps=0.05,
+    "sd-study", "quick", dataset="digits", finetune_limit=128, finetune_epochs=1, batch_size=64, eval_n=20, clean_n=100,
+    eval_batch_size=20, pgd_steps=2, square_queries=5, eot_draws=(2,), corruption_n=10, table1=("Baseline", "SD"),
+    noise_sweep=(), spp_sweep=(2,), transfer_from_baseline=("Baseline", "SD"), eps=0.05,
 )
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
@@ -30,7 +29,9 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["eval_n"] == 60
     assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 2
     # the study's quick profile ran on the demo's standard model and its Table 1 is in the report
-    assert list(r["sd_study"]["table1"]) == ["Baseline", "SD"]
+    table1 = report.split("Stochastic Downsampling study (quick profile)")[1]
+    rows = [line.split(" | ")[0] for line in table1.split("\n\n| claim |")[0].splitlines() if line.startswith("| ")]
+    assert rows == ["| method", "| Baseline", "| SD"]
     assert "Stochastic Downsampling study (quick profile)" in report and "sd-study/report.md" in report
     assert "worst case, all attacks (%)" in report
     # the quick battery lacks AutoAttack rand: the verdict points to the cpu profile, claims no gain

@@ -525,7 +525,8 @@ def _replay(model: nn.Module, **options: Any) -> nn.Module:
     return out
 
 
-CONVERSIONS.register("downsampling", _replay, paper="stochastic-downsampling, Sec. 3")
+# ``convert``: the public surgery (a new model, the conversion added to its recipe) that studies call
+CONVERSIONS.register("downsampling", _replay, paper="stochastic-downsampling, Sec. 3", convert=convert_downsampling)
 
 __all__ = [
     "BLURPOOL_PLACEMENTS",

@@ -38,7 +38,8 @@ from ..models import create_model
 from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
-from .sd_study import SDStudyConfig, run_sd_study, study_config, summary_markdown
+from .sd_study import SDStudyConfig
+from .study import run_study, study_config
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,12 @@ def run_demo(
     sd: dict[str, Any] | None = None
     if cfg.sd_study is not None:
         t0 = time.perf_counter()
-        scfg = (study_config(cfg.sd_study, dataset=cfg.dataset, model=cfg.model)
+        scfg = (study_config("sd-study", cfg.sd_study, dataset=cfg.dataset, model=cfg.model)
                 if isinstance(cfg.sd_study, str) else cfg.sd_study)
-        sres = run_sd_study(out / "sd-study", scfg, device=device, baseline=out / "standard" / "model.safetensors",
-                            log=log, callbacks=callbacks)
+        sres = run_study("sd-study", out / "sd-study", scfg, device=device,
+                         baseline=out / "standard" / "model.safetensors", log=log, callbacks=callbacks)
         sd = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
-              "eps": scfg.eps, "summary_markdown": summary_markdown(sres, scfg),
-              "table1": sres["tables"]["table1"]}
+              "eps": scfg.eps, "summary_markdown": sres.summary}
     elapsed = time.perf_counter() - t_start
     cfg_dict = asdict(cfg)
     if isinstance(cfg.sd_study, SDStudyConfig):

@@ -1,0 +1,195 @@
+"""Columns: a registry from a column's kind to the evaluator that writes its :class:`Record`.
+
+A study names its columns (``Column("pgd-eot20", "pgd", "PGD + EOT-20", settings=...)``) with
+every setting spelled out; the evaluator is found by the column's ``kind`` in :data:`COLUMN_KINDS`
+(never by reading the name). Kinds registered here:
+
+- ``clean``: accuracy on the clean test images (a fresh draw for a randomized model);
+- ``corruptions``: the mean corruption error (:func:`robustlab.evaluate.evaluate_corruptions`);
+- ``pgd``, ``square``, ``autoattack``, ``battery`` (a registered battery by name, e.g. ``full``):
+  the attacks run by :func:`robustlab.evaluate.run_battery` (so one verdict rule, fresh draws for
+  randomized models, resumable state, a ledger row);
+- ``transfer``: another column's attack crafted on a surrogate (a named variant of the study, or
+  ``"twin"``: the model's deterministic twin) and judged on the model.
+
+A column that makes no sense on a deterministic model (EOT, a twin) says so with
+``deterministic``: the name of the column it repeats there, or ``"skip"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import EOT, PGD, Attack, AutoAttack, Square, Transfer
+from ..core import Registry
+from ..core.metrics import predict
+from ..core.randomness import seed_stochastic
+from ..core.types import ThreatModel
+from ..data import load_dataset, make_loader, select_subset
+from ..data.base import ImageDataset
+from ..defenses import deterministic_twin
+from ..evaluate import Battery, Ledger, create_battery, evaluate_corruptions, run_battery
+from .records import Record
+
+__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "evaluate_column"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a study.
+
+    Attributes:
+        name: its key in the records (unique in the study).
+        kind: a name in :data:`COLUMN_KINDS`.
+        header: its table header.
+        settings: every setting of its evaluator, explicit (no library default by accident).
+        deterministic: on a deterministic model, the column this one repeats, or ``"skip"``.
+    """
+
+    name: str
+    kind: str
+    header: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    deterministic: str | None = None
+
+    @property
+    def attack(self) -> bool:
+        """Whether the column attacks the model (its record counts toward the worst case)."""
+        return COLUMN_KINDS.get(self.kind).record_kind == "attack"
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator needs beyond the model: the study's data, threat model and neighbours.
+
+    Attributes:
+        model_of: ``(variant label, seed) -> model``, for transfer sources.
+        columns: every column of the study by name (a transfer names the attack it carries).
+    """
+
+    dataset: str
+    threat: ThreatModel
+    eval_n: int
+    clean_n: int | None
+    eval_batch_size: int
+    device: torch.device
+    out: Path
+    columns: Mapping[str, Column]
+    model_of: Callable[[str, int], nn.Module]
+    ledger_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def clean_set(self) -> ImageDataset:
+        """The clean test images (the first ``clean_n`` of a stratified draw, all when ``None``)."""
+        return load_dataset(self.dataset, "test", limit=self.clean_n, seed=0)
+
+    @cached_property
+    def eval_set(self) -> ImageDataset:
+        """The attacked test images."""
+        return load_dataset(self.dataset, "test", limit=self.eval_n, seed=0)
+
+
+Evaluator = Callable[[EvalContext, nn.Module, Column, str, int], Record]
+
+
+@dataclass(frozen=True)
+class ColumnKind:
+    """A registered evaluator and the kind of record it writes (``clean``, ``attack``, ``corruption``)."""
+
+    evaluate: Evaluator
+    record_kind: str
+
+
+COLUMN_KINDS: Registry[ColumnKind] = Registry("column kind")
+
+
+def _clean(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
+    seed_stochastic(model, seed)
+    with torch.no_grad():
+        ok = torch.cat([(predict(model, x.to(ctx.device)) == y.to(ctx.device)).cpu()
+                        for x, y in make_loader(ctx.clean_set, 500)])
+    return Record.of_outcomes(variant, seed, column.name, "clean", ok.float().tolist())
+
+
+def _corruptions(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
+    n = min(int(column.settings["n"]), len(ctx.clean_set))
+    # the same images for every seed (the seed draws the corruptions' noise and the model's own
+    # randomness), so a seed average per image averages one image
+    images = ctx.clean_set.subset(select_subset(ctx.clean_set.targets, n, seed=0))
+    res = evaluate_corruptions(model, images, batch_size=500, seed=seed, device=ctx.device)
+    rec = Record.of_outcomes(variant, seed, column.name, "corruption", res.per_image)
+    # the mean corruption error over corruptions and severities (each cell on the same n images)
+    return replace(rec, error=res.mce, settings={"n": n, "per_corruption_accuracy": res.accuracy})
+
+
+def make_attack(ctx: EvalContext, column: Column) -> Attack:
+    """The single attack of an attack column (what a transfer column carries to its surrogate)."""
+    s = column.settings
+    if column.kind == "pgd":
+        return PGD(ctx.threat, steps=int(s["steps"]), step_size=float(s["step_size"]),
+                   random_start=bool(s["random_start"]), restarts=int(s["restarts"]),
+                   early_stop=bool(s["early_stop"]), grad=EOT(int(s["eot"])) if s["eot"] else None)
+    if column.kind == "square":
+        return Square(ctx.threat, int(s["queries"]), p_init=float(s["p_init"]))
+    if column.kind == "autoattack":
+        return AutoAttack(ctx.threat, s["version"], eot=int(s["eot"]))
+    raise ValueError(f"column {column.name!r} ({column.kind}) is not a single attack")
+
+
+def _battery(ctx: EvalContext, model: nn.Module, column: Column) -> Battery:
+    s = column.settings
+    if column.kind == "autoattack":  # the registered battery keeps AutoAttack's per-attack columns
+        return create_battery(s["version"], ctx.threat, **({"eot": int(s["eot"])} if s["version"] == "rand" else {}))
+    if column.kind == "battery":  # a registered battery by name, with its options
+        return create_battery(s["battery"], ctx.threat, **dict(s.get("options", {})))
+    if column.kind == "transfer":
+        carried = ctx.columns[s["attack"]]
+        surrogate = deterministic_twin(model) if s["source"] == "twin" else ctx.model_of(s["source"], s["seed"])
+        return Battery([Transfer(surrogate, make_attack(ctx, carried))], column.name)
+    return Battery([make_attack(ctx, column)], column.name)
+
+
+def _attack(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
+    if column.kind == "transfer" and column.settings["source"] != "twin":
+        column = Column(column.name, column.kind, column.header, {**column.settings, "seed": seed})
+    name = f"{variant} s{seed} {column.name}"
+    res = run_battery(model, ctx.eval_set, _battery(ctx, model, column), threat=ctx.threat, n=len(ctx.eval_set),
+                      batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device,
+                      state_dir=ctx.out / "eval-state", name=name)
+    Ledger(ctx.out / "ledger.sqlite").add(res, extra={**ctx.ledger_extra, "run": name, "column": column.name})
+    return Record.of_outcomes(
+        variant, seed, column.name, "attack", res.robust[0].float().tolist(),
+        clean_per_image=tuple(res.clean_correct[0].float().tolist()),
+        per_attack={k: a.robust_acc for k, a in res.per_attack.items()}, indices_sha256=res.indices_sha256,
+        randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
+
+
+COLUMN_KINDS.register("clean", ColumnKind(_clean, "clean"), about="accuracy on clean test images")
+COLUMN_KINDS.register("corruptions", ColumnKind(_corruptions, "corruption"), about="mean corruption error")
+for _kind in ("pgd", "square", "autoattack", "battery", "transfer"):
+    COLUMN_KINDS.register(_kind, ColumnKind(_attack, "attack"), about=f"robust accuracy under {_kind}")
+
+
+def evaluate_column(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int,
+                    stochastic: bool, done: Callable[[str], Record | None]) -> Record:
+    """Evaluate ``column`` on (variant, seed), or, on a deterministic model, repeat the column it
+    stands for (``done`` gives a finished record by column name) or mark it not applicable."""
+    t0 = time.perf_counter()
+    if not stochastic and column.deterministic == "skip":
+        return Record(variant, seed, column.name, COLUMN_KINDS.get(column.kind).record_kind,  # type: ignore[arg-type]
+                      not_applicable="deterministic model", settings=dict(column.settings))
+    if not stochastic and column.deterministic is not None:
+        same = done(column.deterministic)
+        if same is not None:
+            return replace(same, column=column.name, same_as=same.column)
+    rec = COLUMN_KINDS.get(column.kind).evaluate(ctx, model, column, variant, seed)
+    settings = {**dict(column.settings), **dict(rec.settings)}
+    return replace(rec, settings=settings, seconds=round(time.perf_counter() - t0, 2), stochastic=stochastic)

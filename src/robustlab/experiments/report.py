@@ -1,0 +1,159 @@
+"""A study's report from its records alone: tables with seed counts, the plot, sanity checks and
+the ledger rows. Nothing here evaluates a model, so ``--report-only`` works on a partial run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..report import markdown_table
+from .records import Lookup, Record, WorstOf
+from .stats import mean_std
+
+__all__ = ["Cell", "Plot", "Table", "ledger_section", "render_table", "scatter_plot", "warnings_section"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table column: a study column's headline number, or one attack of its battery (``part``:
+    the robust accuracy once that attack and every one before it ran, as AutoAttack reports)."""
+
+    column: str
+    header: str
+    part: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the report: a row per variant, a cell per :class:`Cell`, and optionally the
+    per-sample worst case over every attack each row's model met."""
+
+    key: str
+    title: str
+    intro: str
+    rows: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    worst: bool = False
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A scatter of one table's rows: ``x`` column against ``y`` column and the worst case."""
+
+    file: str
+    table: str
+    x: Cell
+    y: Cell
+    title: str
+
+
+
+
+def _cell_values(get: Lookup, variant: str, seeds: Sequence[int], cell: Cell) -> tuple[list[float], bool]:
+    """Per seed with a record, the cell's number in percent; and whether it is not applicable."""
+    vals, not_applicable = [], False
+    for s in seeds:
+        rec = get(variant, s, cell.column)
+        if rec is None:
+            continue
+        if not rec.applies:
+            not_applicable = True
+            continue
+        v = rec.per_attack.get(cell.part) if cell.part is not None else rec.value
+        if v is not None:
+            vals.append(100 * v)
+    return vals, not_applicable
+
+
+def fmt(vals: Sequence[float], expect: int) -> str:
+    """``mean ± std (k/K)``: over the ``k`` seeds done of ``K``; ``—`` when none."""
+    if not vals:
+        return "—"
+    m, s = mean_std(list(vals))
+    return (f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}") + f" ({len(vals)}/{expect})"
+
+
+def render_table(table: Table, seeds: Sequence[int], get: Lookup, worst_of: WorstOf,
+                 error_columns: Sequence[str] = ()) -> str:
+    """The table in Markdown: percentages, mean ± std over seeds with ``(seeds done/planned)``;
+    ``n/a`` where a column does not apply to the model (EOT on a deterministic one), ``—`` where
+    it is not computed yet."""
+    rows = []
+    for label in table.rows:
+        row = {"method": label}
+        for cell in table.cells:
+            vals, na = _cell_values(get, label, seeds, cell)
+            arrow = " ↓" if cell.column in error_columns and cell.part is None else ""
+            row[f"{cell.header}{arrow} (%)"] = "n/a" if na and not vals else fmt(vals, len(seeds))
+        if table.worst:
+            worst = [w for w in (worst_of(label, s) for s in seeds) if w is not None]
+            row["worst case, all attacks (%)"] = fmt([100 * sum(w) / len(w) for w in worst], len(seeds))
+        rows.append(row)
+    return markdown_table(rows)
+
+
+def scatter_plot(path: Path, plot: Plot, rows: Sequence[str], seeds: Sequence[int], get: Lookup, worst_of: WorstOf,
+                 xlabel: str, ylabel: str) -> None:
+    """Each row as a point (x, y) and a cross at (x, worst case), joined by a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label in rows:
+        xs, _ = _cell_values(get, label, seeds, plot.x)
+        ys, _ = _cell_values(get, label, seeds, plot.y)
+        if not xs or not ys:
+            continue
+        x, y = sum(xs) / len(xs), sum(ys) / len(ys)
+        ax.scatter(x, y, marker="o", color="tab:blue")
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        worst = [100 * sum(w) / len(w) for w in (worst_of(label, s) for s in seeds) if w is not None]
+        if worst:
+            w = sum(worst) / len(worst)
+            ax.scatter(x, w, marker="x", color="tab:red")
+            ax.plot([x, x], [y, w], color="grey", lw=0.6, ls=":")
+    ax.scatter([], [], marker="o", color="tab:blue", label=plot.y.header)
+    ax.scatter([], [], marker="x", color="tab:red", label="worst case over every attack")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(plot.title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def warnings_section(records: Sequence[Record], notes: Mapping[str, str], many_seeds: bool) -> str:
+    """The evaluations' sanity-check warnings grouped by finding: which variant's column (and
+    seed) raised each, one example message, and the study's note on the finding if it has one."""
+    by_code: dict[str, tuple[str, dict[str, None]]] = {}
+    for rec in sorted(records, key=lambda r: (r.variant, r.seed, r.column)):
+        if rec.same_as is not None:
+            continue
+        for w in rec.warnings:
+            example, where = by_code.setdefault(str(w["code"]), (str(w["message"]), {}))
+            where[f"{rec.variant} `{rec.column}`" + (f" (seed {rec.seed})" if many_seeds else "")] = None
+    if not by_code:
+        return ""
+    lines = ["\n## Sanity checks\n\n"]
+    for code, (example, where) in sorted(by_code.items()):
+        note = f" {notes[code]}" if code in notes else ""
+        lines.append(f"- `{code}` in {', '.join(where)}. For example: {example}.{note}\n")
+    return "".join(lines)
+
+
+def ledger_section(records: Sequence[Record], ledger: str) -> str:
+    """One line per attack evaluation (the rows ``ledger.sqlite`` holds), from the records."""
+    rows = [{"variant": r.variant, "seed": r.seed, "column": r.column, "robust (%)": f"{100 * (r.accuracy or 0):.2f}",
+             "clean, same images (%)": f"{100 * sum(r.clean_per_image) / max(1, len(r.clean_per_image)):.2f}",
+             "images": r.images, "randomness": r.randomness, "seconds": f"{r.seconds:.1f}"}
+            for r in sorted(records, key=lambda r: (r.variant, r.seed, r.column))
+            if r.kind == "attack" and r.applies and r.same_as is None]
+    if not rows:
+        return ""
+    return (f"\n## Ledger rows\n\nEvery attack evaluation of this run, as stored in `{ledger}` "
+            f"(`robustlab leaderboard --ledger {ledger}` ranks them):\n\n" + markdown_table(rows))

@@ -1,0 +1,325 @@
+"""The study machinery: a study is a recipe (variants, columns, tables, claims) and this runs it.
+
+A recipe registers a :class:`Study` in :data:`STUDIES`: its typed config (a frozen dataclass
+deriving from :class:`StudyConfig`, every setting explicit), named :class:`Profile` s
+(``quick``, ``cpu``, ``full``) with their expected time, and a ``plan`` function that turns a
+config into a :class:`Plan`. :func:`run_study` then
+
+1. makes each variant per seed (:class:`~.variants.Workshop`, cached and resumable),
+2. evaluates each job's columns (:mod:`.columns`), one typed record per (variant, seed, column)
+   (:mod:`.records`), skipping every record already on disk, so a killed run resumes,
+3. writes ``report.md``, ``results.json`` and the plot from the records alone (:mod:`.report`,
+   :mod:`.stats`, :mod:`.claims`), which is all ``report_only=True`` does.
+
+The same command-line options work for every study (``robustlab run NAME --profile --seeds
+--eval-n --eps --model --out --report-only``); ``robustlab run --list`` names them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..core import Registry
+from ..core.checkpoint import write_text_atomic
+from ..core.errors import InputError
+from ..core.randomness import is_stochastic
+from ..core.types import ThreatModel
+from ..train import Callback
+from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
+from .columns import Column, EvalContext, evaluate_column
+from .records import Record, RecordStore
+from .report import Plot, Table, ledger_section, render_table, scatter_plot, warnings_section
+from .stats import worst_case
+from .variants import Convert, Train, Variant, Workshop
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STUDIES", "Plan", "Profile", "Study", "StudyConfig", "StudyResult", "run_study", "study_config"]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What every study's numbers depend on; a study's config derives from it and adds its own.
+
+    Attributes:
+        profile: the profile this config came from.
+        eval_n: test images attacked (the first of a stratified draw).
+        clean_n: test images for clean accuracy and corruptions (``None``: the whole test split).
+    """
+
+    profile: str = "quick"
+    dataset: str = "fashion-mnist"
+    model: str = "resnet-mini"
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = 0.1
+    seeds: tuple[int, ...] = (0,)
+    eval_n: int = 100
+    clean_n: int | None = None
+    eval_batch_size: int = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (saved as the run's resolved config)."""
+        return json.loads(json.dumps(asdict(self), default=repr))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named setting of a study, and what it costs.
+
+    Attributes:
+        time: the expected time, in words (``"3 min on 2 CPU cores"``).
+        about: what the profile covers.
+    """
+
+    config: StudyConfig
+    time: str
+    about: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a study does for one config.
+
+    Attributes:
+        jobs: ``(variant label, column names)`` in run order; every seed runs them all before the
+            next seed starts, so a stopped run has whole tables on fewer seeds.
+        verdict_intro: the text above the claims table.
+        notes: sanity-check codes -> the study's note on them (printed beside the finding).
+    """
+
+    variants: tuple[Variant, ...]
+    columns: tuple[Column, ...]
+    jobs: tuple[tuple[str, tuple[str, ...]], ...]
+    tables: tuple[Table, ...]
+    claims: tuple[Claim, ...] = ()
+    plot: Plot | None = None
+    verdict_intro: str = ""
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A registered study.
+
+    Attributes:
+        plan: ``(config, baseline checkpoint or None) -> Plan``.
+        intro: ``(config, facts) -> str``, the report's opening paragraph (facts: image counts,
+            device, compute time).
+        migrate: ``(run folder, variant labels, config) -> records written``: brings a run folder
+            written by an older version of the recipe to records before anything reads it.
+    """
+
+    name: str
+    title: str
+    paper: str
+    profiles: Mapping[str, Profile]
+    plan: Callable[[Any, str | None], Plan]
+    intro: Callable[[Any, Mapping[str, Any]], str]
+    migrate: Callable[[Path, list[str], dict[str, Any]], int] | None = None
+
+
+STUDIES: Registry[Study] = Registry("study", plural="studies")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What :func:`run_study` returns (``results.json`` holds the same)."""
+
+    study: str
+    config: dict[str, Any]
+    report: str
+    summary: str
+    claims: list[ClaimResult]
+    partial: bool
+    seconds: float
+    facts: dict[str, Any]
+
+
+def study_config(study: Study | str, profile: str, **overrides: Any) -> StudyConfig:
+    """A study's ``profile`` (the study or its name in :data:`STUDIES`) with some fields replaced
+    (``None`` values are ignored)."""
+    study = STUDIES.get(study) if isinstance(study, str) else study
+    name = study.name
+    if profile not in study.profiles:
+        raise InputError(f"unknown {name} profile {profile!r}; known profiles: {', '.join(study.profiles)}")
+    cfg = study.profiles[profile].config
+    known = {f.name for f in fields(cfg)}
+    bad = sorted(k for k, v in overrides.items() if v is not None and k not in known)
+    if bad:
+        raise InputError(f"{name} has no setting {', '.join(bad)}; its settings: {', '.join(sorted(known))}")
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class _Run:
+    """One run folder of one study: its records, models and the worst case per (variant, seed)."""
+
+    def __init__(self, study: Study, cfg: StudyConfig, plan: Plan, out: Path, device: torch.device,
+                 log: Callable[[str], None], callbacks: Sequence[Callback]) -> None:
+        self.cfg, self.plan, self.out, self.log = cfg, plan, out, log
+        self.store = RecordStore(out / "records")
+        self.columns = {c.name: c for c in plan.columns}
+        if len(self.columns) != len(plan.columns):
+            raise InputError(f"{study.name}: two columns share a name")
+        self.workshop = Workshop(out, plan.variants, cfg.dataset, device, callbacks, log)
+        self.ctx = EvalContext(cfg.dataset, ThreatModel(cfg.norm, cfg.eps), cfg.eval_n, cfg.clean_n, cfg.eval_batch_size,
+                               device, out, self.columns, self.workshop.model,
+                               {"recipe": study.name, "profile": cfg.profile})
+        self.planned: dict[str, set[str]] = {}
+        for label, cols in plan.jobs:
+            self.workshop.variant(label)
+            for c in cols:
+                if c not in self.columns:
+                    raise InputError(f"{study.name}: job {label!r} names unknown column {c!r}")
+            self.planned.setdefault(label, set()).update(cols)
+
+    def run_job(self, label: str, seed: int, cols: Sequence[str]) -> None:
+        todo = [c for c in cols if not self.store.has(label, seed, c)]
+        if not todo:
+            return
+        model = self.workshop.model(label, seed)
+        stochastic = is_stochastic(model)
+
+        def ensure(name: str) -> Record | None:
+            rec = self.store.get(label, seed, name)
+            if rec is None and name in self.columns:
+                self.log(f"  {label} (seed {seed}): {name}")
+                rec = evaluate_column(self.ctx, model, self.columns[name], label, seed, stochastic, ensure)
+                self.store.put(rec)
+            return rec
+
+        for c in todo:
+            ensure(c)
+
+    def get(self, variant: str, seed: int, column: str) -> Record | None:
+        return self.store.get(variant, seed, column)
+
+    def worst_of(self, variant: str, seed: int) -> list[float] | None:
+        """Per image, robust under every attack column of (variant, seed); ``None`` until every
+        planned attack column of the variant has its record."""
+        attacks = [c for c in self.planned.get(variant, ()) if self.columns[c].attack]
+        recs = [self.store.get(variant, seed, c) for c in attacks]
+        if not attacks or any(r is None for r in recs):
+            return None
+        extra = [r for r in self.store.of(variant, seed) if r.kind == "attack" and r.column not in attacks]
+        masks = [list(r.per_image) for r in [*recs, *extra] if r is not None and r.applies]
+        return worst_case(masks) if masks else None
+
+    def missing(self) -> bool:
+        return any(not self.store.has(v, s, c) for s in self.cfg.seeds for v, cols in self.plan.jobs for c in cols)
+
+
+def _compute_seconds(out: Path, records: Sequence[Record]) -> float:
+    """Training and evaluation time of everything the run folder holds (resumed runs included)."""
+    total = sum(r.seconds for r in records)
+    for f in (out / "models").glob("*/*/metrics.jsonl"):
+        total += sum(json.loads(line).get("seconds", 0.0) for line in f.read_text().splitlines() if line.strip())
+    return total
+
+
+def run_study(
+    study: Study | str,
+    out_dir: str | os.PathLike[str],
+    config: StudyConfig | str = "quick",
+    *,
+    device: str | torch.device = "cpu",
+    baseline: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    report_only: bool = False,
+) -> StudyResult:
+    """Run a study (resuming from what ``out_dir`` holds) and write its report.
+
+    Args:
+        study: a :class:`Study` or a name in :data:`STUDIES`.
+        out_dir: the run folder.
+        config: a profile name or a config of the study's type.
+        device: where models train and are attacked.
+        baseline: a trained checkpoint for the study's baseline variant instead of training one.
+        log: called with one line per step (the CLI prints them).
+        callbacks: training callbacks (progress bars).
+        report_only: compute nothing; write the report from the records ``out_dir`` holds (cells
+            not computed yet show ``—``); ``config.json`` is left as the run wrote it.
+
+    Raises:
+        InputError: for an unknown study or profile, or a folder holding another configuration.
+    """
+    study = STUDIES.get(study) if isinstance(study, str) else study
+    cfg = study_config(study, config) if isinstance(config, str) else config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    config_dict = cfg.to_dict()
+    resolved = {"study": study.name, "config": config_dict, "baseline": None if baseline is None else str(baseline)}
+    say = log or (lambda s: logger.info("%s", s))
+    plan = study.plan(cfg, None if baseline is None else str(baseline))
+    if study.migrate is not None:
+        moved = study.migrate(out, [v.label for v in plan.variants], config_dict)
+        if moved:
+            say(f"read {moved} records of an earlier {study.name} version from {out}")
+    if saved.exists() and json.loads(saved.read_text()).get("config") != resolved["config"]:
+        raise InputError(f"{out} holds a study run with another configuration; pass a new --out or delete the "
+                         "folder to start over")
+    if not report_only:
+        write_text_atomic(saved, json.dumps(resolved, indent=1))
+    t_start = time.perf_counter()
+    run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks)
+    if not report_only:
+        for seed in cfg.seeds:
+            for label, cols in plan.jobs:
+                run.run_job(label, seed, cols)
+    return _write_report(study, cfg, plan, run, out, resolved, time.perf_counter() - t_start, str(device))
+
+
+def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Path, resolved: dict[str, Any],
+                  seconds: float, device: str) -> StudyResult:
+    records = list(run.store)
+    specs = [v.make.train if isinstance(v.make, Train) else v.make.finetune if isinstance(v.make, Convert) else None
+             for v in plan.variants]
+    limits = {spec.limit for spec in specs if spec is not None}
+    facts = {"seconds": round(seconds, 1), "compute_seconds": round(_compute_seconds(out, records), 1),
+             "partial": run.missing(), "device": device, "torch": torch.__version__,
+             "python": platform.python_version(), "threads": torch.get_num_threads(),
+             "eval_images": len(run.ctx.eval_set), "clean_images": len(run.ctx.clean_set),
+             "train_images": {str(k): len(run.workshop.train_set(k)) for k in sorted(limits, key=str)}}
+    seeds = list(cfg.seeds)
+    errors = [c.name for c in plan.columns if c.kind == "corruptions"]
+    tables = {t.key: render_table(t, seeds, run.get, run.worst_of, errors) for t in plan.tables}
+    in_plan = {c for _, cols in plan.jobs for c in cols} | {WORST}
+    claims = [c for c in plan.claims if c.a.column in in_plan and c.b.column in in_plan]
+    checked = check_claims(claims, seeds, run.get, run.worst_of, lambda name: name in in_plan)
+    verdict = plan.verdict_intro + "\n" + render_verdict(checked)
+    parts = [f"# {study.title} ({cfg.profile} profile)\n\n", study.intro(cfg, facts), "\n\n"]
+    if facts["partial"]:
+        parts.append("**Partial report**, written from an incomplete run: `—` marks cells not computed yet, a "
+                     "cell's `(k/K)` counts the seeds done of those planned, and a worst case appears once "
+                     "every attack of its row is done.\n\n")
+    for t in plan.tables:
+        parts += [f"## {t.title}\n\n", t.intro + "\n\n" if t.intro else "", tables[t.key]]
+        if plan.plot is not None and plan.plot.table == t.key:
+            scatter_plot(out / plan.plot.file, plan.plot, t.rows, seeds, run.get, run.worst_of,
+                         f"{plan.plot.x.header} (%)", f"accuracy (%), {cfg.norm} eps = {cfg.eps:.4g}")
+            parts.append(f"\n![{plan.plot.title}]({plan.plot.file})\n")
+        parts.append("\n")
+    parts += [warnings_section(records, plan.notes, len(seeds) > 1), "\n## Verdict\n\n", verdict,
+              ledger_section(records, "ledger.sqlite")]
+    report = "".join(parts)
+    write_text_atomic(out / "report.md", report)
+    summary = (tables[plan.tables[0].key] if plan.tables else "") + "\n" + verdict
+    result = StudyResult(study.name, resolved["config"], report, summary, checked, bool(facts["partial"]),
+                         round(seconds, 1), facts)
+    claims_json = [{"claim": r.claim.claim, "verdict": r.verdict, "seeds": r.seeds,
+                    **({} if r.comparison is None else {k: getattr(r.comparison, k) for k in
+                                                        ("a", "b", "diff", "se", "low", "high", "n")})}
+                   for r in checked]
+    write_text_atomic(out / "results.json", json.dumps({**resolved, "facts": facts, "claims": claims_json}, indent=1))
+    return result

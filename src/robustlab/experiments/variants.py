@@ -1,0 +1,197 @@
+"""Variants: how each model of a study is made, cached per (variant, seed) in the run folder.
+
+A variant is a label and a maker: :class:`Train` (an architecture trained from scratch with a
+recipe), :class:`Convert` (another variant's model converted by a registered conversion and
+finetuned) or :class:`Load` (a checkpoint). :class:`Workshop` makes them on demand and keeps
+each under ``models/<variant>/seed<k>/`` (``shared/`` for a variant made once for every seed)
+beside ``variant.json``, the recipe it was made with: a rerun reuses a finished model, resumes an
+interrupted training (the :class:`~robustlab.train.Trainer` checkpoints every epoch), and refuses
+a folder whose recipe differs instead of mixing two studies' models.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import load
+from ..core.checkpoint import write_text_atomic
+from ..core.errors import InputError
+from ..core.randomness import seed_stochastic
+from ..data import get_info, load_dataset
+from ..data.base import ImageDataset
+from ..defenses import CONVERSIONS
+from ..models import create_model
+from ..train import Callback, TrainConfig, Trainer, create_objective
+from .records import slugify
+
+__all__ = ["Convert", "Load", "Train", "TrainSpec", "Variant", "Workshop"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A training run: objective, epochs, schedule and the size of the training subset.
+
+    Attributes:
+        limit: a stratified subset of the training split of this size (``None``: all of it).
+        seed_offset: added to the variant's seed for the training's own randomness.
+    """
+
+    epochs: int
+    lr: float
+    schedule: str = "onecycle"
+    objective: str = "standard"
+    objective_options: tuple[tuple[str, Any], ...] = ()
+    batch_size: int = 128
+    limit: int | None = None
+    seed_offset: int = 0
+
+
+@dataclass(frozen=True)
+class Train:
+    """Train ``model`` (an architecture name) from scratch with ``train``."""
+
+    model: str
+    train: TrainSpec
+
+
+@dataclass(frozen=True)
+class Convert:
+    """Convert the model of variant ``source`` with ``conversion`` (a name in
+    :data:`robustlab.defenses.CONVERSIONS`) and its ``options``, then finetune it (when
+    ``finetune`` is given). Random layers of the converted model are seeded with
+    ``noise_seed_offset + seed`` before finetuning."""
+
+    source: str
+    conversion: str
+    options: tuple[tuple[str, Any], ...] = ()
+    finetune: TrainSpec | None = None
+    noise_seed_offset: int = 10_000
+
+
+@dataclass(frozen=True)
+class Load:
+    """A trained checkpoint (``robustlab.load``), the same for every seed."""
+
+    path: str
+
+
+Maker = Train | Convert | Load
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of a study.
+
+    Attributes:
+        label: its row label in every table (the paper's naming).
+        make: how it is made.
+        per_seed: one model per seed; ``False`` makes one (seed 0) that every seed shares, like
+            a baseline every finetuned variant starts from.
+    """
+
+    label: str
+    make: Maker
+    per_seed: bool = True
+
+    @property
+    def slug(self) -> str:
+        """Its folder name."""
+        return slugify(self.label)
+
+    def recipe(self) -> dict[str, Any]:
+        """JSON-ready form of how it is made (saved as ``variant.json``)."""
+        return {"label": self.label, "maker": type(self.make).__name__.lower(), **asdict(self.make),
+                "per_seed": self.per_seed}
+
+
+class Workshop:
+    """Makes and caches the models of one run folder.
+
+    Args:
+        out: the run folder.
+        variants: every variant of the study (a :class:`Convert` names its source among them).
+        dataset: the training data's name.
+        device: where models train and run.
+        callbacks: training callbacks (progress bars).
+        log: called with one line per model made.
+    """
+
+    def __init__(self, out: Path, variants: Sequence[Variant], dataset: str, device: torch.device,
+                 callbacks: Sequence[Callback] = (), log: Callable[[str], None] = lambda s: None) -> None:
+        self.out = out
+        self.variants = {v.label: v for v in variants}
+        self.dataset = dataset
+        self.device = device
+        self.callbacks = list(callbacks)
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self._models: dict[tuple[str, int], nn.Module] = {}
+        self._train_sets: dict[int | None, ImageDataset] = {}
+
+    def variant(self, label: str) -> Variant:
+        """The variant called ``label``."""
+        if label not in self.variants:
+            raise InputError(f"unknown variant {label!r}; known variants: {', '.join(self.variants)}")
+        return self.variants[label]
+
+    def folder(self, variant: Variant, seed: int) -> Path:
+        """Where (variant, seed) is cached."""
+        return self.out / "models" / variant.slug / (f"seed{seed}" if variant.per_seed else "shared")
+
+    def model(self, label: str, seed: int) -> nn.Module:
+        """The model of ``label`` for ``seed`` in eval mode, made (or resumed) when not cached."""
+        v = self.variant(label)
+        key = (label, seed if v.per_seed else 0)
+        if key not in self._models:
+            self._models[key] = self._make(v, key[1]).to(self.device).eval()
+        return self._models[key]
+
+    def _make(self, v: Variant, seed: int) -> nn.Module:
+        if isinstance(v.make, Load):
+            return load(v.make.path, device=self.device)
+        folder = self.folder(v, seed)
+        recipe = {**v.recipe(), "dataset": self.dataset, "seed": seed}
+        saved = folder / "variant.json"
+        if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(recipe)):
+            raise InputError(f"{folder} holds a model made with another recipe; pass a new --out or delete "
+                             "the folder to start over")
+        if (folder / "model.safetensors").exists():
+            return load(folder / "model.safetensors", device=self.device)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(saved, json.dumps(recipe, indent=1))
+        t0 = time.perf_counter()
+        if isinstance(v.make, Train):
+            info = get_info(self.dataset)
+            net: nn.Module = create_model(v.make.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                          mean=info.mean, std=info.std, seed=seed)
+            spec = v.make.train
+            self.log(f"{v.label}: training {v.make.model} for {spec.epochs} epochs (seed {seed})")
+        else:
+            convert = CONVERSIONS.meta(v.make.conversion)["convert"]  # the public surgery, recorded in the recipe
+            net = convert(self.model(v.make.source, seed), **dict(v.make.options))
+            seed_stochastic(net, v.make.noise_seed_offset + seed)
+            if v.make.finetune is None:
+                return net
+            spec = v.make.finetune
+            self.log(f"{v.label}: finetuning (seed {seed}) for {spec.epochs} epochs")
+        tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, schedule=spec.schedule,
+                           seed=seed + spec.seed_offset)
+        objective = create_objective(spec.objective, **dict(spec.objective_options))
+        model = Trainer(net, objective, tcfg, out_dir=folder, device=self.device, dataset_name=self.dataset,
+                        callbacks=self.callbacks).fit(self.train_set(spec.limit), resume=True).model
+        self.seconds[v.label] = self.seconds.get(v.label, 0.0) + time.perf_counter() - t0
+        return model
+
+    def train_set(self, limit: int | None) -> ImageDataset:
+        """The training split (a stratified subset of ``limit`` images), loaded once."""
+        if limit not in self._train_sets:
+            self._train_sets[limit] = load_dataset(self.dataset, "train", limit=limit, seed=0)
+        return self._train_sets[limit]
