@@ -75,6 +75,16 @@ def test_convert_writes_a_loadable_converted_model(tmp_path):
     assert r.exit_code == 2 and "--shortcut-jitter shared applies to --method sd, sd+addnoise, not avgpool" in r.output
 
 
+def test_train_refuses_an_ema_decay_of_one_in_one_line(tmp_path):
+    # typer's range is [0, 1]; a decay of 1 would freeze the average, 0 would be no average
+    for value in ("1", "0"):
+        r = runner.invoke(app, ["train", "--dataset", "digits", "--epochs", "1", "--ema", value,
+                                "--out", str(tmp_path / value)])
+        assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+            f"error: --ema must lie strictly between 0 and 1 (e.g. 0.999), got {float(value)}"), r.output
+        assert not (tmp_path / value).exists()
+
+
 def test_run_list_names_every_study_with_its_profiles_and_time():
     r = runner.invoke(app, ["run", "--list"], terminal_width=200)
     assert r.exit_code == 0, r.output
@@ -83,7 +93,7 @@ def test_run_list_names_every_study_with_its_profiles_and_time():
     assert "3 min on 2 CPU cores" in r.output and "hours on one GPU" in r.output
     r = runner.invoke(app, ["run"])
     assert r.exit_code == 2 and r.output.strip() == (
-        "error: name a study to run: sd-study (robustlab run --list)")
+        "error: name a study to run: sd-study, strides-study (robustlab run --list)")
 
 
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):

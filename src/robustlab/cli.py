@@ -978,6 +978,7 @@ def demo(
     eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 100,
     battery: Annotated[str, typer.Option(help=f"attack battery: {BATTERY_NAMES}")] = "standard",
     sd_study: Annotated[str, typer.Option(help="sd-study profile to include: quick, cpu, full or none")] = "quick",
+    strides_study: Annotated[str, typer.Option(help="strides-study profile to include: quick, cpu, full or none")] = "quick",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore earlier progress in OUT and start over")] = False,
 ) -> None:
@@ -996,11 +997,13 @@ def demo(
         _check_writable(out, "--out", folder=True)
         cfg = DemoConfig(epochs=epochs, at_epochs=at_epochs, train_limit=train_limit,
                          at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
-                         battery=battery, sd_study=None if sd_study == "none" else sd_study)
-        if sd_study != "none":
-            from .experiments import study_config
+                         battery=battery, sd_study=None if sd_study == "none" else sd_study,
+                         strides_study=None if strides_study == "none" else strides_study)
+        from .experiments import study_config
 
-            study_config("sd-study", sd_study)  # an unknown profile fails before any training
+        for name, chosen in (("sd-study", sd_study), ("strides-study", strides_study)):
+            if chosen != "none":
+                study_config(name, chosen)  # an unknown profile fails before any training
         if fresh and out.exists():
             shutil.rmtree(out)
         torch.manual_seed(cfg.seed)
@@ -1025,8 +1028,9 @@ def demo(
         console.print(f"{m['name']:>9}: clean {100 * m['clean_accuracy']:.2f}% on {r['test_images']} test images; "
                       f"worst-case robust {100 * m['robust_accuracy']:.2f}% on {r['eval_n']} "
                       f"({battery} battery, {r['threat']['norm']} eps {r['threat']['eps']:g})")
-    if r["sd_study"] is not None:
-        console.print(f"sd-study ({r['sd_study']['profile']}): {out / 'sd-study' / 'report.md'}")
+    for key, folder in (("sd_study", "sd-study"), ("strides_study", "strides-study")):
+        if r[key] is not None:
+            console.print(f"{folder} ({r[key]['profile']}): {out / folder / 'report.md'}")
     console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
 
 

@@ -42,6 +42,8 @@ def zero_labels(split_limit: int) -> list[float]:
 @pytest.mark.parametrize("column", [
     Column("pgd", "pgd", "PGD", PGD),
     Column("sq", "square", "Square", {"queries": 5, "p_init": 0.8}),
+    Column("fgsm", "fgsm", "FGSM", {"eps": "the threat's"}),
+    Column("df", "deepfool", "DeepFool", {"steps": 3, "overshoot": 0.02, "candidates": 10}),
     Column("quick", "battery", "quick battery", {"battery": "quick"}),
     Column("tr", "transfer", "transfer", {"source": "other", "attack": "pgd"}),
 ], ids=lambda c: c.kind)
@@ -90,3 +92,29 @@ def test_unknown_kind_lists_the_known_ones():
         Column("x", "pgdd", "x").attack  # noqa: B018
     assert Column("x", "corruptions", "x").attack is False and Column("x", "transfer", "x").attack is True
     assert COLUMN_KINDS.get("clean").record_kind == "clean"
+
+
+def test_unchanged_column_counts_predictions_an_attack_cannot_move(tmp_path):
+    # the constant model's prediction never moves, right or wrong: agreement 1 on every image,
+    # where its accuracy is only the share of class-0 images
+    col = Column("unchanged", "unchanged", "unchanged", {"eps": 0.1, "steps": 2, "step_size": 0.05})
+    rec = evaluate_column(context(tmp_path, (col,)), AlwaysZero().eval(), col, "const", 0, False, lambda n: None)
+    assert rec.kind == "agreement" and rec.per_image == (1.0,) * 12 and rec.agreement == 1.0
+    assert rec.accuracy is None and rec.error is None and not col.attack
+
+
+def test_unchanged_column_sees_a_prediction_move(tmp_path):
+    # a model reading one pixel: class 1 when pixel (0, 0, 4, 4) > 0.5, else class 0; images whose
+    # pixel lies within eps = 0.3 of 0.5 (and so can cross it) change prediction, the others cannot
+    class OnePixel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x[:, 0, 4, 4]
+            return torch.stack([0.5 - v, v - 0.5], dim=1) * 10
+
+    col = Column("unchanged", "unchanged", "unchanged", {"eps": 0.3, "steps": 5, "step_size": 0.1})
+    rec = evaluate_column(context(tmp_path, (col,)), OnePixel().eval(), col, "pix", 0, False, lambda n: None)
+    data = load_dataset("digits", "test", limit=12, seed=0)
+    pixel = [float(data[i][0][0, 4, 4]) for i in range(12)]
+    expected = tuple(0.0 if abs(p - 0.5) < 0.3 else 1.0 for p in pixel)
+    assert 0 < sum(expected) < 12  # these images hold both cases, so the check below tells them apart
+    assert rec.per_image == expected

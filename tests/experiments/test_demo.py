@@ -10,9 +10,13 @@ TINY_SD = study_config(
     eval_batch_size=20, pgd_steps=2, square_queries=5, eot_draws=(2,), corruption_n=10, table1=("Baseline", "SD"),
     noise_sweep=(), spp_sweep=(2,), transfer_from_baseline=("Baseline", "SD"), eps=0.05,
 )
+TINY_STRIDES = study_config(
+    "strides-study", "quick", dataset="digits", eval_n=12, clean_n=60, eval_batch_size=12, epochs=1, train_limit=128,
+    train_steps=1, ratio_eps=(0.1,), deepfool_steps=2,
+)
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
-    test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2, sd_study=TINY_SD,
+    test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2, sd_study=TINY_SD, strides_study=TINY_STRIDES,
 )
 
 
@@ -38,6 +42,10 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert "not conclusive about adaptive robustness" in report and "runs/sd-study-cpu/report.md" in report
     assert "survives adaptive attacks" not in report
     assert (tmp_path / "sd-study" / "report.md").exists()
+    # the strides study's quick profile ran too, and its Table V and claims are in the report
+    assert "Feature-map strides study (quick profile)" in report and "strides-study/report.md" in report
+    assert "| TRADES 1-1-2 |" in report and "TRADES: shrunk strides raise natural accuracy" in report
+    assert (tmp_path / "strides-study" / "report.md").exists()
     saved = json.loads((tmp_path / "sd-study" / "config.json").read_text())
     assert saved["baseline"] == str(tmp_path / "standard" / "model.safetensors")
 

@@ -1,12 +1,15 @@
 """Defenses: one module per technique, each a layer plus the ``convert_*`` surgery that installs it.
 
 Every conversion registers in ``CONVERSIONS`` so a checkpoint's recipe (its ordered list of
-conversions) can be replayed by :func:`robustlab.load`.
+conversions) can be replayed by :func:`robustlab.load`: ``downsampling``
+(:mod:`~robustlab.defenses.downsampling`), and ``strides``, ``upsample-input`` and
+``global-pooling`` (:mod:`~robustlab.defenses.strides`, the feature-map-strides paper).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -29,6 +32,19 @@ def apply_conversion(model: nn.Module, conversion: dict[str, Any]) -> nn.Module:
     return CONVERSIONS.get(name)(model, **conversion.get("options", {}))
 
 
+def record_conversion(model: nn.Module, name: str, options: Mapping[str, Any]) -> nn.Module:
+    """Append ``{"name": name, "options": options}`` to ``model``'s recipe (a new list, so a
+    model the recipe dict was copied from is not changed) and return ``model``; a model
+    without a recipe is returned as it is."""
+    recipe = getattr(model, "robustlab_recipe", None)
+    if isinstance(recipe, dict):
+        recipe = copy.deepcopy(recipe)
+        entry = {"name": name, "options": copy.deepcopy(dict(options))}
+        recipe["conversions"] = [*recipe.get("conversions", []), entry]
+        setattr(model, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute, not a submodule)
+    return model
+
+
 from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined above)
     DOWNSAMPLERS,
     METHODS,
@@ -40,6 +56,15 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     deterministic_twin,
 )
 from .stochastic_downsampling import SharedJitter, StochasticDownsample  # noqa: E402
+from .strides import (  # noqa: E402  (registers strides, upsample-input, global-pooling)
+    Upsampled,
+    UpsampleInput,
+    parse_strides,
+    shrink_strides,
+    stage_strides,
+    swap_pooling,
+    upsample_input,
+)
 
 __all__ = [
     "CONVERSIONS",
@@ -51,7 +76,15 @@ __all__ = [
     "FLCPool",
     "SharedJitter",
     "StochasticDownsample",
+    "UpsampleInput",
+    "Upsampled",
     "apply_conversion",
     "convert_downsampling",
     "deterministic_twin",
+    "parse_strides",
+    "record_conversion",
+    "shrink_strides",
+    "stage_strides",
+    "swap_pooling",
+    "upsample_input",
 ]

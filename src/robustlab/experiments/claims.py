@@ -108,7 +108,8 @@ def _outcomes(side: Side, seed: int, get: Lookup, worst_of: WorstOf) -> list[flo
 
 
 def check_claims(claims: Sequence[Claim], seeds: Sequence[int], get: Lookup, worst_of: WorstOf,
-                 planned: Callable[[str], bool]) -> list[ClaimResult]:
+                 planned: Callable[[str], bool], kind_of: Callable[[str], str | None] | None = None,
+                 ) -> list[ClaimResult]:
     """Check every claim on the seeds where both sides have records (each image's outcome averaged
     over those seeds, then compared image by image).
 
@@ -116,12 +117,16 @@ def check_claims(claims: Sequence[Claim], seeds: Sequence[int], get: Lookup, wor
         get: ``(variant, seed, column) -> Record | None``.
         worst_of: ``(variant, seed) -> per-image worst case | None`` (``None`` until complete).
         planned: whether the study's profile runs a column (for :attr:`Claim.needs`).
+        kind_of: the record kind a column writes (``corruption`` rows are stated as errors even
+            before their records exist); by default read from the records.
     """
     results = []
     for c in claims:
         pairs = [(a, b) for a, b in ((_outcomes(c.a, s, get, worst_of), _outcomes(c.b, s, get, worst_of))
                                      for s in seeds) if a is not None and b is not None and len(a) == len(b)]
-        kinds = {r.kind for r in (get(c.a.variant, s, c.a.column) for s in seeds) if r is not None}
+        kinds: set[str] = {r.kind for r in (get(c.a.variant, s, c.a.column) for s in seeds) if r is not None}
+        if kind_of is not None:
+            kinds.add(kind_of(c.a.column) or "")
         error_scale = "corruption" in kinds and c.a.outcome == "value"
         if not pairs:
             results.append(ClaimResult(c, None, 0, error_scale, "no records yet", False))

@@ -6,7 +6,9 @@ every setting spelled out; the evaluator is found by the column's ``kind`` in :d
 
 - ``clean``: accuracy on the clean test images (a fresh draw for a randomized model);
 - ``corruptions``: the mean corruption error (:func:`robustlab.evaluate.evaluate_corruptions`);
-- ``pgd``, ``square``, ``autoattack``, ``battery`` (a registered battery by name, e.g. ``full``):
+- ``unchanged``: the fraction of predictions PGD at a given eps leaves unchanged, right or wrong
+  (the anti-perturbation ratio of feature-map-strides Table II);
+- ``fgsm``, ``pgd``, ``deepfool`` (judged inside the threat model), ``square``, ``autoattack``, ``battery`` (a registered battery by name, e.g. ``full``):
   the attacks run by :func:`robustlab.evaluate.run_battery` (so one verdict rule, fresh draws for
   randomized models, resumable state, a ledger row);
 - ``transfer``: another column's attack crafted on a surrogate (a named variant of the study, or
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import EOT, PGD, Attack, AutoAttack, Square, Transfer
+from ..attacks import EOT, FGSM, PGD, Attack, AutoAttack, DeepFool, Square, Transfer
 from ..core import Registry
 from ..core.metrics import predict
 from ..core.randomness import seed_stochastic
@@ -137,6 +139,10 @@ def make_attack(ctx: EvalContext, column: Column) -> Attack:
         return PGD(ctx.threat, steps=int(s["steps"]), step_size=float(s["step_size"]),
                    random_start=bool(s["random_start"]), restarts=int(s["restarts"]),
                    early_stop=bool(s["early_stop"]), grad=EOT(int(s["eot"])) if s["eot"] else None)
+    if column.kind == "fgsm":
+        return FGSM(ctx.threat)
+    if column.kind == "deepfool":
+        return DeepFool(ctx.threat, int(s["steps"]), overshoot=float(s["overshoot"]), candidates=int(s["candidates"]))
     if column.kind == "square":
         return Square(ctx.threat, int(s["queries"]), p_init=float(s["p_init"]))
     if column.kind == "autoattack":
@@ -172,9 +178,31 @@ def _attack(ctx: EvalContext, model: nn.Module, column: Column, variant: str, se
         randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
 
 
+def _unchanged(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
+    """The anti-perturbation ratio (feature-map-strides Table II): PGD at ``eps`` tries to move
+    each attacked image's prediction away from the model's own clean prediction (right or wrong);
+    an image counts when the verdict still gives that prediction."""
+    s = column.settings
+    seed_stochastic(model, seed)
+    x = torch.stack([ctx.eval_set[i][0] for i in range(len(ctx.eval_set))])
+    with torch.no_grad():
+        own = torch.cat([predict(model, b.to(ctx.device)).cpu() for b in x.split(ctx.eval_batch_size)])
+    threat = ThreatModel(ctx.threat.norm, float(s["eps"]))
+    if threat.eps == 0:  # nothing can move: every prediction stays
+        return Record.of_outcomes(variant, seed, column.name, "agreement", [1.0] * len(own))
+    attack = PGD(threat, steps=int(s["steps"]), step_size=float(s["step_size"]), random_start=True,
+                 early_stop=True)
+    res = run_battery(model, (x, own), Battery([attack], column.name), threat=threat, n=len(own),
+                      batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device)
+    return Record.of_outcomes(variant, seed, column.name, "agreement", res.robust[0].float().tolist(),
+                              randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
+
+
 COLUMN_KINDS.register("clean", ColumnKind(_clean, "clean"), about="accuracy on clean test images")
+COLUMN_KINDS.register("unchanged", ColumnKind(_unchanged, "agreement"),
+                      about="fraction of predictions an attack leaves unchanged (anti-perturbation ratio)")
 COLUMN_KINDS.register("corruptions", ColumnKind(_corruptions, "corruption"), about="mean corruption error")
-for _kind in ("pgd", "square", "autoattack", "battery", "transfer"):
+for _kind in ("fgsm", "pgd", "deepfool", "square", "autoattack", "battery", "transfer"):
     COLUMN_KINDS.register(_kind, ColumnKind(_attack, "attack"), about=f"robust accuracy under {_kind}")
 
 

@@ -12,6 +12,8 @@
 4. The stochastic-downsampling study's ``quick`` profile
    (:mod:`robustlab.experiments.sd_study`) with the standard model of step 1 as its baseline;
    its full report is ``runs/demo/sd-study/report.md`` and its Table 1 is repeated in the demo's.
+5. The feature-map-strides study's ``quick`` profile (:mod:`robustlab.experiments.strides_study`):
+   TRADES with the original and the shrunk strides; ``runs/demo/strides-study/report.md``.
 
 Everything resumes: training from its last epoch, the battery from its last finished batch, the
 study from its last finished model and evaluation. Subset sizes are printed in the reports.
@@ -39,7 +41,8 @@ from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
 from .sd_study import SDStudyConfig
-from .study import run_study, study_config
+from .strides_study import StridesStudyConfig
+from .study import StudyConfig, run_study, study_config
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class DemoConfig:
     sd_study: str | SDStudyConfig | None = "quick"
     """A :data:`~robustlab.experiments.sd_study.PROFILES` name (run on this dataset and model), a
     full config, or ``None`` to skip the study."""
+    strides_study: str | StridesStudyConfig | None = "quick"
+    """A :data:`~robustlab.experiments.strides_study.PROFILES` name (run on this dataset), a full
+    config, or ``None`` to skip the study."""
 
 
 def _train(
@@ -169,13 +175,23 @@ def run_demo(
                          baseline=out / "standard" / "model.safetensors", log=log, callbacks=callbacks)
         sd = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
               "eps": scfg.eps, "summary_markdown": sres.summary}
+    strides: dict[str, Any] | None = None
+    if cfg.strides_study is not None:
+        t0 = time.perf_counter()
+        tcfg = (study_config("strides-study", cfg.strides_study, dataset=cfg.dataset)
+                if isinstance(cfg.strides_study, str) else cfg.strides_study)
+        tres = run_study("strides-study", out / "strides-study", tcfg, device=device, log=log, callbacks=callbacks)
+        strides = {"profile": tcfg.profile, "seconds": round(time.perf_counter() - t0, 1), "eps": tcfg.eps,
+                   "summary_markdown": tres.summary}
     elapsed = time.perf_counter() - t_start
     cfg_dict = asdict(cfg)
-    if isinstance(cfg.sd_study, SDStudyConfig):
-        cfg_dict["sd_study"] = cfg.sd_study.to_dict()
+    for key in ("sd_study", "strides_study"):
+        if isinstance(getattr(cfg, key), StudyConfig):
+            cfg_dict[key] = getattr(cfg, key).to_dict()
     results = {
         "config": cfg_dict,
         "sd_study": sd,
+        "strides_study": strides,
         "train_images": len(train),
         "test_images": len(test),
         "eval_n": eval_n,
@@ -215,6 +231,10 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
     sd = r.get("sd_study")
     if sd is not None:
         timing.append({"step": f"sd-study ({sd['profile']})", "training (s)": "-", "evaluation (s)": sd["seconds"]})
+    strides = r.get("strides_study")
+    if strides is not None:
+        timing.append({"step": f"strides-study ({strides['profile']})", "training (s)": "-",
+                       "evaluation (s)": strides["seconds"]})
     parts = [
         "# robustlab demo report\n\n",
         f"Dataset: **{cfg['dataset']}** ({r['train_images']} training images for the standard model, "
@@ -242,6 +262,14 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
             "PGD as in its Sec. 4.1, plus the adaptive attacks it lacks (EOT, transfer from the deterministic "
             "twin). Every table, subset size and setting: [sd-study/report.md](sd-study/report.md).\n\n",
             sd["summary_markdown"], "\n",
+        ]
+    if strides is not None:
+        parts += [
+            f"## Feature-map strides study ({strides['profile']} profile)\n\n",
+            "TRADES-trained models with the original strides and the shrunk ones (feature maps twice as large before "
+            f"the average pooling), L-inf eps = {strides['eps']:g}. Every table, setting and the cost of each "
+            "configuration: [strides-study/report.md](strides-study/report.md).\n\n",
+            strides["summary_markdown"], "\n",
         ]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]

@@ -21,8 +21,8 @@ from ..core.errors import InputError
 
 __all__ = ["KINDS", "Lookup", "Record", "RecordStore", "WorstOf", "slugify"]
 
-RecordKind = Literal["clean", "attack", "corruption"]
-KINDS: tuple[str, ...] = ("clean", "attack", "corruption")
+RecordKind = Literal["clean", "attack", "corruption", "agreement"]
+KINDS: tuple[str, ...] = ("clean", "attack", "corruption", "agreement")
 
 
 def slugify(label: str) -> str:
@@ -39,12 +39,15 @@ class Record:
         seed: the seed of the variant (and of the evaluation's draws).
         column: the column's name in the study.
         kind: ``clean`` (accuracy on clean images), ``attack`` (robust accuracy; counts toward
-            the per-sample worst case) or ``corruption`` (mean corruption error).
+            the per-sample worst case), ``corruption`` (mean corruption error) or ``agreement``
+            (the fraction of images whose prediction an attack left unchanged, right or wrong:
+            the anti-perturbation ratio of feature-map-strides Table II).
         per_image: per test image, the outcome on the good side: 1 correct (clean) or robust
-            (attack), 0 not; for a corruption record the fraction of the image's corrupted
-            versions classified right. Empty when the column does not apply.
+            (attack) or unchanged (agreement), 0 not; for a corruption record the fraction of the
+            image's corrupted versions classified right. Empty when the column does not apply.
         accuracy: the mean of ``per_image`` (clean and attack records).
         error: the mean corruption error (corruption records only).
+        agreement: the mean of ``per_image`` (agreement records only).
         clean_per_image: attack records: per attacked image, 1 when the clean image is right.
         per_attack: attack records: robust accuracy after each attack of the battery (cumulative).
         not_applicable: why the column was not run on this model (``per_image`` is then empty).
@@ -65,6 +68,7 @@ class Record:
     per_image: tuple[float, ...] = ()
     accuracy: float | None = None
     error: float | None = None
+    agreement: float | None = None
     clean_per_image: tuple[float, ...] = ()
     per_attack: Mapping[str, float] = field(default_factory=dict)
     not_applicable: str | None = None
@@ -80,10 +84,10 @@ class Record:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"record kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind == "corruption" and self.accuracy is not None:
-            raise InputError("a corruption record states its error, not an accuracy")
-        if self.kind != "corruption" and self.error is not None:
-            raise InputError(f"a {self.kind} record states an accuracy, not an error")
+        headline = {"corruption": "error", "agreement": "agreement"}.get(self.kind, "accuracy")
+        for name in ("accuracy", "error", "agreement"):
+            if name != headline and getattr(self, name) is not None:
+                raise InputError(f"a {self.kind} record states its {headline}, not an {name}")
         if self.clean_per_image and len(self.clean_per_image) != len(self.per_image):
             raise InputError("clean_per_image and per_image must cover the same images")
 
@@ -94,8 +98,8 @@ class Record:
 
     @property
     def value(self) -> float | None:
-        """The record's headline number: accuracy, or error for a corruption record."""
-        return self.error if self.kind == "corruption" else self.accuracy
+        """The record's headline number: accuracy, error (corruption) or agreement."""
+        return {"corruption": self.error, "agreement": self.agreement}.get(self.kind, self.accuracy)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -125,6 +129,8 @@ class Record:
         if kind == "corruption":
             return cls(variant, seed, column, kind, per_image=values, images=len(values),
                        error=None if mean is None else 1.0 - mean, **kw)
+        if kind == "agreement":
+            return cls(variant, seed, column, kind, per_image=values, images=len(values), agreement=mean, **kw)
         return cls(variant, seed, column, kind, per_image=values, images=len(values), accuracy=mean, **kw)
 
 

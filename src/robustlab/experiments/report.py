@@ -3,6 +3,7 @@ the ledger rows. Nothing here evaluates a model, so ``--report-only`` works on a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ from ..report import markdown_table
 from .records import Lookup, Record, WorstOf
 from .stats import mean_std
 
-__all__ = ["Cell", "Plot", "Table", "ledger_section", "render_table", "scatter_plot", "warnings_section"]
+__all__ = ["Cell", "Plot", "Table", "cost_section", "ledger_section", "render_table", "scatter_plot",
+           "warnings_section"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +159,25 @@ def ledger_section(records: Sequence[Record], ledger: str) -> str:
         return ""
     return (f"\n## Ledger rows\n\nEvery attack evaluation of this run, as stored in `{ledger}` "
             f"(`robustlab leaderboard --ledger {ledger}` ranks them):\n\n" + markdown_table(rows))
+
+
+def cost_section(models: Path, rows: Sequence[tuple[str, str]]) -> str:
+    """The cost of each variant from the files beside its model: seconds per training epoch (its
+    ``metrics.jsonl``, mean over epochs and seeds), FLOPs and activation memory of one forward on
+    one image and parameters (``cost.json``). ``rows`` pairs each label with its folder name."""
+    out = []
+    for label, slug in rows:
+        costs = [json.loads(p.read_text()) for p in sorted((models / slug).glob("*/cost.json"))]
+        epochs = [json.loads(line).get("seconds", 0.0) for p in sorted((models / slug).glob("*/metrics.jsonl"))
+                  for line in p.read_text().splitlines() if line.strip()]
+        if not costs:
+            continue
+        c = costs[0]
+        out.append({"variant": label, "s / epoch": f"{sum(epochs) / len(epochs):.1f}" if epochs else "—",
+                    "MFLOPs / image": f"{c['flops'] / 1e6:.2f}", "activations (MB)": f"{c['activation_bytes'] / 2**20:.2f}",
+                    "parameters": f"{c['params']:,}"})
+    if not out:
+        return ""
+    return ("\n## Cost\n\nSeconds per training epoch on this run's device (mean over epochs and seeds), and one "
+            "forward on one image: FLOPs (a multiply-add counts 2) and the memory of every layer's output.\n\n"
+            + markdown_table(out))

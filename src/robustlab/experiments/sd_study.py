@@ -248,11 +248,8 @@ def intro(cfg: SDStudyConfig, facts: Mapping[str, Any]) -> str:
         f"{facts['clean_images']} test images; attacks on the first {facts['eval_images']} test images, L-inf eps = "
         f"{cfg.eps:.4g} ({cfg.eps * 255:.3g}/255), PGD {cfg.pgd_steps} steps of {cfg.pgd_alpha:g} with a random start; "
         f"Square {cfg.square_queries} queries; mCE = mean error over 15 corruptions x 5 severities of "
-        f"{min(cfg.corruption_n, facts['clean_images'])} generated Fashion-MNIST-C images. Numbers are percentages, "
-        f"mean ± std over seeds, `(k/K)`: k of the K seeds done. Randomized models are judged by a fresh prediction "
-        f"on every adversarial example. Device {facts['device']} ({facts['threads']} threads), torch "
-        f"{facts['torch']}; training and evaluation of everything below took {facts['compute_seconds']:.0f} s "
-        "(summed over resumed runs).")
+        f"{min(cfg.corruption_n, facts['clean_images'])} generated Fashion-MNIST-C images. Randomized models are "
+        "judged by a fresh prediction on every adversarial example.")
 
 
 STUDIES.register("sd-study", Study("sd-study", "Stochastic Downsampling study", "stochastic-downsampling.txt",

@@ -36,9 +36,17 @@ from ..core.randomness import is_stochastic
 from ..core.types import ThreatModel
 from ..train import Callback
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
-from .columns import Column, EvalContext, evaluate_column
+from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
 from .records import Record, RecordStore
-from .report import Plot, Table, ledger_section, render_table, scatter_plot, warnings_section
+from .report import (
+    Plot,
+    Table,
+    cost_section,
+    ledger_section,
+    render_table,
+    scatter_plot,
+    warnings_section,
+)
 from .stats import worst_case
 from .variants import Convert, Train, Variant, Workshop
 
@@ -95,6 +103,7 @@ class Plan:
             next seed starts, so a stopped run has whole tables on fewer seeds.
         verdict_intro: the text above the claims table.
         notes: sanity-check codes -> the study's note on them (printed beside the finding).
+        cost: add the cost table (seconds per epoch, FLOPs, activation memory per variant).
     """
 
     variants: tuple[Variant, ...]
@@ -105,6 +114,7 @@ class Plan:
     plot: Plot | None = None
     verdict_intro: str = ""
     notes: Mapping[str, str] = field(default_factory=dict)
+    cost: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,9 +306,13 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
     tables = {t.key: render_table(t, seeds, run.get, run.worst_of, errors) for t in plan.tables}
     in_plan = {c for _, cols in plan.jobs for c in cols} | {WORST}
     claims = [c for c in plan.claims if c.a.column in in_plan and c.b.column in in_plan]
-    checked = check_claims(claims, seeds, run.get, run.worst_of, lambda name: name in in_plan)
+    kinds = {c.name: COLUMN_KINDS.get(c.kind).record_kind for c in plan.columns}
+    checked = check_claims(claims, seeds, run.get, run.worst_of, lambda name: name in in_plan, kinds.get)
     verdict = plan.verdict_intro + "\n" + render_verdict(checked)
-    parts = [f"# {study.title} ({cfg.profile} profile)\n\n", study.intro(cfg, facts), "\n\n"]
+    parts = [f"# {study.title} ({cfg.profile} profile)\n\n", study.intro(cfg, facts),
+             " Numbers are percentages, mean ± std over seeds; `(k/K)`: k of the K seeds done. Device "
+             f"{facts['device']} ({facts['threads']} threads), torch {facts['torch']}; training and evaluation of "
+             f"everything below took {facts['compute_seconds']:.0f} s (summed over resumed runs).\n\n"]
     if facts["partial"]:
         parts.append("**Partial report**, written from an incomplete run: `—` marks cells not computed yet, a "
                      "cell's `(k/K)` counts the seeds done of those planned, and a worst case appears once "
@@ -310,6 +324,8 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
                          f"{plan.plot.x.header} (%)", f"accuracy (%), {cfg.norm} eps = {cfg.eps:.4g}")
             parts.append(f"\n![{plan.plot.title}]({plan.plot.file})\n")
         parts.append("\n")
+    if plan.cost:
+        parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants]))
     parts += [warnings_section(records, plan.notes, len(seeds) > 1), "\n## Verdict\n\n", verdict,
               ledger_section(records, "ledger.sqlite")]
     report = "".join(parts)

@@ -6,7 +6,9 @@ finetuned) or :class:`Load` (a checkpoint). :class:`Workshop` makes them on dema
 each under ``models/<variant>/seed<k>/`` (``shared/`` for a variant made once for every seed)
 beside ``variant.json``, the recipe it was made with: a rerun reuses a finished model, resumes an
 interrupted training (the :class:`~robustlab.train.Trainer` checkpoints every epoch), and refuses
-a folder whose recipe differs instead of mixing two studies' models.
+a folder whose recipe differs instead of mixing two studies' models. Beside each model it
+writes ``cost.json``: FLOPs, activation bytes and parameters of one forward on one image
+(:func:`robustlab.analysis.cost`), which reports read with the training's seconds per epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis import cost
 from ..checkpoints import load
 from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
@@ -56,10 +59,13 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class Train:
-    """Train ``model`` (an architecture name) from scratch with ``train``."""
+    """Train ``model`` (an architecture name) from scratch with ``train``, after applying
+    ``conversions`` (``(name, options)`` pairs of :data:`robustlab.defenses.CONVERSIONS`, in
+    order) to the freshly built network, e.g. stride shrinking before adversarial training."""
 
     model: str
     train: TrainSpec
+    conversions: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,14 @@ class Variant:
                 "per_seed": self.per_seed}
 
 
+def _convert(model: nn.Module, name: str, options: tuple[tuple[str, Any], ...]) -> nn.Module:
+    """A new model: ``model`` converted by the public surgery of conversion ``name`` (which adds
+    itself to the model's recipe, so ``robustlab.load`` rebuilds it)."""
+    convert = CONVERSIONS.meta(name)["convert"]
+    out: nn.Module = convert(model, **dict(options))
+    return out
+
+
 class Workshop:
     """Makes and caches the models of one run folder.
 
@@ -151,7 +165,13 @@ class Workshop:
         v = self.variant(label)
         key = (label, seed if v.per_seed else 0)
         if key not in self._models:
-            self._models[key] = self._make(v, key[1]).to(self.device).eval()
+            model = self._make(v, key[1]).to(self.device).eval()
+            folder = self.folder(v, key[1])
+            if not isinstance(v.make, Load) and not (folder / "cost.json").exists():
+                info = get_info(self.dataset)
+                measured = cost(model, (1, info.in_channels, *info.image_size))
+                write_text_atomic(folder / "cost.json", json.dumps(measured.to_dict()))
+            self._models[key] = model
         return self._models[key]
 
     def _make(self, v: Variant, seed: int) -> nn.Module:
@@ -172,11 +192,12 @@ class Workshop:
             info = get_info(self.dataset)
             net: nn.Module = create_model(v.make.model, num_classes=info.num_classes, in_channels=info.in_channels,
                                           mean=info.mean, std=info.std, seed=seed)
+            for name, options in v.make.conversions:
+                net = _convert(net, name, options)
             spec = v.make.train
             self.log(f"{v.label}: training {v.make.model} for {spec.epochs} epochs (seed {seed})")
         else:
-            convert = CONVERSIONS.meta(v.make.conversion)["convert"]  # the public surgery, recorded in the recipe
-            net = convert(self.model(v.make.source, seed), **dict(v.make.options))
+            net = _convert(self.model(v.make.source, seed), v.make.conversion, v.make.options)
             seed_stochastic(net, v.make.noise_seed_offset + seed)
             if v.make.finetune is None:
                 return net

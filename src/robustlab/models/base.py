@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError
@@ -92,6 +91,13 @@ class ResidualStages(StagedNetwork):
     num_stages: int
     linear: nn.Linear
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The final global pooling, a module so that hooks see its input (the feature map whose
+        # size the feature-map-strides paper studies) and ``swap_pooling`` can make it a max
+        # (Sec. V-C, Table III); it holds no tensors, so state dicts are unchanged.
+        self.global_pool: nn.Module = nn.AdaptiveAvgPool2d(1)
+
     def _add_stages(
         self,
         in_width: int,
@@ -121,8 +127,8 @@ class ResidualStages(StagedNetwork):
         return [stage[0] for stage in self.stages()]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Global average pooling and the linear classifier."""
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+        """Global pooling (average unless swapped) and the linear classifier."""
+        return self.linear(torch.flatten(self.global_pool(features), 1))
 
 
 def init_weights(module: nn.Module) -> None:

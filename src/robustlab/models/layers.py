@@ -231,10 +231,24 @@ class MadryUnit(nn.Module):
         return out + identity
 
 
+class InputSizeError(InputError, RuntimeError):
+    """An input too small for a network's downsampling; the message names the smallest size.
+
+    Also a ``RuntimeError``, the type torch raises for its own "Output size is too small", so
+    code that caught that error (the CLI's one-batch check before training) keeps catching it.
+    """
+
+
 class StagePool(nn.Module):
     """The max-pooling that ends a stage of VGG16 / AlexNet, with a settable stride.
 
-    With stride ``s >= 2`` this is ``MaxPool2d(kernel_size=max(2, s), stride=s)``. With stride 1
+    With stride ``s >= 2`` this is ``MaxPool2d(kernel_size=max(2, s), stride=s, ceil_mode=True)``:
+    an ``n``-pixel side becomes ``ceil(n / s)``, like the padded strided convolutions of the
+    ResNets. On the even sizes of 32x32 CIFAR (the paper's setting) that is exactly the floor
+    pooling of the released code; on 28x28 Fashion-MNIST it keeps VGG16's fifth pool from
+    receiving a 1x1 map (28-14-7-4-2-1 instead of 28-14-7-3-1-0, which crashes). A map smaller
+    than the window is refused by the network (:class:`InputSizeError`), see
+    :meth:`output_size`. With stride 1
     (the stride-shrinking defense's 1-1-2-2(-2) configurations, feature-map-strides paper,
     Table IV and Appendix B) there are two readings:
 
@@ -263,7 +277,15 @@ class StagePool(nn.Module):
             if self.mode == "same":
                 x = F.pad(x, (0, 1, 0, 1), mode="replicate")
             return F.max_pool2d(x, kernel_size=2, stride=1)
-        return F.max_pool2d(x, kernel_size=max(2, s), stride=s)
+        return F.max_pool2d(x, kernel_size=max(2, s), stride=s, ceil_mode=True)
+
+    def output_size(self, size: int) -> int | None:
+        """The side length this pool makes of a ``size``-pixel side, or None when the pooling
+        window does not fit in the map (a 2x2 max over a 1x1 map pools nothing)."""
+        s = self.stride
+        if s == 1:
+            return size if self.mode == "same" else (size - 1 if size >= 2 else None)
+        return -(-size // s) if size >= s else None
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, mode={self.mode!r}"

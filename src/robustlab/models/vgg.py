@@ -20,6 +20,15 @@ against the authors' released AlexNet:
 * A stride-1 max-pool keeps the map size by default (``stride1_pool="same"``, see
   :class:`~robustlab.models.layers.StagePool`); ``"valid"`` reproduces the release's 2x2
   stride-1 pool without padding, which trims one pixel.
+
+Small inputs. A strided max-pool rounds up (``ceil_mode``): an ``n``-pixel side becomes
+``ceil(n / s)``, as after the ResNets' padded strided convolutions. On 32x32 CIFAR every map
+has an even side, so this is the released code's floor pooling exactly; on 28x28
+Fashion-MNIST VGG16 runs 28-14-7-4-2-1 where floor pooling reached a 1x1 map at the fifth
+pool and crashed inside ``max_pool2d``. An input so small that some pool's window no longer
+fits in its map is refused on the first forward with
+:class:`~robustlab.models.layers.InputSizeError`, naming the smallest size the configuration
+takes (:meth:`VGG.min_input_size`): 17x17 for VGG16 at 2-2-2-2-2, 9x9 for AlexNet at 2-2-2-2.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ from torch import nn
 from ..core import InputError
 from ._registry import MODELS
 from .base import StagedNetwork, init_weights
-from .layers import PoolMode, StagePool, check_strides
+from .layers import InputSizeError, PoolMode, StagePool, check_strides
+
+MAX_CHECKED_SIZE = 4096
+"""Largest side :func:`min_input_size` tries before it gives up."""
 
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
     (64, 64),
@@ -54,6 +66,48 @@ def _head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
         nn.Linear(512, 512),
         nn.ReLU(inplace=True),
         nn.Linear(512, num_classes),
+    )
+
+
+def _side(features: nn.Sequential, size: int) -> int | None:
+    """The side length of the feature map ``features`` make of a ``size``-pixel input side, or
+    None when some layer cannot take the map it receives."""
+    for m in features:
+        if isinstance(m, StagePool):
+            out = m.output_size(size)
+        elif isinstance(m, nn.Conv2d) and not isinstance(m.padding, str):
+            span = size + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1)
+            out = (span - 1) // m.stride[0] + 1 if span >= 1 else None
+        elif hasattr(m, "stride"):  # another strided op (a converted downsampling layer)
+            stride = m.stride if isinstance(m.stride, int) else m.stride[0]  # type: ignore[index]
+            out = -(-size // int(stride))
+        else:
+            continue
+        if out is None or out < 1:
+            return None
+        size = out
+    return size
+
+
+def min_input_size(net: VGG | AlexNet) -> int | None:
+    """The smallest square input side ``net`` (its current strides) takes, or None above
+    :data:`MAX_CHECKED_SIZE`."""
+    return next((n for n in range(1, MAX_CHECKED_SIZE + 1) if _side(net.features, n) is not None), None)
+
+
+def _check_input_size(net: VGG | AlexNet, x: torch.Tensor) -> None:
+    """Refuse an input some pooling window no longer fits in, naming the smallest size."""
+    h, w = x.shape[-2:]
+    if not (isinstance(h, int) and isinstance(w, int)):  # symbolic shapes (fx tracing)
+        return
+    if _side(net.features, h) is not None and _side(net.features, w) is not None:
+        return
+    smallest = min_input_size(net)
+    config = "-".join(map(str, net.stage_strides))
+    raise InputSizeError(
+        f"{net.arch} with strides {config} needs inputs of at least {smallest}x{smallest}, got "
+        f"{h}x{w} (a max-pool window would not fit in its feature map); resize the images or "
+        "use smaller strides"
     )
 
 
@@ -104,8 +158,17 @@ class VGG(StagedNetwork):
         """The max-pool ending each block."""
         return [m for m in self.features if isinstance(m, StagePool)]
 
+    def min_input_size(self) -> int | None:
+        """The smallest square input side the network takes at its current strides."""
+        return min_input_size(self)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: the feature map before adaptive average pooling."""
+        """The convolutional part: the feature map before adaptive average pooling.
+
+        Raises:
+            InputSizeError: for an input smaller than :meth:`min_input_size`.
+        """
+        _check_input_size(self, x)
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -162,8 +225,17 @@ class AlexNet(StagedNetwork):
         """conv1, then the three max-pools."""
         return [self.features[0]] + [m for m in self.features if isinstance(m, StagePool)]
 
+    def min_input_size(self) -> int | None:
+        """The smallest square input side the network takes at its current strides."""
+        return min_input_size(self)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: the feature map before adaptive average pooling."""
+        """The convolutional part: the feature map before adaptive average pooling.
+
+        Raises:
+            InputSizeError: for an input smaller than :meth:`min_input_size`.
+        """
+        _check_input_size(self, x)
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

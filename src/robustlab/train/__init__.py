@@ -1,10 +1,27 @@
-"""Training: ``Trainer``, objectives, optimizers, schedules, EMA and callbacks."""
+"""Training: ``Trainer``, objectives (standard and the robust family), optimizers, schedules, EMA
+and callbacks (progress, best-robust checkpointing)."""
 
-from .callbacks import Callback, RichProgress
+from .awp import AWP, AWP_DEFAULTS
+from .callbacks import BEST_ROBUST_FILE, BestRobust, Callback, RichProgress
 from .ema import EMA
 from .objectives import OBJECTIVES, Objective, ObjectiveOutput, Standard, create_objective
 from .optim import OPTIMIZERS, create_optimizer, param_groups
-from .robust import PGDAT, pgd_perturb
+from .robust import (
+    ALP,
+    FAT,
+    MART,
+    MARTRCM,
+    PGDAT,
+    TRADES,
+    AdversarialObjective,
+    FastAT,
+    attack_mode,
+    fat_perturb,
+    fgsm_rs_perturb,
+    mart_loss,
+    mart_rcm_loss,
+    pgd_perturb,
+)
 from .schedules import HORIZON_FREE, SCHEDULES, create_schedule, horizon_free
 from .trainer import (
     METRICS_FILE,
@@ -17,8 +34,15 @@ from .trainer import (
 )
 
 __all__ = [
+    "ALP",
+    "AWP",
+    "AWP_DEFAULTS",
+    "BEST_ROBUST_FILE",
     "EMA",
+    "FAT",
     "HORIZON_FREE",
+    "MART",
+    "MARTRCM",
     "METRICS_FILE",
     "MODEL_FILE",
     "OBJECTIVES",
@@ -26,7 +50,11 @@ __all__ = [
     "PGDAT",
     "SCHEDULES",
     "STATE_FILE",
+    "TRADES",
+    "AdversarialObjective",
+    "BestRobust",
     "Callback",
+    "FastAT",
     "Objective",
     "ObjectiveOutput",
     "RichProgress",
@@ -34,11 +62,16 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "attack_mode",
     "create_objective",
     "create_optimizer",
     "create_schedule",
     "data_fingerprint",
+    "fat_perturb",
+    "fgsm_rs_perturb",
     "horizon_free",
+    "mart_loss",
+    "mart_rcm_loss",
     "param_groups",
     "pgd_perturb",
 ]

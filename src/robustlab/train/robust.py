@@ -1,15 +1,44 @@
-"""Robust training objectives (adversarial training).
+"""Robust training objectives (adversarial training), one small class each.
 
-``pgd-at`` is Madry et al. (2018, "Towards Deep Learning Models Resistant to Adversarial
-Attacks", Sec. 2-5): minimize the cross-entropy on the last iterate of an L-inf/L2 PGD attack
-started at a random point of the ball. The other robust objectives (TRADES, MART, ALP, FAT,
-AWP, ...) register into the same ``OBJECTIVES`` registry.
+Every objective crafts its own training-time attack, then computes its loss; all register in
+``OBJECTIVES`` (``awp`` lives in :mod:`robustlab.train.awp`):
+
+============ ============================ =====================================================
+name         paper                        loss on a batch
+============ ============================ =====================================================
+``pgd-at``   Madry et al. 2018            CE(adv)
+``alp``      Kannan et al. 2018           CE(nat) + CE(adv) + lam * mean_ik (z_nat - z_adv)^2
+``trades``   Zhang et al. 2019            CE(nat) + beta * KL(p_nat || p_adv)
+``mart``     Wang et al. 2020             BCE(adv) + lam * mean_i KL(p_nat || p_adv) (1 - p_nat,y)
+``mart-rcm`` the strides paper's code     the same with the log dropped and the KL swapped
+``fat``      Zhang et al. 2020            CE on early-stopped ("friendly") PGD
+``fast-at``  Wong et al. 2020             CE on FGSM from a uniform random start
+============ ============================ =====================================================
+
+Threat defaults follow the house plan and the stride-shrinking paper (Sec. V-A: "PGD-10"):
+``eps=0.1`` L-inf (Fashion-MNIST), 10 steps of ``2.5 * eps / steps`` (Madry et al. 2018). The
+original CIFAR codes use a step of 0.007 at eps 0.031 (2.26 eps / steps); pass ``step_size``
+to reproduce them exactly.
+
+Attack mode (the issue's rule): each attack runs in the mode the paper's code uses, through
+:func:`attack_mode`. ``craft_in_eval=True`` (every objective but ``fast-at``) crafts with the
+model in eval mode, so batch norm uses and keeps its running statistics. ``fast-at`` crafts in
+train mode as Wong et al.'s code does (the attack's forward uses batch statistics), and the
+running statistics are restored afterwards, so only the training forwards ever update them.
+
+Epoch-dependent objectives (FAT's tau schedule, AWP's warmup) have ``set_epoch(epoch)``, which
+:class:`~robustlab.train.Trainer` calls with the 0-based epoch before each epoch; used on its
+own, such an objective is at epoch 0 until told otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +47,91 @@ from torch import nn
 from ..attacks import project, random_point
 from ..core import InputError, ThreatModel
 from .objectives import OBJECTIVES, ObjectiveOutput
+
+ModelLike = Callable[[torch.Tensor], torch.Tensor]
+"""A module, or a function of the input that stands for one (AWP's model at perturbed weights)."""
+
+NOISE_START_STD = 1e-3
+"""The TRADES / MART start: ``x + 0.001 * N(0, I)`` (both official codes)."""
+
+
+# ----------------------------------------------------------------------------- shared machinery
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Run an attack on ``model`` without letting it touch batch-norm running statistics.
+
+    ``eval_mode=True``: the model is put in eval mode (batch norm uses its running statistics
+    and does not update them) and its previous mode is restored on exit. ``eval_mode=False``:
+    the mode is left as it is (a training-mode attack sees batch statistics, as in Wong et al.'s
+    fast AT) and every buffer (running means, variances, batch counters) is restored on exit.
+    """
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent direction of unit norm: ``sign(g)`` (L-inf) or ``g / ||g||_2`` (L2)."""
+    if norm == "linf":
+        return g.sign()
+    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+
+
+def _draw(kind: str, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.rand`` / ``torch.randn`` shaped like ``like``, drawn on the generator's device."""
+    dev = generator.device if generator is not None else like.device
+    fn = torch.rand if kind == "uniform" else torch.randn
+    return fn(like.shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
+
+
+def start_point(
+    x: torch.Tensor, threat: ThreatModel, kind: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """An attack's start: ``"uniform"`` in the ball (:func:`robustlab.attacks.random_point`, the
+    PGD start of Madry et al.), ``"normal"`` at ``x + 0.001 N(0, I)`` (TRADES, MART), or
+    ``"none"`` (``x`` itself); projected onto the ball and into [0, 1]."""
+    x = x.detach()
+    if kind == "none" or threat.eps == 0:
+        return x.clone()
+    if kind == "uniform":
+        return project(x, random_point(x, threat.norm, threat.eps, generator), threat)
+    if kind == "normal":
+        return project(x, x + NOISE_START_STD * _draw("normal", x, generator), threat)
+    raise InputError(f"unknown start {kind!r}; use 'uniform', 'normal' or 'none'")
+
+
+def ascend(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    start: torch.Tensor,
+    threat: ThreatModel,
+    steps: int,
+    step_size: float,
+) -> torch.Tensor:
+    """Projected steepest ascent on ``loss_fn`` (input -> scalar) from ``start``: ``steps`` steps
+    of ``step_size`` along :func:`_direction`, each projected onto the ball around ``x`` and into
+    [0, 1]. Returns the last iterate, detached."""
+    x = x.detach()
+    x_adv = start.detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        with torch.no_grad():
+            x_adv = project(x, x_adv.detach() + step_size * _direction(g, threat.norm), threat)
+    return x_adv.detach()
 
 
 def pgd_perturb(
@@ -37,38 +151,166 @@ def pgd_perturb(
     Madry et al. (2018). The random start is the attacks' (:func:`robustlab.attacks.random_point`),
     drawn from ``generator`` (on its device; moved to ``x``'s device).
     """
+    start = start_point(x, threat, "uniform" if random_start else "none", generator)
+    return ascend(lambda z: F.cross_entropy(model(z), y), x, start, threat, steps, step_size)
+
+
+def fgsm_rs_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FGSM with a random start (Wong et al. 2020, Alg. 3): a uniform point of the ball
+    (:func:`robustlab.attacks.random_point`), one signed-gradient step of ``step_size`` on the
+    cross-entropy, projected back onto the ball and into [0, 1]."""
+    start = start_point(x, threat, "uniform", generator)
+    return ascend(lambda z: F.cross_entropy(model(z), y), x, start, threat, 1, step_size)
+
+
+def fat_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    steps: int,
+    step_size: float,
+    tau: int,
+    generator: torch.Generator | None = None,
+    omega: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Early-stopped PGD (Zhang et al. 2020, Alg. 1, as in the official ``earlystop``).
+
+    From a uniform start, each of at most ``steps`` iterations first classifies the current
+    points: a misclassified sample with no budget left stops there (its current point is kept);
+    a misclassified one with budget left spends one unit of its budget ``tau``; the samples
+    still running take one cross-entropy ascent step (plus ``omega * N(0, I)`` noise, the
+    official code's escape from local optima) and are projected. So a sample takes at most
+    ``tau`` steps after it is first misclassified, and one misclassified at the start takes at
+    most ``tau`` steps in all. Only running samples are forwarded.
+
+    Returns:
+        ``(x_adv, steps_taken)``: the friendly adversarial points and the number of steps each
+        sample took.
+    """
     x = x.detach()
-    if random_start and threat.eps > 0:
-        x_adv = project(x, random_point(x, threat.norm, threat.eps, generator), threat)
-    else:
-        x_adv = x.clone()
+    y = y.to(x.device)
+    x_adv = start_point(x, threat, "uniform", generator)
+    budget = torch.full((x.shape[0],), int(tau), dtype=torch.long, device=x.device)
+    running = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(steps):
-        x_adv.requires_grad_(True)
+        ids = running.nonzero().squeeze(1)
+        current = x_adv[ids].requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(model(x_adv), y)
-            (g,) = torch.autograd.grad(loss, x_adv)
+            logits = model(current)
+            (g,) = torch.autograd.grad(F.cross_entropy(logits, y[ids], reduction="sum"), current)
         with torch.no_grad():
-            if threat.norm == "linf":
-                step = g.sign()
-            else:
-                step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
-            x_adv = project(x, x_adv.detach() + step_size * step, threat)
-    return x_adv.detach()
+            wrong = logits.argmax(1) != y[ids]
+            left = budget[ids]
+            stop = wrong & (left == 0)
+            budget[ids] = torch.where(wrong & (left > 0), left - 1, left)
+            running[ids[stop]] = False
+            go = ~stop
+            ids = ids[go]
+            if ids.numel() == 0:
+                break
+            moved = current.detach()[go] + step_size * _direction(g[go], threat.norm)
+            if omega > 0:
+                moved = moved + omega * _draw("normal", moved, generator)
+            x_adv[ids] = project(x[ids], moved, threat)
+            taken[ids] += 1
+    return x_adv.detach(), taken
 
 
-@OBJECTIVES.register("pgd-at", paper="Madry et al. 2018, Sec. 2-5")
+@dataclass
+class EpochClock:
+    """The mutable epoch an epoch-dependent objective is at (set by ``set_epoch``)."""
+
+    value: int = 0
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_number(owner: str, what: str, value: float, minimum: float = 0.0) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= minimum):
+        raise InputError(f"{owner} needs a finite {what} >= {minimum:g}, got {value!r}")
+
+
+class AdversarialObjective:
+    """Behaviour shared by the adversarial objectives: a subclass (a frozen dataclass) writes
+    :meth:`craft` (the attack) and :meth:`loss` (the training loss); ``__call__`` runs the attack
+    under :func:`attack_mode` and the loss in the model's own mode. ``config()`` lists every
+    constructor field, so ``create_objective(**config)`` rebuilds the objective."""
+
+    name: str
+    eps: float
+    norm: str
+    craft_in_eval: bool
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The training threat model."""
+        return ThreatModel(self.norm, self.eps)  # type: ignore[arg-type]
+
+    @property
+    def alpha(self) -> float:
+        """The attack's step: ``step_size``, or ``2.5 * eps / steps`` (Madry et al. 2018)."""
+        step_size: float | None = getattr(self, "step_size", None)
+        steps: int = getattr(self, "steps", 1)
+        return step_size if step_size is not None else 2.5 * self.eps / steps
+
+    def _validate(self) -> None:
+        self.threat  # noqa: B018  (validates norm and eps)
+        steps = getattr(self, "steps", 1)
+        if not isinstance(steps, int) or steps < 1:
+            raise InputError(f"{self.name} needs steps >= 1, got {steps}")
+        step_size = getattr(self, "step_size", None)
+        if step_size is not None:
+            _check_number(self.name, "step_size", step_size)
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The adversarial batch for ``(x, y)`` (called inside :func:`attack_mode`)."""
+        raise NotImplementedError
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """The training loss given the clean and adversarial batches."""
+        raise NotImplementedError
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """Craft the attack (model in eval mode, or in train mode with its buffers restored),
+        then compute the loss in the model's own mode."""
+        with attack_mode(model, self.craft_in_eval):
+            x_adv = self.craft(model, x, y, generator)
+        return self.loss(model, x, x_adv, y)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready description: the name and every constructor field."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {"name": self.name,
+                **{f.name: _jsonable(getattr(self, f.name)) for f in fields if f.init and f.name != "name"}}
+
+
+# ----------------------------------------------------------------------------------- objectives
 @dataclass(frozen=True)
-class PGDAT:
-    """PGD adversarial training: cross-entropy on PGD examples crafted on the fly.
+class PGDSettings(AdversarialObjective):
+    """The threat model and training attack every PGD-based objective takes (a base class).
 
     Args:
-        eps: radius of the threat ball in [0, 1] pixels (e.g. 0.1 for Fashion-MNIST, 8/255 CIFAR).
+        eps: radius of the threat ball in [0, 1] pixels (0.1 for Fashion-MNIST, 8/255 CIFAR).
         norm: ``"linf"`` or ``"l2"``.
-        steps: PGD iterations per batch (10 in Madry et al. and the stride-shrinking paper).
-        step_size: PGD step; default ``2.5 * eps / steps``.
+        steps: attack iterations per batch (10 in Madry et al. and the stride-shrinking paper).
+        step_size: attack step; default ``2.5 * eps / steps``.
         craft_in_eval: craft the attack with the model in eval mode (batch-norm uses its running
-            statistics and is not updated by the attack's passes); the training step itself
-            always runs in train mode.
+            statistics and is not updated by the attack's passes).
     """
 
     eps: float = 0.1
@@ -76,34 +318,371 @@ class PGDAT:
     steps: int = 10
     step_size: float | None = None
     craft_in_eval: bool = True
+
+
+@OBJECTIVES.register("pgd-at", paper="Madry et al. 2018, Sec. 2-5")
+@dataclass(frozen=True)
+class PGDAT(PGDSettings):
+    """PGD adversarial training (Madry et al. 2018, "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", Sec. 2-5): cross-entropy on the last iterate of PGD from a uniform
+    random start, crafted on the fly.
+
+    Args:
+        eps: radius of the threat ball in [0, 1] pixels (0.1 Fashion-MNIST, 8/255 CIFAR).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: PGD iterations per batch (10: Madry et al. on CIFAR; the strides paper, Sec. V-A).
+        step_size: PGD step; ``None`` is ``2.5 * eps / steps`` (Madry et al.).
+        craft_in_eval: craft in eval mode (see :func:`attack_mode`).
+
+    The logits returned are the adversarial batch's (the running training accuracy is robust
+    accuracy on the training attack).
+    """
+
     name: str = "pgd-at"
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InputError(f"pgd-at needs steps >= 1, got {self.steps}")
-        ThreatModel(self.norm, self.eps)  # type: ignore[arg-type]  # validates
+        self._validate()
 
-    @property
-    def threat(self) -> ThreatModel:
-        """The training threat model."""
-        return ThreatModel(self.norm, self.eps)  # type: ignore[arg-type]
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """PGD from a uniform start (:func:`pgd_perturb`)."""
+        return pgd_perturb(model, x, y, self.threat, self.steps, self.alpha, generator)
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> ObjectiveOutput:
-        """Cross-entropy of ``model`` on PGD examples of ``(x, y)``."""
-        alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        was_training = model.training
-        if self.craft_in_eval:
-            model.eval()
-        try:
-            x_adv = pgd_perturb(model, x, y, self.threat, self.steps, alpha, generator)
-        finally:
-            model.train(was_training)
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """Cross-entropy on the adversarial batch."""
         logits = model(x_adv)
         return ObjectiveOutput(F.cross_entropy(logits, y), logits)
 
-    def config(self) -> dict[str, Any]:
-        """JSON-ready description."""
-        return {"name": self.name, "eps": self.eps, "norm": self.norm, "steps": self.steps,
-                "step_size": self.step_size, "craft_in_eval": self.craft_in_eval}
+
+@OBJECTIVES.register("alp", paper="Kannan et al. 2018")
+@dataclass(frozen=True)
+class ALP(PGDSettings):
+    """Adversarial logit pairing (Kannan, Kurakin & Goodfellow 2018, "Adversarial Logit
+    Pairing"): ``CE(z_nat, y) + CE(z_adv, y) + lam * mean_{i,k} (z_nat - z_adv)^2``.
+
+    The pairing term is the squared L2 distance of the logits averaged over samples and classes
+    (``F.mse_loss``); ``lam = 0.5`` and the unit weights of both cross-entropies are the
+    stride-shrinking paper's code (the rcm repository, ``Major/ALP.py``: ``--leverage 0.5``,
+    ``loss_nat + loss_adv + leverage * mse_loss``), which produced its Table V ALP rows (Kannan
+    et al. pair the logits under an L2 loss; the normalization and weight here are that code's).
+    The attack is PGD on the cross-entropy from a uniform start, crafted in eval mode (that code).
+
+    Args:
+        eps, norm, steps, step_size, craft_in_eval: as :class:`PGDAT`.
+        lam: weight of the pairing term.
+
+    Returns the clean logits.
+    """
+
+    lam: float = 0.5
+    name: str = "alp"
+
+    def __post_init__(self) -> None:
+        self._validate()
+        _check_number(self.name, "lam", self.lam)
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """PGD from a uniform start (:func:`pgd_perturb`)."""
+        return pgd_perturb(model, x, y, self.threat, self.steps, self.alpha, generator)
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """Both cross-entropies plus the weighted logit pairing."""
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        loss = (F.cross_entropy(logits_nat, y) + F.cross_entropy(logits_adv, y)
+                + self.lam * F.mse_loss(logits_adv, logits_nat))
+        return ObjectiveOutput(loss, logits_nat)
+
+
+@OBJECTIVES.register("trades", paper="Zhang et al. 2019, Sec. 4")
+@dataclass(frozen=True)
+class TRADES(PGDSettings):
+    """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
+    Accuracy", Sec. 4, Alg. 1): ``CE(z_nat, y) + beta * KL(p_nat || p_adv)``, the KL averaged
+    over the batch (``batchmean``).
+
+    The attack maximizes ``KL(p_nat || p_adv)`` (summed over the batch; ``p_nat`` from the
+    eval-mode clean forward, held fixed) from ``x + 0.001 N(0, I)``, crafted in eval mode, as the
+    official code does. ``beta = 6`` (the paper's CIFAR-10 setting, 1/lambda = 6, and the
+    official code's default); ``beta = 0`` is plain cross-entropy training.
+
+    Args:
+        eps, norm, steps, step_size, craft_in_eval: as :class:`PGDAT`.
+        beta: weight of the robust (KL) term.
+
+    Returns the clean logits.
+    """
+
+    beta: float = 6.0
+    name: str = "trades"
+
+    def __post_init__(self) -> None:
+        self._validate()
+        _check_number(self.name, "beta", self.beta)
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Maximize ``KL(p_nat || p_adv)`` from the noise start."""
+        with torch.no_grad():
+            p_nat = F.softmax(model(x), dim=1)
+
+        def kl(z: torch.Tensor) -> torch.Tensor:
+            return F.kl_div(F.log_softmax(model(z), dim=1), p_nat, reduction="sum")
+
+        start = start_point(x, self.threat, "normal", generator)
+        return ascend(kl, x, start, self.threat, self.steps, self.alpha)
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """Clean cross-entropy plus ``beta`` times the batch-mean KL."""
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
+        return ObjectiveOutput(F.cross_entropy(logits_nat, y) + self.beta * robust, logits_nat)
+
+
+def _top_wrong(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``argmax_{k != y} logits_k`` per sample (the most likely wrong class)."""
+    return logits.detach().scatter(1, y.unsqueeze(1), float("-inf")).argmax(dim=1)
+
+
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """MART's objective (Wang et al. 2020, Sec. 3), averaged over the batch::
+
+        CE(p_adv, y) - log(1 - max_{k != y} p_adv,k) + lam * KL(p_nat || p_adv) * (1 - p_nat,y)
+
+    ``log(1 - p_k)`` is computed exactly as ``logsumexp_{j != k} z_j - logsumexp_j z_j`` (no
+    epsilon, unlike the official code's ``log(1.0001 - p + 1e-12)``); gradients flow through the
+    weight ``1 - p_nat,y`` as in the official code.
+    """
+    log_p_adv = F.log_softmax(logits_adv, dim=1)
+    others = logits_adv.scatter(1, _top_wrong(logits_adv, y).unsqueeze(1), float("-inf"))
+    log_not_top_wrong = torch.logsumexp(others, dim=1) - torch.logsumexp(logits_adv, dim=1)
+    boosted = F.nll_loss(log_p_adv, y) - log_not_top_wrong.mean()
+    log_p_nat = F.log_softmax(logits_nat, dim=1)
+    p_nat = log_p_nat.exp()
+    kl = (p_nat * (log_p_nat - log_p_adv)).sum(dim=1)
+    weight = 1.0 - p_nat.gather(1, y.unsqueeze(1)).squeeze(1)
+    return boosted + lam * (kl * weight).mean()
+
+
+def mart_rcm_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """MART as written in the stride-shrinking paper's code (rcm repository,
+    ``MART/src/loss_zoo.py``), averaged over the batch::
+
+        CE(p_adv, y) - (1 - max_{k != y} p_adv,k) + lam * KL(p_adv || p_nat) * (1 - p_nat,y)
+
+    Two departures from :func:`mart_loss`: the boosted term has no log (that code passes
+    ``1.0001 - p + 1e-12`` to ``nll_loss`` where the paper takes its log; the constants only
+    shift the loss), and the KL's arguments are swapped (``kl_div(log p_nat, p_adv)``).
+    """
+    p_adv = F.softmax(logits_adv, dim=1)
+    top_wrong = p_adv.gather(1, _top_wrong(logits_adv, y).unsqueeze(1)).squeeze(1)
+    boosted = F.cross_entropy(logits_adv, y) - (1.0 - top_wrong).mean()
+    log_p_nat = F.log_softmax(logits_nat, dim=1)
+    kl = (p_adv * (F.log_softmax(logits_adv, dim=1) - log_p_nat)).sum(dim=1)
+    weight = 1.0 - log_p_nat.exp().gather(1, y.unsqueeze(1)).squeeze(1)
+    return boosted + lam * (kl * weight).mean()
+
+
+@OBJECTIVES.register("mart", paper="Wang et al. 2020, Sec. 3")
+@dataclass(frozen=True)
+class MART(PGDSettings):
+    """Misclassification-aware adversarial training (Wang et al. 2020, "Improving Adversarial
+    Robustness Requires Revisiting Misclassified Examples", Sec. 3): the paper's form,
+    :func:`mart_loss` (boosted cross-entropy with its log term, ``KL(p_nat || p_adv)`` weighted
+    by ``1 - p_nat,y``). This is the default MART; ``mart-rcm`` is the strides paper's variant.
+
+    The attack is PGD on the cross-entropy from ``x + 0.001 N(0, I)``, crafted in eval mode (the
+    official code). ``lam = 6`` is the official code's ``--beta`` default (its WRN-34-10 script;
+    its ResNet-18 script uses 5).
+
+    Args:
+        eps, norm, steps, step_size, craft_in_eval: as :class:`PGDAT`.
+        lam: weight of the misclassification-aware KL term.
+
+    Returns the clean logits.
+    """
+
+    lam: float = 6.0
+    name: str = "mart"
+
+    start: ClassVar[str] = "normal"
+    """The attack's start (:func:`start_point`)."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+        _check_number(self.name, "lam", self.lam)
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """PGD on the cross-entropy from :attr:`start`."""
+        start = start_point(x, self.threat, self.start, generator)
+        return ascend(lambda z: F.cross_entropy(model(z), y), x, start, self.threat, self.steps, self.alpha)
+
+    def loss_from_logits(self, logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss given both batches' logits (:func:`mart_loss`)."""
+        return mart_loss(logits_nat, logits_adv, y, self.lam)
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """:meth:`loss_from_logits` on the clean and adversarial forwards."""
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        return ObjectiveOutput(self.loss_from_logits(logits_nat, logits_adv, y), logits_nat)
+
+
+@OBJECTIVES.register("mart-rcm", paper="Wang et al. 2020, as in the strides paper's code")
+@dataclass(frozen=True)
+class MARTRCM(MART):
+    """MART as the stride-shrinking paper's code (the rcm repository, ``MART/``) trains it, for
+    reproducing its Table V MART rows: :func:`mart_rcm_loss` (the boosted term without its log,
+    ``KL(p_adv || p_nat)`` instead of ``KL(p_nat || p_adv)``). Not the default MART (``mart``).
+
+    The attack is that code's PGD on the cross-entropy from a uniform start, crafted in eval mode;
+    ``lam = 5`` is that code's ``--leverage`` default for MART.
+    """
+
+    lam: float = 5.0
+    name: str = "mart-rcm"
+
+    start: ClassVar[str] = "uniform"
+
+    def loss_from_logits(self, logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss given both batches' logits (:func:`mart_rcm_loss`)."""
+        return mart_rcm_loss(logits_nat, logits_adv, y, self.lam)
+
+
+@OBJECTIVES.register("fat", paper="Zhang et al. 2020, Alg. 1")
+@dataclass(frozen=True)
+class FAT(PGDSettings):
+    """Friendly adversarial training (Zhang et al. 2020, "Attacks Which Do Not Kill Training
+    Make Adversarial Learning Stronger", Alg. 1): cross-entropy on early-stopped PGD
+    (:func:`fat_perturb`), crafted in eval mode from a uniform start, as the official code does.
+
+    The budget ``tau`` grows during training: at 0-based epoch ``e`` it is
+    ``tau + #{m in tau_milestones : e >= m}`` (:meth:`tau_at`). The defaults are the official
+    code's dynamic tau for its 120-epoch CIFAR run: 0 for epochs 1-50, 1 for 51-90, 2 after
+    (``tau=0, tau_milestones=(50, 90)``); shorter runs should scale the milestones. ``omega =
+    0.001`` is that code's per-step Gaussian noise.
+
+    Args:
+        eps, norm, steps, step_size, craft_in_eval: as :class:`PGDAT` (``steps`` is the maximum
+            number of PGD steps, K).
+        tau: the budget at epoch 0.
+        tau_milestones: 0-based epochs at which the budget grows by one.
+        omega: standard deviation of the noise added at each step.
+
+    The logits returned are the adversarial batch's (as :class:`PGDAT`).
+    """
+
+    tau: int = 0
+    tau_milestones: tuple[int, ...] = (50, 90)
+    omega: float = 0.001
+    name: str = "fat"
+    _epoch: EpochClock = field(default_factory=EpochClock, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+        object.__setattr__(self, "tau_milestones", tuple(self.tau_milestones))
+        for value, what in [(self.tau, "tau"), *((m, "tau milestone") for m in self.tau_milestones)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"fat needs an integer {what} >= 0, got {value!r}")
+        _check_number(self.name, "omega", self.omega)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the 0-based ``epoch`` (the trainer calls this before each epoch)."""
+        self._epoch.value = int(epoch)
+
+    def tau_at(self, epoch: int) -> int:
+        """The early-stop budget at 0-based ``epoch``."""
+        return self.tau + sum(epoch >= m for m in self.tau_milestones)
+
+    @property
+    def current_tau(self) -> int:
+        """The budget at the epoch last set by :meth:`set_epoch`."""
+        return self.tau_at(self._epoch.value)
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Early-stopped PGD with the current budget."""
+        x_adv, _ = fat_perturb(model, x, y, self.threat, self.steps, self.alpha, self.current_tau,
+                               generator, omega=self.omega)
+        return x_adv
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """Cross-entropy on the friendly adversarial batch."""
+        logits = model(x_adv)
+        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
+
+
+@OBJECTIVES.register("fast-at", paper="Wong et al. 2020, Alg. 3")
+@dataclass(frozen=True)
+class FastAT(AdversarialObjective):
+    """Fast adversarial training (Wong, Rice & Kolter 2020, "Fast is better than free", Alg. 3):
+    cross-entropy on FGSM from a uniform random start (:func:`fgsm_rs_perturb`), with a step of
+    ``step_factor * eps``; ``step_factor = 1.25`` is the paper's choice (alpha = 1.25 eps).
+
+    Wong et al.'s code crafts in train mode, so ``craft_in_eval=False`` by default: the attack's
+    forward uses batch statistics and the running statistics are restored afterwards
+    (:func:`attack_mode`). The paper pairs it with a cyclic learning rate (``schedule="cyclic"``).
+
+    Args:
+        eps, norm: the threat ball.
+        step_factor: the FGSM step in units of ``eps``.
+        craft_in_eval: craft in eval mode instead.
+
+    The logits returned are the adversarial batch's (as :class:`PGDAT`).
+    """
+
+    eps: float = 0.1
+    norm: str = "linf"
+    step_factor: float = 1.25
+    craft_in_eval: bool = False
+    name: str = "fast-at"
+
+    def __post_init__(self) -> None:
+        self._validate()
+        _check_number(self.name, "step_factor", self.step_factor)
+
+    @property
+    def alpha(self) -> float:
+        """The FGSM step, ``step_factor * eps``."""
+        return self.step_factor * self.eps
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """FGSM from a uniform start (:func:`fgsm_rs_perturb`)."""
+        return fgsm_rs_perturb(model, x, y, self.threat, self.alpha, generator)
+
+    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        """Cross-entropy on the adversarial batch."""
+        logits = model(x_adv)
+        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
+
+
+__all__ = [
+    "ALP",
+    "FAT",
+    "MART",
+    "MARTRCM",
+    "NOISE_START_STD",
+    "PGDAT",
+    "TRADES",
+    "AdversarialObjective",
+    "EpochClock",
+    "FastAT",
+    "ascend",
+    "attack_mode",
+    "fat_perturb",
+    "fgsm_rs_perturb",
+    "mart_loss",
+    "mart_rcm_loss",
+    "pgd_perturb",
+    "start_point",
+]

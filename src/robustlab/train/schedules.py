@@ -82,6 +82,22 @@ def multistep(
     return f
 
 
+@SCHEDULES.register("pang-100-105")
+def pang_100_105(total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0) -> Callable[[int], float]:
+    """The rate divided by 10 at epoch 100 and again at epoch 105: ``multistep`` with
+    ``milestones=(100, 105), gamma=0.1``, for a 110-epoch run.
+
+    The early-stopping schedule of Pang et al. (2021, "Bag of Tricks for Adversarial Training"),
+    which the stride-shrinking paper applies to AT, ALP and TRADES (Sec. V-A: "decayed by
+    a factor 10 at 100 and 105 epoch", citing Pang et al. as [23]); its code calls it
+    ``Pang2021ICLR``. It is not listed in :data:`HORIZON_FREE` (that list also phrases the
+    trainer's refusal message), so a run on it cannot be lengthened on resume; ``multistep`` with
+    the same milestones can.
+    """
+    return SCHEDULES.get("multistep")(total_steps, steps_per_epoch, milestones=(100, 105), gamma=0.1,
+                                      warmup_epochs=warmup_epochs)
+
+
 @SCHEDULES.register("onecycle")
 def onecycle(
     total_steps: int, steps_per_epoch: int, pct_start: float = 0.25, div_factor: float = 25.0,

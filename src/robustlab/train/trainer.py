@@ -85,6 +85,8 @@ class TrainConfig:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, stored in checkpoints."""
@@ -168,6 +170,9 @@ class Trainer:
             ``None`` trains without writing anything (no resume).
         device: where to train; by default the model's current device.
         dataset_name: recorded in the checkpoint header (default: the training set's name).
+
+    An objective with a ``set_epoch(epoch)`` method is given the 0-based epoch before each
+    epoch's first batch (resumed runs included).
     """
 
     def __init__(
@@ -389,6 +394,9 @@ class Trainer:
         for epoch in range(start, cfg.epochs):
             for cb in self.callbacks:
                 cb.on_epoch_start(self, epoch)
+            set_epoch = getattr(self.objective, "set_epoch", None)
+            if set_epoch is not None:  # epoch-dependent objectives: AWP's warmup, FAT's tau schedule
+                set_epoch(epoch)
             t0 = time.perf_counter()
             self.model.train()
             loader = make_loader(

@@ -1,0 +1,46 @@
+"""Analyses of trained and random networks.
+
+From Xu & Yang, "Understanding Adversarial Robustness from Feature Maps of Convolutional
+Layers" (``papers/feature-map-strides``):
+
+- :func:`anti_perturbation_ratio`: the fraction of predictions a PGD attack leaves unchanged,
+  per radius (Sec. IV-B, Table II);
+- :func:`toy_disturbance` and :func:`plot_toy_disturbance`: the toy experiment on a random
+  4-layer CNN, output disturbance vs feature size under average and max pooling (Sec. III-B,
+  Fig. 2; Appendix A, Fig. 8);
+- :func:`cost`: FLOPs, activation memory and parameters of one forward (Sec. IV-B, Fig. 7).
+
+This package imports ``core`` and ``attacks`` only (the house plan).
+"""
+
+from .anti_perturbation import AntiPerturbationResult, anti_perturbation_ratio
+from .cost import Cost, cost
+from .toy import (
+    ACTIVATIONS,
+    BASES,
+    FIG8_INITS,
+    INITS,
+    POOLINGS,
+    TOY_WIDTHS,
+    ToyRecord,
+    plot_toy_disturbance,
+    toy_cnn,
+    toy_disturbance,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "BASES",
+    "FIG8_INITS",
+    "INITS",
+    "POOLINGS",
+    "TOY_WIDTHS",
+    "AntiPerturbationResult",
+    "Cost",
+    "ToyRecord",
+    "anti_perturbation_ratio",
+    "cost",
+    "plot_toy_disturbance",
+    "toy_cnn",
+    "toy_disturbance",
+]

@@ -1,0 +1,225 @@
+"""The feature-map-strides study (``feature-map-strides.txt``) on Fashion-MNIST.
+
+``robustlab run strides-study --profile quick|cpu|full``. A recipe on :mod:`.study`: every
+variant is trained from scratch with a robust objective (TRADES unless the table varies the
+objective) after its surgery (:func:`robustlab.defenses.shrink_strides`,
+:func:`~robustlab.defenses.upsample_input`, :func:`~robustlab.defenses.swap_pooling`), then
+
+- Table II analogue: the anti-perturbation ratio (predictions PGD leaves unchanged, right or
+  wrong) over an eps grid, for stride patterns and input upsampling;
+- Table III analogue: average vs max final pooling under the original and the shrunk pattern;
+- Table V analogue: every objective x {original, shrunk} pattern with clean, FGSM, PGD-20,
+  PGD-50, DeepFool and AutoAttack (Table I's settings: PGD relative step 0.25 and 1/30,
+  DeepFool 50 steps, overshoot 0.02), and the per-sample worst case;
+- the cost of each configuration (seconds per training epoch, FLOPs, activation memory).
+
+``resnet-mini`` has three stages (strides ``1-2-2``, a 7x7 map before pooling on 28x28 images),
+so the paper's ResNet-18 patterns map one to one onto it: ``1-2-2-2`` -> ``1-2-2``, the shrunk
+``1-1-2-2`` -> ``1-1-2`` (map x2), ``1-1-1-2`` -> ``1-1-1`` (x4), ``2-2-2-2`` -> ``2-2-2`` (/2);
+``--model resnet18`` takes the paper's four-stage patterns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.errors import InputError
+from .claims import WORST, Claim, Side
+from .columns import Column
+from .report import Cell, Table
+from .study import STUDIES, Plan, Profile, Study, StudyConfig
+from .variants import Train, TrainSpec, Variant
+
+__all__ = ["PROFILES", "StridesStudyConfig", "plan"]
+
+# Table V's rows: objective name and options beyond the threat model (each objective's own
+# defaults are its paper's, see robustlab.train.robust)
+OBJECTIVES: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
+    "AT": ("pgd-at", ()), "ALP": ("alp", ()), "TRADES": ("trades", ()), "MART": ("mart", ()), "FAT": ("fat", ()),
+    "AT-AWP": ("awp", (("base", "pgd-at"),)), "TRADES-AWP": ("awp", (("base", "trades"),)),
+    "fast-AT": ("fast-at", ())}
+
+
+@dataclass(frozen=True)
+class StridesStudyConfig(StudyConfig):
+    """The study's settings; :data:`PROFILES` holds the named ones.
+
+    Attributes:
+        base: the architecture's own stride pattern (the paper's ``1-2-2-2``).
+        shrunk: the shrunk pattern (the paper's ``1-1-2-2``).
+        patterns: Table II's stride patterns (besides ``base`` and ``shrunk``).
+        upsample: Table II's input upsampling, ``(scale, mode)`` pairs, on the base pattern.
+        pooling: run Table III (max pooling under ``base`` and ``shrunk``).
+        objectives: Table V's rows (keys of :data:`OBJECTIVES`).
+        ratio_eps: Table II's eps grid (the paper's 2/255 .. 10/255 around its budget of 8/255,
+            scaled to this eps as 1/4 .. 5/4 of it).
+        train_steps: PGD steps of the attack inside training (the paper's PGD-10).
+    """
+
+    clean_n: int | None = 1000
+    base: str = "1-2-2"
+    shrunk: str = "1-1-2"
+    patterns: tuple[str, ...] = ("2-2-2", "1-1-1")
+    upsample: tuple[tuple[int, str], ...] = ((2, "nearest"), (3, "nearest"), (2, "bilinear"), (3, "bilinear"))
+    pooling: bool = True
+    objectives: tuple[str, ...] = ("AT", "ALP", "TRADES", "MART", "FAT", "AT-AWP", "TRADES-AWP")
+    ratio_eps: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.125)
+    epochs: int = 10
+    lr: float = 0.1
+    schedule: str = "onecycle"
+    batch_size: int = 128
+    train_limit: int | None = 10_000
+    train_steps: int = 10
+    pgd_relative_step: float = 0.25
+    pgd50_relative_step: float = 1 / 30
+    deepfool_steps: int = 50
+    deepfool_overshoot: float = 0.02
+    autoattack: bool = True
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(StridesStudyConfig(
+        profile="quick", eval_n=100, clean_n=1000, patterns=(), upsample=(), pooling=False, objectives=("TRADES",),
+        ratio_eps=(0.05, 0.1), epochs=3, train_limit=2000, train_steps=3, autoattack=False),
+        "2.5 min on 2 CPU cores", "TRADES with the original and the shrunk strides: clean, FGSM, PGD-20/50, DeepFool, "
+        "anti-perturbation ratio; no AutoAttack, so no conclusion on it"),
+    "cpu": Profile(StridesStudyConfig(profile="cpu", seeds=(0, 1), eval_n=100, epochs=5, train_limit=5000),
+                   "a day on 2 CPU cores", "every table and objective, two seeds, AutoAttack standard"),
+    "full": Profile(StridesStudyConfig(profile="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=30,
+                                       train_limit=None, eval_batch_size=500), "a day on one GPU",
+                    "every table on the whole data, three seeds"),
+}
+
+
+def label(objective: str, pattern: str, extra: str = "") -> str:
+    """A row label: objective, stride pattern and any other surgery."""
+    return f"{objective} {pattern}" + (f" {extra}" if extra else "")
+
+
+def columns(cfg: StridesStudyConfig) -> tuple[Column, ...]:
+    """Every column, Table I's settings spelled out."""
+    def pgd(steps: int, rel: float) -> dict[str, Any]:
+        return {"steps": steps, "step_size": rel * cfg.eps, "random_start": True, "restarts": 1,
+                "early_stop": True, "eot": 0}
+    return (
+        Column("clean", "clean", "Natural"),
+        Column("fgsm", "fgsm", "FGSM"),
+        Column("pgd20", "pgd", "PGD-20", pgd(20, cfg.pgd_relative_step)),
+        Column("pgd50", "pgd", "PGD-50", pgd(50, cfg.pgd50_relative_step)),
+        Column("deepfool", "deepfool", "DeepFool", {"steps": cfg.deepfool_steps, "overshoot": cfg.deepfool_overshoot,
+                                                     "candidates": 10}),
+        Column("aa", "autoattack", "AutoAttack", {"version": "standard", "eot": 1}),
+        *[Column(f"unchanged-{e:g}", "unchanged", f"eps {e:g}", {"eps": e, **pgd(20, cfg.pgd_relative_step)})
+          for e in cfg.ratio_eps],
+    )
+
+
+def variant(cfg: StridesStudyConfig, objective: str, pattern: str, upsample: tuple[int, str] | None = None,
+            pooling: str = "avg") -> Variant:
+    """A model trained from scratch with ``objective`` after its surgery."""
+    surgery: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
+    if pattern != cfg.base:
+        surgery.append(("strides", (("strides", pattern),)))
+    if upsample is not None:
+        surgery.append(("upsample-input", (("scale", upsample[0]), ("mode", upsample[1]))))
+    if pooling != "avg":
+        surgery.append(("global-pooling", (("kind", pooling),)))
+    extra = " ".join([*([f"{upsample[1]} x{upsample[0]}"] if upsample else []), *(["max-pool"] if pooling != "avg" else [])])
+    name, own = OBJECTIVES[objective]
+    steps = () if name == "fast-at" else (("steps", cfg.train_steps),)  # fast-AT is one FGSM step
+    # FAT's tau steps (epochs 50 and 90 of 120) and TRADES-AWP's warmup (10 of 120) at the same
+    # fractions of this run's epochs, so a short run still reaches them
+    if name == "fat":
+        own = (*own, ("tau_milestones", (round(cfg.epochs * 50 / 120), round(cfg.epochs * 90 / 120))))
+    if name == "awp" and ("base", "trades") in own:
+        own = (*own, ("warmup", round(cfg.epochs * 10 / 120)))
+    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.schedule, name, (("eps", cfg.eps), *steps, *own), cfg.batch_size,
+                     cfg.train_limit)
+    return Variant(label(objective, pattern, extra), Train(cfg.model, spec, tuple(surgery)))
+
+
+def plan(cfg: StridesStudyConfig, baseline: str | None = None) -> Plan:
+    """The variants, jobs, tables and claims of ``cfg``."""
+    unknown = [o for o in cfg.objectives if o not in OBJECTIVES]
+    if unknown:
+        raise InputError(f"unknown strides-study objective {unknown[0]!r}; known: {', '.join(OBJECTIVES)}")
+    cols = columns(cfg)
+    by_name = {c.name: c for c in cols}
+    ratio = tuple(f"unchanged-{e:g}" for e in cfg.ratio_eps)
+    attacks = ("clean", "fgsm", "pgd20", "pgd50", "deepfool", *(["aa"] if cfg.autoattack else []))
+    t5 = [variant(cfg, o, p) for o in cfg.objectives for p in (cfg.base, cfg.shrunk)]
+    t2 = [variant(cfg, "TRADES", p) for p in (*cfg.patterns, cfg.base, cfg.shrunk)]
+    t2 += [variant(cfg, "TRADES", cfg.base, up) for up in cfg.upsample]
+    t3 = [variant(cfg, "TRADES", p, pooling=k) for p in (cfg.base, cfg.shrunk) for k in ("avg", "max")] if cfg.pooling else []
+    variants = list({v.label: v for v in [*t5, *t2, *t3]}.values())
+    jobs: dict[str, tuple[str, ...]] = {}  # per variant, every column any table asks of it
+    for v, cols_of in [*[(v, attacks + ratio) for v in t5], *[(v, ("clean", "pgd20", *ratio)) for v in [*t2, *t3]]]:
+        jobs[v.label] = tuple(dict.fromkeys([*jobs.get(v.label, ()), *cols_of]))
+    cells = lambda names: tuple(Cell(n, by_name[n].header) for n in names)  # noqa: E731
+    tables = [Table("table5", "Table V analogue: objectives with the original and the shrunk strides",
+                    f"Every objective trained from scratch ({cfg.epochs} epochs) with the original ({cfg.base}) and the "
+                    f"shrunk ({cfg.shrunk}) strides; the per-sample worst case over every attack.",
+                    tuple(v.label for v in t5), cells(attacks), worst=True),
+              Table("table2", "Table II analogue: predictions left unchanged by PGD-20 (anti-perturbation ratio)",
+                    "Right or wrong, the share of predictions an attack at each eps does not move.",
+                    tuple(dict.fromkeys(v.label for v in t2)), cells(ratio))]
+    if t3:
+        tables.append(Table("table3", "Table III analogue: average vs max pooling", "",
+                            tuple(v.label for v in t3), cells(("clean", "pgd20"))))
+    return Plan(tuple(variants), cols, tuple(jobs.items()), tuple(tables), claims(cfg), None, VERDICT_INTRO, cost=True)
+
+
+def claims(cfg: StridesStudyConfig) -> tuple[Claim, ...]:
+    """The paper's claims about shrinking strides, one row per objective and measure."""
+    table5 = {"AT": ("84.15 -> 86.17", "52.80 -> 53.24", "48.72 -> 49.83"),
+              "ALP": ("86.53 -> 88.11", "50.88 -> 51.36", "47.38 -> 49.00"),
+              "TRADES": ("82.56 -> 84.13", "53.50 -> 55.37", "49.71 -> 51.24"),
+              "MART": ("82.77 -> 84.67", "52.44 -> 53.00", "47.29 -> 47.97"),
+              "FAT": ("87.34 -> 88.31", "43.90 -> 42.55 (a drop)", "41.56 -> 40.93 (a drop)"),
+              "AT-AWP": ("82.32 -> 84.05", "54.47 -> 54.75", "49.52 -> 50.23"),
+              "TRADES-AWP": ("82.69 -> 84.36", "55.90 -> 57.14", "51.84 -> 53.51")}
+    rows = []
+    for o in cfg.objectives:
+        nat, pgd, aa = table5.get(o, ("—", "—", "—"))
+        a, b = label(o, cfg.shrunk), label(o, cfg.base)
+        rows += [Claim(f"{o}: shrunk strides raise natural accuracy", f"{nat}, Table V (CIFAR-10)",
+                       Side(a, "clean"), Side(b, "clean")),
+                 Claim(f"{o}: shrunk strides raise PGD-20 accuracy", f"{pgd}, Table V", Side(a, "pgd20"), Side(b, "pgd20")),
+                 Claim(f"{o}: shrunk strides raise AutoAttack accuracy", f"{aa}, Table V", Side(a, "aa"), Side(b, "aa")),
+                 Claim(f"{o}: shrunk strides raise the worst case over every attack", "not in the paper",
+                       Side(a, WORST), Side(b, WORST), "describe")]
+    hi = f"unchanged-{max(cfg.ratio_eps):g}"
+    rows += [Claim("Shrunk strides leave more predictions unchanged", "45.91 -> 47.44 at 10/255, Table II",
+                   Side(label("TRADES", cfg.shrunk), hi), Side(label("TRADES", cfg.base), hi))]
+    if cfg.pooling:
+        rows += [Claim("With shrunk strides, average pooling beats max pooling", "84.13 vs 81.12 natural, Table III",
+                       Side(label("TRADES", cfg.shrunk), "clean"), Side(label("TRADES", cfg.shrunk, "max-pool"), "clean")),
+                 Claim("... and under PGD-20", "55.37 vs 52.87, Table III", Side(label("TRADES", cfg.shrunk), "pgd20"),
+                       Side(label("TRADES", cfg.shrunk, "max-pool"), "pgd20"))]
+    if (3, "nearest") in cfg.upsample:
+        rows += [Claim("Shrinking strides resists perturbation better than upsampling x3", "47.44 vs 46.82, Table II",
+                       Side(label("TRADES", cfg.shrunk), hi), Side(label("TRADES", cfg.base, "nearest x3"), hi),
+                       "describe")]
+    return tuple(rows)
+
+
+VERDICT_INTRO = (
+    "Each claim compares two models on the same test images (each image's outcome averaged over the seeds both "
+    "finished); a gain counts when its 95% interval is above 0. The paper's figures are CIFAR-10 with ResNet-18 "
+    "(its Tables II, III and V); here Fashion-MNIST, so the comparison is of direction and size, not of level.\n")
+
+
+def intro(cfg: StridesStudyConfig, facts: Mapping[str, Any]) -> str:
+    """The report's opening paragraph."""
+    n = facts["train_images"].get(str(cfg.train_limit), "?")
+    return (
+        f"{cfg.model} on {cfg.dataset}: every model trained from scratch for {cfg.epochs} epochs ({cfg.schedule}, lr "
+        f"{cfg.lr:g}, batch {cfg.batch_size}) on {n} training images with PGD-{cfg.train_steps} inside its objective, "
+        f"L-inf eps = {cfg.eps:g}. Clean accuracy on {facts['clean_images']} test images; attacks on "
+        f"{facts['eval_images']}.")
+
+
+STUDIES.register("strides-study", Study("strides-study", "Feature-map strides study", "feature-map-strides.txt",
+                                        PROFILES, plan, intro))
