@@ -73,3 +73,16 @@ def test_a_tiny_strides_study_runs_and_its_models_rebuild(tmp_path):
     assert "## Cost" in r.report and "| TRADES 1-1-2 |" in r.report.split("## Cost")[1]
     rows = [c for c in r.claims if c.claim.claim.startswith("TRADES: shrunk strides raise natural")]
     assert len(rows) == 1 and rows[0].comparison is not None and rows[0].comparison.n == 60
+
+
+def test_full_profile_runs_resnet18_and_table_four_with_appendix_b_patterns():
+    full = plan(PROFILES["full"].config)
+    makes = {v.label: v.make for v in full.variants}
+    assert makes["TRADES 1-2-2-2"].model == "resnet18" and makes["TRADES 1-1-2-2"].conversions == (
+        ("strides", (("strides", "1-1-2-2"),)),)
+    # Appendix B: AlexNet 2-2-2-2 -> 1-1-2-2, VGG16 2-2-2-2-2 -> 1-1-2-2-2, each on its own network
+    assert makes["vgg16 1-1-2-2-2"].model == "vgg16" and makes["vgg16 2-2-2-2-2"].conversions == ()
+    assert makes["alexnet 1-1-2-2"].conversions == (("strides", (("strides", "1-1-2-2"),)),)
+    assert [t.key for t in full.tables] == ["table5", "table2", "table4", "table3"]
+    with pytest.raises(InputError, match="resnet18 has 4 stages but the profile's stride patterns"):
+        plan(study_config("strides-study", "cpu", model="resnet18"))
