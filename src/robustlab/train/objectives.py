@@ -19,8 +19,11 @@ from ..core import Registry
 
 @dataclass
 class ObjectiveOutput:
-    """What an objective returns: the loss to minimize and the logits on the clean batch
-    (or ``None`` when the objective never computed them), for running accuracy."""
+    """What an objective returns: the loss to minimize and, for the running training accuracy,
+    the logits it computed: on the clean batch where it computes them (standard, TRADES, ALP,
+    MART; AWP gives its base's), else on the adversarial batch it trains on (PGD-AT, FAT, fast-AT), so
+    an adversarial objective's "train acc" is then its robust training accuracy; ``None`` when
+    it computed none."""
 
     loss: torch.Tensor
     logits: torch.Tensor | None = None
