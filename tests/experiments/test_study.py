@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from robustlab.core import InputError
 from robustlab.experiments import study as study_module
@@ -32,7 +33,7 @@ from robustlab.experiments.study import (
     StudyResult,
     run_study,
 )
-from robustlab.experiments.variants import Train, TrainSpec, Variant
+from robustlab.experiments.variants import Load, Train, TrainSpec, Variant, Workshop
 
 # --- the toy study, complete (config, profile, plan, study): 36 lines up to the end marker ---
 
@@ -204,3 +205,28 @@ def test_a_folder_holding_another_configuration_is_refused(clean_run, tmp_path, 
     assert calls == [] and (out / "config.json").read_text() == saved
     assert records(out) == records(clean_run[0])
     assert not run_study(TOY_STUDY, out, TOY).partial and calls == []  # its own config: all done
+
+
+class Noisy(torch.nn.Module):
+    """Randomness outside the Stochastic protocol: Gaussian noise on the logits, drawn in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) + torch.randn(x.shape[0], 10)
+
+
+def test_randomness_outside_the_protocol_still_gets_its_eot_column(tmp_path, monkeypatch):
+    # on a deterministic model an EOT column repeats plain PGD; a model whose forward draws
+    # torch.randn is random though no layer declares it, so its EOT column must run for real
+    eot = Column("pgd-eot2", "pgd", "PGD + EOT-2", {**PGD, "eot": 2}, deterministic="pgd")
+    plan = Plan((Variant("noisy", Load("unused.safetensors")),), (Column("pgd", "pgd", "PGD", PGD), eot),
+                (("noisy", ("pgd", "pgd-eot2")),), ())
+    study = Study("noisy-test", "Noisy", "none", {"toy": Profile(TOY, "seconds", "one model")},
+                  lambda cfg, baseline: plan, lambda cfg, facts: "")
+    monkeypatch.setattr(Workshop, "model", lambda self, label, seed: Noisy().eval())
+    run_study(study, tmp_path, TOY)
+    rec = records(tmp_path)["noisy", 0, "pgd-eot2"]
+    assert rec.same_as is None and rec.stochastic and rec.applies

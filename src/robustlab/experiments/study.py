@@ -29,10 +29,11 @@ from typing import Any, Literal
 
 import torch
 
+from ..attacks import logits_of
 from ..core import Registry
 from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
-from ..core.randomness import is_stochastic
+from ..core.randomness import detect_randomness, is_stochastic
 from ..core.types import ThreatModel
 from ..train import Callback
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
@@ -197,7 +198,7 @@ class _Run:
         if not todo:
             return
         model = self.workshop.model(label, seed)
-        stochastic = is_stochastic(model)
+        stochastic = is_stochastic(model) or self._random_forward(model)
 
         def ensure(name: str) -> Record | None:
             rec = self.store.get(label, seed, name)
@@ -209,6 +210,13 @@ class _Run:
 
         for c in todo:
             ensure(c)
+
+    def _random_forward(self, model: torch.nn.Module) -> bool:
+        """Randomness outside the :class:`~robustlab.core.randomness.Stochastic` protocol (two
+        forwards of the same images differ), so EOT columns are never skipped for it."""
+        x = torch.stack([self.ctx.eval_set[i][0] for i in range(min(8, len(self.ctx.eval_set)))])
+        with torch.no_grad():
+            return detect_randomness(lambda b: logits_of(model(b)), x.to(self.ctx.device))
 
     def get(self, variant: str, seed: int, column: str) -> Record | None:
         return self.store.get(variant, seed, column)
