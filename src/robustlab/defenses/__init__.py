@@ -45,6 +45,17 @@ def record_conversion(model: nn.Module, name: str, options: Mapping[str, Any]) -
     return model
 
 
+from .dictionary import (  # noqa: E402
+    CIFAR10_DICTIONARY,
+    DICTIONARY_PRESETS,
+    FASHION_MNIST_DICTIONARY,
+    IMAGENETTE_DICTIONARY,
+    DictionarySettings,
+    extract_patches,
+    learn_dictionary,
+    load_dictionary,
+    save_dictionary,
+)
 from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined above)
     DOWNSAMPLERS,
     METHODS,
@@ -55,6 +66,7 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     convert_downsampling,
     deterministic_twin,
 )
+from .sparse_encoder import SparseEncoder, TernaryQuantizer  # noqa: E402
 from .stochastic_downsampling import SharedJitter, StochasticDownsample  # noqa: E402
 from .strides import (  # noqa: E402  (registers strides, upsample-input, global-pooling)
     Upsampled,
@@ -67,7 +79,18 @@ from .strides import (  # noqa: E402  (registers strides, upsample-input, global
 )
 
 __all__ = [
+    "CIFAR10_DICTIONARY",
     "CONVERSIONS",
+    "DICTIONARY_PRESETS",
+    "FASHION_MNIST_DICTIONARY",
+    "IMAGENETTE_DICTIONARY",
+    "DictionarySettings",
+    "SparseEncoder",
+    "TernaryQuantizer",
+    "extract_patches",
+    "learn_dictionary",
+    "load_dictionary",
+    "save_dictionary",
     "DOWNSAMPLERS",
     "METHODS",
     "AddNoise",
