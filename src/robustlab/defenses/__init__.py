@@ -67,6 +67,7 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     deterministic_twin,
 )
 from .sparse_encoder import SparseEncoder, TernaryQuantizer  # noqa: E402
+from .sparse_model import Ensemble, SparseDecoder, SparseFrontEnd  # noqa: E402
 from .stochastic_downsampling import SharedJitter, StochasticDownsample  # noqa: E402
 from .strides import (  # noqa: E402  (registers strides, upsample-input, global-pooling)
     Upsampled,
@@ -85,6 +86,9 @@ __all__ = [
     "FASHION_MNIST_DICTIONARY",
     "IMAGENETTE_DICTIONARY",
     "DictionarySettings",
+    "Ensemble",
+    "SparseDecoder",
+    "SparseFrontEnd",
     "SparseEncoder",
     "TernaryQuantizer",
     "extract_patches",
