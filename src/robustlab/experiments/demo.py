@@ -166,23 +166,20 @@ def run_demo(
             "history": m["history"],
             "battery_markdown": result.markdown(),
         })
-    sd: dict[str, Any] | None = None
-    if cfg.sd_study is not None:
+    # the papers' studies: (demo result key, study name, chosen profile or config, overrides, baseline)
+    studies: tuple[tuple[str, str, str | StudyConfig | None, dict[str, Any], Path | None], ...] = (
+        ("sd_study", "sd-study", cfg.sd_study, {"model": cfg.model}, out / "standard" / "model.safetensors"),
+        ("strides_study", "strides-study", cfg.strides_study, {}, None))
+    study_results: dict[str, dict[str, Any] | None] = {}
+    for key, name, chosen, overrides, baseline in studies:
+        study_results[key] = None
+        if chosen is None:
+            continue
         t0 = time.perf_counter()
-        scfg = (study_config("sd-study", cfg.sd_study, dataset=cfg.dataset, model=cfg.model)
-                if isinstance(cfg.sd_study, str) else cfg.sd_study)
-        sres = run_study("sd-study", out / "sd-study", scfg, device=device,
-                         baseline=out / "standard" / "model.safetensors", log=log, callbacks=callbacks)
-        sd = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
-              "eps": scfg.eps, "summary_markdown": sres.summary}
-    strides: dict[str, Any] | None = None
-    if cfg.strides_study is not None:
-        t0 = time.perf_counter()
-        tcfg = (study_config("strides-study", cfg.strides_study, dataset=cfg.dataset)
-                if isinstance(cfg.strides_study, str) else cfg.strides_study)
-        tres = run_study("strides-study", out / "strides-study", tcfg, device=device, log=log, callbacks=callbacks)
-        strides = {"profile": tcfg.profile, "seconds": round(time.perf_counter() - t0, 1), "eps": tcfg.eps,
-                   "summary_markdown": tres.summary}
+        scfg = study_config(name, chosen, dataset=cfg.dataset, **overrides) if isinstance(chosen, str) else chosen
+        sres = run_study(name, out / name, scfg, device=device, baseline=baseline, log=log, callbacks=callbacks)
+        study_results[key] = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
+                              "eps": scfg.eps, "summary_markdown": sres.summary}
     elapsed = time.perf_counter() - t_start
     cfg_dict = asdict(cfg)
     for key in ("sd_study", "strides_study"):
@@ -190,8 +187,7 @@ def run_demo(
             cfg_dict[key] = getattr(cfg, key).to_dict()
     results = {
         "config": cfg_dict,
-        "sd_study": sd,
-        "strides_study": strides,
+        **study_results,
         "train_images": len(train),
         "test_images": len(test),
         "eval_n": eval_n,
@@ -228,13 +224,11 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         summary.append(row)
     timing = [{"step": m["name"], "training (s)": round(m["train_seconds"], 1), "evaluation (s)": m["eval_seconds"]}
               for m in r["models"]]
-    sd = r.get("sd_study")
-    if sd is not None:
-        timing.append({"step": f"sd-study ({sd['profile']})", "training (s)": "-", "evaluation (s)": sd["seconds"]})
-    strides = r.get("strides_study")
-    if strides is not None:
-        timing.append({"step": f"strides-study ({strides['profile']})", "training (s)": "-",
-                       "evaluation (s)": strides["seconds"]})
+    sd, strides = r.get("sd_study"), r.get("strides_study")
+    for name, done in (("sd-study", sd), ("strides-study", strides)):
+        if done is not None:  # a study's training and evaluation together
+            timing.append({"step": f"{name} ({done['profile']}), training and evaluation", "training (s)": "-",
+                           "evaluation (s)": done["seconds"]})
     parts = [
         "# robustlab demo report\n\n",
         f"Dataset: **{cfg['dataset']}** ({r['train_images']} training images for the standard model, "
