@@ -68,7 +68,7 @@ from torch import fx, nn
 
 from ..core import InputError, Registry
 from ..core.randomness import Stochastic
-from . import CONVERSIONS
+from . import CONVERSIONS, record_conversion
 from .stochastic_downsampling import SharedJitter, StochasticDownsample
 
 
@@ -484,16 +484,10 @@ def convert_downsampling(
     if shortcut_jitter == "shared" and not pairs:
         warnings.warn(f"shortcut_jitter='shared': {type(model).__name__} has no strided 1x1 shortcut conv "
                       "beside a strided main-path conv, so every SD layer keeps its own jitter", stacklevel=2)
-    recipe = getattr(out, "robustlab_recipe", None)
-    if isinstance(recipe, dict):
-        recipe = copy.deepcopy(recipe)
-        recorded = {"method": method, "include_pooling": include_pooling, **options}
-        if shortcut_jitter != "independent":
-            recorded["shortcut_jitter"] = shortcut_jitter
-        entry = {"name": "downsampling", "options": recorded}
-        recipe["conversions"] = [*recipe.get("conversions", []), entry]
-        setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute, not a submodule)
-    return out
+    recorded = {"method": method, "include_pooling": include_pooling, **options}
+    if shortcut_jitter != "independent":
+        recorded["shortcut_jitter"] = shortcut_jitter
+    return record_conversion(out, "downsampling", recorded)
 
 
 def deterministic_twin(model: nn.Module) -> nn.Module:

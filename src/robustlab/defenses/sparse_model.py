@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError, check_images
-from ..core.randomness import is_stochastic
 from .sparse_encoder import SparseEncoder
 
 __all__ = ["Ensemble", "FrontEndMode", "SparseDecoder", "SparseFrontEnd"]
@@ -190,8 +189,8 @@ class Ensemble(nn.Module):
     as ``draws`` single forwards would. The wrapper owns no randomness: ``is_stochastic``,
     ``frozen``, ``resample`` and ``bpda`` reach the model's layers through it, so attacks apply
     EOT on top of the ensemble (as the paper attacks its E = 10 model). Inside ``frozen`` every
-    draw reuses one path and the ensemble equals a single forward. A model with no active
-    random layer is run once.
+    draw reuses one path and the ensemble equals a single forward. It always runs ``draws``
+    forwards: randomness outside the Stochastic protocol is invisible to ``is_stochastic``.
 
     Args:
         model: a (random) classifier returning logits.
@@ -208,6 +207,5 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log mean softmax over the draws, ``(N, classes)``."""
-        draws = self.draws if is_stochastic(self.model) else 1
-        log_probs = torch.stack([F.log_softmax(self.model(x), dim=-1) for _ in range(draws)])
-        return torch.logsumexp(log_probs, dim=0) - math.log(draws)
+        log_probs = torch.stack([F.log_softmax(self.model(x), dim=-1) for _ in range(self.draws)])
+        return torch.logsumexp(log_probs, dim=0) - math.log(self.draws)

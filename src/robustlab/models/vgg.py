@@ -100,7 +100,11 @@ def _check_input_size(net: VGG | AlexNet, x: torch.Tensor) -> None:
     h, w = x.shape[-2:]
     if not (isinstance(h, int) and isinstance(w, int)):  # symbolic shapes (fx tracing)
         return
-    if _side(net.features, h) is not None and _side(net.features, w) is not None:
+    key = (h, w, tuple(net.stage_strides), getattr(net, "stride1_pool", None))
+    fits: dict[tuple[object, ...], bool] = net.__dict__.setdefault("_input_fits", {})  # a plain cache, no state
+    if key not in fits:  # the walk over the layers once per input size and configuration, not per forward
+        fits[key] = _side(net.features, h) is not None and _side(net.features, w) is not None
+    if fits[key]:
         return
     smallest = min_input_size(net)
     config = "-".join(map(str, net.stage_strides))

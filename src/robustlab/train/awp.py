@@ -140,9 +140,8 @@ class AWP:
         inner = self.inner
         with attack_mode(model, inner.craft_in_eval):
             x_adv = inner.craft(model, x, y, generator)
-        if not self.active:
+        if not self.active or not self.gamma:  # warmup, or a zero step: the base's update exactly
             return inner.loss(model, x, x_adv, y)
-        assert self.gamma is not None
         v = self.perturbation(model, x, x_adv, y)
         gamma = float(self.gamma)
         perturbed = {n: p + gamma * v[n] for n, p in model.named_parameters() if n in v}

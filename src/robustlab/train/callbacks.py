@@ -211,12 +211,13 @@ class BestRobust(Callback):
                 value = float(self.robust_accuracy(model))
             finally:
                 model.train(was_training)
-            if self.best_value is None or value > self.best_value:
+            improved = self.best_value is None or value > self.best_value
+            if improved:
                 self.best_value, self.best_epoch = value, done
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                metrics.update(robust_acc=value, best_robust_acc=value, best_robust_epoch=done)
-                self._write(trainer, model, metrics)
         metrics.update(robust_acc=value, best_robust_acc=self.best_value, best_robust_epoch=self.best_epoch)
+        if value is not None and improved:
+            self._write(trainer, trainer.model, metrics)
         if trainer.out_dir is not None:
             trainer._write_metrics()  # the trainer wrote metrics.jsonl before calling back
 

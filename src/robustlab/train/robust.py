@@ -166,8 +166,7 @@ def fgsm_rs_perturb(
     """FGSM with a random start (Wong et al. 2020, Alg. 3): a uniform point of the ball
     (:func:`robustlab.attacks.random_point`), one signed-gradient step of ``step_size`` on the
     cross-entropy, projected back onto the ball and into [0, 1]."""
-    start = start_point(x, threat, "uniform", generator)
-    return ascend(lambda z: F.cross_entropy(model(z), y), x, start, threat, 1, step_size)
+    return pgd_perturb(model, x, y, threat, 1, step_size, generator)
 
 
 def fat_perturb(
@@ -280,8 +279,10 @@ class AdversarialObjective:
         raise NotImplementedError
 
     def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
-        """The training loss given the clean and adversarial batches."""
-        raise NotImplementedError
+        """The training loss given the clean and adversarial batches; by default cross-entropy
+        on the adversarial batch, whose logits are returned (PGD-AT, FAT, fast-AT)."""
+        logits = model(x_adv)
+        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
@@ -319,6 +320,16 @@ class PGDSettings(AdversarialObjective):
     step_size: float | None = None
     craft_in_eval: bool = True
 
+    start: ClassVar[str] = "uniform"
+    """The attack's start (:func:`start_point`)."""
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """PGD on the cross-entropy from :attr:`start` (:func:`pgd_perturb` for a uniform start)."""
+        start = start_point(x, self.threat, self.start, generator)
+        return ascend(lambda z: F.cross_entropy(model(z), y), x, start, self.threat, self.steps, self.alpha)
+
 
 @OBJECTIVES.register("pgd-at", paper="Madry et al. 2018, Sec. 2-5")
 @dataclass(frozen=True)
@@ -343,16 +354,6 @@ class PGDAT(PGDSettings):
     def __post_init__(self) -> None:
         self._validate()
 
-    def craft(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """PGD from a uniform start (:func:`pgd_perturb`)."""
-        return pgd_perturb(model, x, y, self.threat, self.steps, self.alpha, generator)
-
-    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
-        """Cross-entropy on the adversarial batch."""
-        logits = model(x_adv)
-        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
 
 
 @OBJECTIVES.register("alp", paper="Kannan et al. 2018")
@@ -381,12 +382,6 @@ class ALP(PGDSettings):
     def __post_init__(self) -> None:
         self._validate()
         _check_number(self.name, "lam", self.lam)
-
-    def craft(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """PGD from a uniform start (:func:`pgd_perturb`)."""
-        return pgd_perturb(model, x, y, self.threat, self.steps, self.alpha, generator)
 
     def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         """Both cross-entropies plus the weighted logit pairing."""
@@ -511,18 +506,10 @@ class MART(PGDSettings):
     name: str = "mart"
 
     start: ClassVar[str] = "normal"
-    """The attack's start (:func:`start_point`)."""
 
     def __post_init__(self) -> None:
         self._validate()
         _check_number(self.name, "lam", self.lam)
-
-    def craft(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """PGD on the cross-entropy from :attr:`start`."""
-        start = start_point(x, self.threat, self.start, generator)
-        return ascend(lambda z: F.cross_entropy(model(z), y), x, start, self.threat, self.steps, self.alpha)
 
     def loss_from_logits(self, logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss given both batches' logits (:func:`mart_loss`)."""
@@ -614,10 +601,6 @@ class FAT(PGDSettings):
                                generator, omega=self.omega)
         return x_adv
 
-    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
-        """Cross-entropy on the friendly adversarial batch."""
-        logits = model(x_adv)
-        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
 
 
 @OBJECTIVES.register("fast-at", paper="Wong et al. 2020, Alg. 3")
@@ -660,10 +643,6 @@ class FastAT(AdversarialObjective):
         """FGSM from a uniform start (:func:`fgsm_rs_perturb`)."""
         return fgsm_rs_perturb(model, x, y, self.threat, self.alpha, generator)
 
-    def loss(self, model: ModelLike, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
-        """Cross-entropy on the adversarial batch."""
-        logits = model(x_adv)
-        return ObjectiveOutput(F.cross_entropy(logits, y), logits)
 
 
 __all__ = [
