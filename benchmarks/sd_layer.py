@@ -19,16 +19,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _measure import child_peak_extra_bytes, cuda_peak_extra_bytes, print_peak_extra_bytes, timed
 
 from robustlab.defenses import StochasticDownsample
 
@@ -46,31 +40,11 @@ def tiled(x: torch.Tensor, jitter: torch.Tensor, oh: int, ow: int) -> torch.Tens
     return out.view(b, spp, *out.shape[1:]).mean(1)
 
 
-def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak memory above what was allocated before ``fn`` (CUDA allocator statistics)."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
 def cpu_peak_extra_bytes(impl: str, spp: int, args: argparse.Namespace) -> int:
-    """Peak resident memory above the set-up's, for one forward + backward in a fresh process.
-
-    CPU tensors have no allocator statistics, so each measurement runs in its own interpreter
-    (``--child``) that sets up the input, warms the kernels up on a one-image batch, reads its
-    resident set size, resets the kernel's peak counter (``/proc/self/clear_refs``), runs
-    ``impl`` once and reads the peak (``VmHWM``). Linux only.
-    """
-    cmd = [sys.executable, __file__, "--child", impl, "--spp", str(spp), "--batch", str(args.batch),
-           "--channels", str(args.channels), "--size", str(args.size)]
-    # a fixed mmap threshold: every large block is mapped on allocation and unmapped on free,
-    # so the resident set follows the live tensors (glibc otherwise recycles freed blocks)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return int(out.strip().splitlines()[-1])
+    """Peak resident memory above the set-up's, for one forward + backward in a fresh process
+    (``--child``; see ``_measure.py``)."""
+    return child_peak_extra_bytes(__file__, ["--child", impl, "--spp", str(spp), "--batch", str(args.batch),
+                                             "--channels", str(args.channels), "--size", str(args.size)])
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -86,32 +60,7 @@ def _child(args: argparse.Namespace) -> None:
         out.sum().backward()
         inp.grad = None
 
-    run(small)
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    run(x)
-    print((_status_kib("VmHWM") - before) * 1024)
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    print_peak_extra_bytes(run, small, x)
 
 
 def main() -> None:
@@ -152,7 +101,7 @@ def main() -> None:
 
         t_ours, t_tiled = timed(ours, dev, args.repeats), timed(theirs, dev, args.repeats)
         if dev.type == "cuda":
-            m_ours, m_tiled = peak_extra_bytes(ours, dev), peak_extra_bytes(theirs, dev)
+            m_ours, m_tiled = cuda_peak_extra_bytes(ours), cuda_peak_extra_bytes(theirs)
         else:
             m_ours, m_tiled = cpu_peak_extra_bytes("ours", spp, args), cpu_peak_extra_bytes("tiled", spp, args)
         return t_ours, t_tiled, m_ours, m_tiled, diff

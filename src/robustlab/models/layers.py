@@ -21,6 +21,39 @@ from ..core import InputError
 PoolMode = Literal["same", "valid"]
 
 
+ACTIVATION_KINDS = ("gelu", "silu", "relu")
+"""The activations :func:`~robustlab.defenses.swap_activations` installs."""
+
+
+class Activation(nn.Module):
+    """An elementwise activation chosen by name: ``"relu"``, ``"gelu"`` (exact, erf form, as
+    ``nn.GELU()``), ``"silu"`` (``x sigmoid(x)``), or ``"leaky_relu"`` (slope 0.1, Madry's
+    ResNet-32). Never in place, so double backpropagation through it is safe.
+
+    Our blocks and networks call their activation through such a module (``self.act``, no
+    parameters, so it is absent from the state dict): that is the hook of the smooth-activation
+    surgery (gradient-norm thesis, Sec. 4.3), which replaces the module and keeps the forward.
+    """
+
+    def __init__(self, kind: str = "relu") -> None:
+        super().__init__()
+        if kind not in (*ACTIVATION_KINDS, "leaky_relu"):
+            raise InputError(f"unknown activation {kind!r}; use one of {', '.join(ACTIVATION_KINDS)}")
+        self.kind = kind
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gelu":
+            return F.gelu(x)
+        if self.kind == "silu":
+            return F.silu(x)
+        if self.kind == "leaky_relu":
+            return F.leaky_relu(x, 0.1)
+        return F.relu(x)
+
+
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     """A bias-free 3x3 convolution with padding 1 (output size ``ceil(size / stride)``)."""
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
@@ -91,6 +124,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act = Activation("relu")
         self.shortcut: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -112,10 +146,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual forward pass."""
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        return self.act(out + identity)  # type: ignore[no-any-return]
 
 
 class PreActBlock(nn.Module):
@@ -142,6 +176,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels)
         self.dropout = float(dropout)
+        self.act = Activation("relu")
         self.shortcut: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride))
@@ -161,10 +196,10 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual forward pass."""
-        out = F.relu(self.bn1(x))
+        out = self.act(self.bn1(x))
         identity = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
-        out = F.relu(self.bn2(out))
+        out = self.act(self.bn2(out))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
         out = self.conv2(out)
@@ -201,6 +236,7 @@ class MadryUnit(nn.Module):
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn2 = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.1)
         self.conv2 = conv3x3(out_channels, out_channels)
+        self.act = Activation("leaky_relu")
 
     @property
     def stride(self) -> int:
@@ -214,13 +250,13 @@ class MadryUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual forward pass."""
         if self.activate_before_residual:
-            x = F.leaky_relu(self.bn1(x), 0.1)
+            x = self.act(self.bn1(x))
             out = x
         else:
-            out = F.leaky_relu(self.bn1(x), 0.1)
+            out = self.act(self.bn1(x))
         identity = x
         out = self.conv1(out)
-        out = self.conv2(F.leaky_relu(self.bn2(out), 0.1))
+        out = self.conv2(self.act(self.bn2(out)))
         s = self.stride
         if s != 1:
             # ceil_mode matches the size ceil(n / s) of the padded strided convolution.

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError
 from ._registry import MODELS
 from .base import ResidualStages, init_weights
 from .layers import (
+    Activation,
     BasicBlock,
     MadryUnit,
     PreActBlock,
@@ -73,6 +73,7 @@ class ResNet(ResidualStages):
         stem = widths[0] if stem_width is None else int(stem_width)
         self.conv1 = conv3x3(in_channels, stem)
         self.bn1 = nn.BatchNorm2d(stem)
+        self.act = Activation("relu")
         c = self._add_stages(stem, widths, blocks, strides, lambda i, first, cin, w, s: BasicBlock(cin, w, s))
         self.num_features = c
         self.linear = nn.Linear(c, num_classes)
@@ -80,7 +81,7 @@ class ResNet(ResidualStages):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: the feature map before global average pooling."""
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act(self.bn1(self.conv1(x)))
         for stage in self.stages():
             x = stage(x)
         return x
@@ -116,6 +117,7 @@ class PreActResNet(ResidualStages):
         self.conv1 = conv3x3(in_channels, widths[0])
         c = self._add_stages(widths[0], widths, blocks, strides, lambda i, first, cin, w, s: PreActBlock(cin, w, s))
         self.bn = nn.BatchNorm2d(c)
+        self.act = Activation("relu")
         self.num_features = c
         self.linear = nn.Linear(c, num_classes)
         init_weights(self)
@@ -125,7 +127,7 @@ class PreActResNet(ResidualStages):
         x = self.conv1(x)
         for stage in self.stages():
             x = stage(x)
-        return F.relu(self.bn(x))
+        return self.act(self.bn(x))  # type: ignore[no-any-return]
 
 
 class MadryResNet(ResidualStages):
@@ -166,6 +168,7 @@ class MadryResNet(ResidualStages):
             lambda i, first, cin, w, s: MadryUnit(cin, w, s, activate_before_residual=(i == 0 and first)),
         )
         self.bn = nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
+        self.act = Activation("leaky_relu")
         self.num_features = c
         self.linear = nn.Linear(c, num_classes)
         init_weights(self)
@@ -175,7 +178,7 @@ class MadryResNet(ResidualStages):
         x = self.conv1(x)
         for stage in self.stages():
             x = stage(x)
-        return F.leaky_relu(self.bn(x), 0.1)
+        return self.act(self.bn(x))  # type: ignore[no-any-return]
 
 
 def resnet_mini(

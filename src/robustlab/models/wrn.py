@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError
 from ._registry import MODELS
 from .base import ResidualStages, init_weights
-from .layers import PreActBlock, check_strides, conv3x3
+from .layers import Activation, PreActBlock, check_strides, conv3x3
 
 
 class WideResNet(ResidualStages):
@@ -59,6 +58,7 @@ class WideResNet(ResidualStages):
             16, widths, (n, n, n), strides, lambda i, first, cin, w, s: PreActBlock(cin, w, s, dropout)
         )
         self.bn = nn.BatchNorm2d(c)
+        self.act = Activation("relu")
         self.num_features = c
         self.linear = nn.Linear(c, num_classes)
         init_weights(self)
@@ -68,7 +68,7 @@ class WideResNet(ResidualStages):
         x = self.conv1(x)
         for stage in self.stages():
             x = stage(x)
-        return F.relu(self.bn(x))
+        return self.act(self.bn(x))  # type: ignore[no-any-return]
 
 
 def wrn_34_10(
