@@ -607,6 +607,25 @@ def train(
     console.print(f"saved [bold]{result.checkpoint}[/]; last epoch: {json.dumps(last)}", soft_wrap=True)
 
 
+def _load_for_dataset(checkpoint: Path, dev: torch.device, dataset: str | None, root: Path | None,
+                      force_dataset: bool, norm: str | None, eps: str | None
+                      ) -> tuple[torch.nn.Module, dict[str, Any], str, dict[str, Any], DatasetInfo, ThreatModel]:
+    """Load a checkpoint and resolve the dataset it is evaluated on (``--dataset`` or the one its
+    header names), that dataset's keyword arguments and the threat model (``--norm``, ``--eps``)."""
+    from . import load
+    from .data import get_info
+
+    model = load(checkpoint, device=dev)
+    header: dict[str, Any] = getattr(model, "robustlab_header", {})
+    name = dataset or header.get("dataset")
+    if not name:
+        raise RobustlabError("the checkpoint names no dataset; pass --dataset")
+    kw: dict[str, Any] = {"root": root} if root else {}
+    info_ = get_info(name, **kw)
+    _check_dataset(header, name, force_dataset, info_)
+    return model, header, name, kw, info_, _threat(info_, norm, eps)
+
+
 def _check_dataset(header: dict[str, Any], name: str, force: bool, info_: DatasetInfo) -> None:
     """Refuse to evaluate a checkpoint on another dataset than it records, unless forced; refuse
     even then when the images or classes cannot fit the network."""
@@ -645,8 +664,8 @@ def evaluate(
     ledger: Annotated[Path, typer.Option(help="SQLite ledger the result row is added to")] = Path("runs/ledger.sqlite"),
     state_dir: Annotated[Path | None, typer.Option(help="save per-batch state here and resume from it (default: eval-state/ beside the ledger)")] = None,
     no_state: Annotated[bool, typer.Option("--no-state", help="save no state: an interrupted evaluation starts over")] = False,
-    surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model: the full battery adds a transfer attack from it")] = None,
-    bpda: Annotated[str | None, typer.Option(help="BPDA for every gradient attack of the battery: identity or smooth (for non-differentiable layers)")] = None,
+    surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model: the full battery adds a transfer attack from it, the sparse battery its PW-T attacks (the unsupervised-decoder twin)")] = None,
+    bpda: Annotated[str | None, typer.Option(help="BPDA for every gradient attack of the battery: identity or smooth (for non-differentiable layers), bypass (through autoencoding front ends as the identity)")] = None,
 ) -> None:
     """Evaluate a checkpoint: clean accuracy and worst-case robust accuracy under an attack battery.
 
@@ -657,7 +676,7 @@ def evaluate(
     """
     from . import load
     from .core.metrics import accuracy
-    from .data import get_info, load_dataset, make_loader
+    from .data import load_dataset, make_loader
     from .evaluate import Ledger, run_battery
     from .evaluate.result import robust_measure
 
@@ -666,14 +685,14 @@ def evaluate(
     state: Path | None = None
     try:
         dev = _device(device)
-        if bpda is not None and bpda not in ("identity", "smooth"):
-            raise RobustlabError(f"unknown --bpda {bpda!r}; use identity or smooth")
+        if bpda is not None and bpda not in ("identity", "smooth", "bypass"):
+            raise RobustlabError(f"unknown --bpda {bpda!r}; use identity, smooth or bypass")
         _norm(norm)
         battery_name = battery.strip().lower()
         if battery_name != "none":
             BATTERIES.get(battery_name)  # an unknown battery lists the known ones, before any work
-        if surrogate is not None and battery_name != "full":
-            raise RobustlabError("--surrogate is used by the full battery only; add --battery full")
+        if surrogate is not None and battery_name not in ("full", "sparse"):
+            raise RobustlabError("--surrogate is used by the full and sparse batteries only; add --battery full")
         if no_state and state_dir is not None:
             raise RobustlabError("--no-state and --state-dir contradict each other; pass one of them")
         if eps is not None:
@@ -685,15 +704,8 @@ def evaluate(
             state = None if no_state else (state_dir if state_dir is not None else ledger.parent / "eval-state")
             if state is not None:
                 _check_writable(state, "--state-dir", folder=True)
-        model = load(checkpoint, device=dev)
-        header: dict[str, Any] = getattr(model, "robustlab_header", {})
-        name = dataset or header.get("dataset")
-        if not name:
-            raise RobustlabError("the checkpoint names no dataset; pass --dataset")
-        kw: dict[str, Any] = {"root": root} if root else {}
-        info_ = get_info(name, **kw)
-        _check_dataset(header, name, force_dataset, info_)
-        threat = _threat(info_, norm, eps)
+        model, header, name, kw, info_, threat = _load_for_dataset(checkpoint, dev, dataset, root, force_dataset,
+                                                                   norm, eps)
         if download:
             kw["download"] = True
         test = load_dataset(name, "test", limit=n, seed=seed, **kw)

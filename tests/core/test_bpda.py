@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.core.bpda import BPDALayer, bpda, bpda_layers, straight_through
+from robustlab.core.bpda import BPDABlock, BPDALayer, bpda, bpda_layers, straight_through
 from robustlab.core.errors import InputError
 
 
@@ -122,3 +122,50 @@ def test_bad_mode_and_missing_surrogate_raise() -> None:
 def test_straight_through_needs_matching_shapes() -> None:
     with pytest.raises(InputError, match=r"one shape, got \(2, 3\) and \(3,\)"):
         straight_through(torch.zeros(2, 3), torch.zeros(3))
+
+
+# --- scopes: "bypass" reaches blocks only, "identity"/"smooth" layers only --------------------
+
+
+class Purifier(BPDABlock):
+    """A block that is far from the identity in its forward: x -> Quantize(0.5 * x + 0.25)."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Sequential(nn.Identity()))
+        self.q = Quantize(4.0)
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(0.5 * x + 0.25)
+
+
+def test_bypass_treats_a_block_as_the_identity_and_leaves_layers_exact() -> None:
+    torch.manual_seed(0)
+    head = nn.Linear(6, 1).double()
+    model = nn.Sequential(Purifier(), head).double()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    with bpda(model, "bypass"):
+        assert model[0].bpda_mode == "bypass" and model[0].q.bpda_mode is None
+        g = _grad(model, x)
+    # d/dx (w . p + b)^2 with dp/dx := I, p the exact purified input
+    with torch.no_grad():
+        out = head(torch.round((0.5 * x + 0.25) * 4) / 4)
+    expected = 2 * out * head.weight
+    assert torch.allclose(g, expected.expand_as(g))
+    # "identity" differentiates the block (chain rule through 0.5 x) and straight-throughs the
+    # quantizer inside: half the bypass gradient
+    with bpda(model, "identity"):
+        assert model[0].bpda_mode is None and model[0].q.bpda_mode == "identity"
+        g_id = _grad(model, x)
+    assert torch.allclose(g_id, 0.5 * expected.expand_as(g))
+
+
+def test_bypass_forward_is_exact() -> None:
+    model = nn.Sequential(Purifier()).double()
+    x = torch.rand(4, 6, dtype=torch.float64)
+    with bpda(model, "bypass"):
+        assert torch.equal(model(x), torch.round((0.5 * x + 0.25) * 4) / 4)
+
+
+def test_block_without_inner_must_define_forward_exact() -> None:
+    with pytest.raises(NotImplementedError):
+        BPDABlock()(torch.zeros(1))

@@ -186,3 +186,85 @@ def test_ensemble_inside_frozen_is_one_path() -> None:
 def test_ensemble_bad_draws() -> None:
     with pytest.raises(InputError, match="draws must be a positive int, got 0"):
         Ensemble(nn.Identity(), 0)
+
+
+# --- W-AIGA: the autoencoder as the identity in the backward pass ------------------------------
+
+
+def test_bypass_gradient_is_the_classifiers_gradient_at_the_decoded_image() -> None:
+    """W-AIGA (Sec. 4, App. Fig. 8): the gradient w.r.t. x is the classifier's gradient at the
+    autoencoder's output, computed here by hand on that output."""
+    fe = front_end(dropout_p=0.0).double()
+    x = images(3).double()
+    with torch.no_grad():
+        decoded = fe.autoencode(x)
+    z = decoded.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(fe.classifier(z)[:, 2].sum(), z)
+    xx = x.clone().requires_grad_(True)
+    with bpda(fe, "bypass"):
+        (got,) = torch.autograd.grad(fe(xx)[:, 2].sum(), xx)
+    assert torch.allclose(got, expected) and expected.abs().sum() > 0
+    # "smooth" (W-NFGA) differentiates the decoder instead: a different gradient
+    xx = x.clone().requires_grad_(True)
+    with bpda(fe, "smooth"):
+        (nfga,) = torch.autograd.grad(fe(xx)[:, 2].sum(), xx)
+    assert not torch.allclose(nfga, expected)
+
+
+# --- the conversion and its replay by robustlab.load -------------------------------------------
+
+
+def test_convert_sparse_front_end_round_trips_through_load(tmp_path) -> None:
+    from robustlab.checkpoints import load, save
+    from robustlab.defenses import convert_sparse_front_end
+    from robustlab.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("resnet-mini", num_classes=10, in_channels=1, mean=(0.3,), std=(0.3,))
+    atoms = unit_atoms()
+    fe = convert_sparse_front_end(net, atoms, eps=0.1, image_size=SIDE, top_t=16, dropout_p=0.85, quantize=False)
+    assert isinstance(fe, SparseFrontEnd) and fe.encoder.top_t == 16 and not fe.encoder.quantize
+    assert torch.equal(fe.encoder.atoms, atoms)
+    entry = fe.robustlab_recipe["conversions"][-1]
+    assert entry["name"] == "sparse-front-end" and entry["options"]["atoms"] == ATOMS
+    assert "conversions" not in net.robustlab_recipe or not net.robustlab_recipe["conversions"]  # input untouched
+    save(fe.eval(), tmp_path / "m.safetensors")
+    back = load(tmp_path / "m.safetensors")
+    assert isinstance(back, SparseFrontEnd) and torch.equal(back.encoder.atoms, atoms)
+    x = images(4)
+    fe.encoder.seed(3)
+    back.encoder.seed(3)
+    with torch.no_grad():
+        assert torch.allclose(fe(x), back(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"atoms": 10**9}, {"hidden": [64]}, {"patch_size": 0}, {"mode": "both"}])
+def test_replay_refuses_hostile_recipes(bad) -> None:
+    from robustlab.defenses import CONVERSIONS
+    from robustlab.models import create_model
+
+    options = {"atoms": 8, "channels": 1, "patch_size": 4, "image_size": SIDE, "stride": 2, "top_t": 2,
+               "dropout_p": 0.5, "eps": 0.1, "beta": 3.0, "keep_sign": True, "sigma": 0.25, "quantize": True,
+               "mode": "nominal", "hidden": [4, 4], **bad}
+    with pytest.raises(InputError):
+        CONVERSIONS.get("sparse-front-end")(create_model("resnet-mini", in_channels=1), **options)
+
+
+def test_ensemble_conversion_round_trips_through_load(tmp_path) -> None:
+    from robustlab.checkpoints import load, save
+    from robustlab.defenses import convert_ensemble, convert_sparse_front_end
+    from robustlab.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("resnet-mini", num_classes=10, in_channels=1)
+    fe = convert_sparse_front_end(net, unit_atoms(), eps=0.1, image_size=SIDE, top_t=16, dropout_p=0.85)
+    ens = convert_ensemble(fe, draws=3)
+    assert [c["name"] for c in ens.robustlab_recipe["conversions"]] == ["sparse-front-end", "ensemble"]
+    save(ens.eval(), tmp_path / "e.safetensors")
+    back = load(tmp_path / "e.safetensors")
+    assert isinstance(back, Ensemble) and back.draws == 3 and isinstance(back.model, SparseFrontEnd)
+    x = images(2)
+    seed_stochastic(ens, 5)
+    seed_stochastic(back, 5)
+    with torch.no_grad():  # the same 3 draws: the mean softmax of 3 single forwards, on both
+        assert torch.allclose(ens(x), back(x), atol=1e-6)

@@ -118,3 +118,49 @@ def test_unchanged_column_sees_a_prediction_move(tmp_path):
     expected = tuple(0.0 if abs(p - 0.5) < 0.3 else 1.0 for p in pixel)
     assert 0 < sum(expected) < 12  # these images hold both cases, so the check below tells them apart
     assert rec.per_image == expected
+
+
+class HardGate(nn.Module):
+    """Class 1 wins when the mean pixel, rounded to a grid of 1/2 (a BPDA layer whose own
+    gradient is zero), exceeds the image's rounded mean minus nothing: logits ``[0, 8 * (q(m) - m0)]``
+    with ``m0`` the clean mean. Plain gradients are zero; BPDA identity sees the slope 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from robustlab.core.bpda import BPDALayer
+
+        class Round(BPDALayer):
+            def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.round(x * 2) / 2
+
+        self.q = Round()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        z = self.q(m + 0.3)  # m + 0.3 rounds up to the next half only when pushed (digits' mean < 0.2)
+        return torch.cat([torch.full_like(z, 0.5), 8 * (z - 0.5)], dim=1)
+
+
+def test_a_pgd_column_with_bpda_breaks_what_plain_gradients_cannot(tmp_path):
+    """Images of class 0 are right (the gate says 0) until the mean pixel moves by +eps = 0.25;
+    only a BPDA gradient finds that direction."""
+    threat = ThreatModel("linf", 0.25)
+    plain = Column("pgd", "pgd", "PGD", {**PGD, "step_size": 0.1, "random_start": False, "steps": 5})
+    through = Column("pgd-bpda", "pgd", "PGD + BPDA", {**plain.settings, "bpda": "identity"})
+    ctx = EvalContext("digits", threat, 12, 30, 12, torch.device("cpu"), tmp_path, {c.name: c for c in (plain, through)},
+                      lambda label, seed: HardGate())
+    data = load_dataset("digits", "test", limit=12, seed=0)
+    means = torch.stack([data[i][0] for i in range(12)]).flatten(1).mean(1)
+    assert bool((means + 0.3 < 0.75).all()) and bool((means + 0.3 + 0.25 >= 0.75).all())  # the toy's premise
+    zero = tuple(float(int(y) == 0) for y in data.targets)
+    a = evaluate_column(ctx, HardGate().eval(), plain, "gate", 0, False, lambda name: None)
+    b = evaluate_column(ctx, HardGate().eval(), through, "gate", 0, False, lambda name: None)
+    assert a.per_image == zero  # zero gradient: nothing moves
+    assert b.per_image == (0.0,) * 12 and sum(zero) > 0  # BPDA pushes every mean over the step
+
+
+def test_a_transfer_column_with_several_attacks_keeps_the_per_sample_worst(tmp_path):
+    col = Column("tr2", "transfer", "two transfers", {"source": "other", "attack": ["pgd", "fgsm"]})
+    cols = (Column("pgd", "pgd", "PGD", PGD), Column("fgsm", "fgsm", "FGSM"), col)
+    rec = evaluate_column(context(tmp_path, cols), AlwaysZero().eval(), col, "const", 0, False, lambda name: None)
+    assert rec.per_image == tuple(zero_labels(12)) and set(rec.per_attack) == {"transfer pgd", "transfer fgsm"}

@@ -14,9 +14,15 @@ TINY_STRIDES = study_config(
     "strides-study", "quick", dataset="digits", eval_n=12, clean_n=60, eval_batch_size=12, epochs=1, train_limit=128,
     train_steps=1, ratio_eps=(0.1,), deepfool_steps=2,
 )
+TINY_SPARSE = study_config(
+    "sparse-study", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8, atoms=24, dict_images=60,
+    dict_patches=400, dict_iter=3, top_t=4, dropout_p=0.5, epochs=1, decoder_epochs=1, train_limit=96, hidden=(4, 4),
+    attack_steps=2, eot=2, aa_eot=1, square_queries=4, square_eot=1, figure_n=4,
+)
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
     test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2, sd_study=TINY_SD, strides_study=TINY_STRIDES,
+    sparse_study=TINY_SPARSE,
 )
 
 
@@ -48,6 +54,13 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert (tmp_path / "strides-study" / "report.md").exists()
     saved = json.loads((tmp_path / "sd-study" / "config.json").read_text())
     assert saved["baseline"] == str(tmp_path / "standard" / "model.safetensors")
+    # the sparse-encoder study ran with the demo's PGD-AT model as its baseline (not retrained)
+    assert "Sparse randomized encoder study (quick profile)" in report and "sparse-study/report.md" in report
+    assert "| Ours |" in report and "The defense's worst case over every attack" in report
+    sparse_cfg = json.loads((tmp_path / "sparse-study" / "config.json").read_text())
+    assert sparse_cfg["baseline"] == str(tmp_path / "pgd-at" / "model.safetensors")
+    assert not (tmp_path / "sparse-study" / "models" / "pgd-at" / "seed0").exists()
+    assert (tmp_path / "sparse-study" / "figures" / "autoencoder.png").exists()
 
     # A second run resumes everything (training and battery state) and gives the same numbers.
     again = run_demo(tmp_path, TINY)

@@ -10,11 +10,24 @@ Layers" (``papers/feature-map-strides``):
   Fig. 2; Appendix A, Fig. 8);
 - :func:`cost`: FLOPs, activation memory and parameters of one forward (Sec. IV-B, Fig. 7).
 
+From the sparse-randomized-encoder paper (``papers/sparse-randomized-encoder``),
+:mod:`~robustlab.analysis.sparse`: atom correlations vs first-layer filter activations
+(App. 8.1, Fig. 2), the expected fraction of corrupted patches (App. 8.5, Fig. 4) and the
+autoencoder image grid (App. 8.8, Fig. 9).
+
 This package imports ``core`` and ``attacks`` only (the house plan).
 """
 
 from .anti_perturbation import AntiPerturbationResult, anti_perturbation_ratio
 from .cost import Cost, cost
+from .sparse import (
+    PatchCorrelations,
+    atom_filter_correlations,
+    autoencoder_grid,
+    corrupted_patch_fraction,
+    plot_correlation_histogram,
+    plot_corrupted_fraction_histogram,
+)
 from .toy import (
     ACTIVATIONS,
     BASES,
@@ -43,4 +56,10 @@ __all__ = [
     "plot_toy_disturbance",
     "toy_cnn",
     "toy_disturbance",
+    "PatchCorrelations",
+    "atom_filter_correlations",
+    "autoencoder_grid",
+    "corrupted_patch_fraction",
+    "plot_correlation_histogram",
+    "plot_corrupted_fraction_histogram",
 ]

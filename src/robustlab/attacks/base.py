@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..core.bpda import BPDAMode, bpda
+from ..core.bpda import BPDA_MODES, BPDAMode, bpda
 from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
 from ..core.randomness import detect_randomness, is_frozen, is_stochastic
@@ -716,8 +716,8 @@ class Attack(abc.ABC):
                 f"{self.name} supports the {', '.join(self.norms)} threat model(s), "
                 f"got {threat.norm!r}"
             )
-        if bpda is not None and bpda not in ("identity", "smooth"):
-            raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth' or None")
+        if bpda is not None and bpda not in BPDA_MODES:
+            raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth', 'bypass' or None")
         self._threat = threat
         self._bpda: BPDAMode | None = bpda
         if type(self).__init__ is Attack.__init__:

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from .errors import InputError
 
-__all__ = ["BPDALayer", "BPDAMode", "bpda", "bpda_layers", "straight_through"]
+__all__ = ["BPDA_MODES", "BPDABlock", "BPDALayer", "BPDAMode", "BPDAScope", "bpda", "bpda_layers", "straight_through"]
 
-BPDAMode = Literal["identity", "smooth"]
-_MODES = ("identity", "smooth")
+BPDAMode = Literal["identity", "smooth", "bypass"]
+_MODES = ("identity", "smooth", "bypass")
+BPDA_MODES: tuple[str, ...] = _MODES
+"""Every mode :func:`bpda` accepts."""
+
+BPDAScope = Literal["layer", "block"]
 
 
 def straight_through(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,14 @@ class BPDALayer(nn.Module):
     exact forward with its own autograd gradient (often zero or undefined). Inside
     ``bpda(model, "identity")`` the backward is the identity (straight-through; the output must
     have the input's shape); inside ``bpda(model, "smooth")`` it is the surrogate's gradient.
+
+    :attr:`bpda_scope` says which modes reach the layer: ``"layer"`` (a single non-differentiable
+    operation such as a quantizer: ``identity`` and ``smooth``) or ``"block"`` (a whole
+    sub-network that approximates the identity, such as an autoencoding front end, see
+    :class:`BPDABlock`: only ``bypass``, which backpropagates through it as the identity).
     """
+
+    bpda_scope: ClassVar[BPDAScope] = "layer"
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,9 +86,40 @@ class BPDALayer(nn.Module):
             return self.forward_exact(x)
         with torch.no_grad():
             exact = self.forward_exact(x)
-        if mode == "identity":
+        if mode in ("identity", "bypass"):
             return straight_through(exact, x)
         return straight_through(exact, self.surrogate(x))
+
+
+class BPDABlock(BPDALayer):
+    """A sub-network whose backward the ``"bypass"`` mode replaces by the identity.
+
+    Athalye et al. (2018, Sec. 4.1) attack input-purifying front ends ``g`` with ``g(x) ~ x`` by
+    backpropagating through them as if they were the identity. Wrapping such a front end (its
+    output has the input's shape) in a block lets every attack do that with ``bpda="bypass"``:
+    the forward is the exact ``block(x)``, the backward skips it, while ``"identity"`` and
+    ``"smooth"`` leave the block differentiable and reach the layer-scope BPDA layers inside it
+    (the sparse randomized encoder's W-AIGA vs W-NFGA attack modes, Bakiskan et al., Sec. 4).
+
+    Args:
+        inner: the sub-network; its output must have its input's shape. A subclass may leave
+            it out and write :meth:`forward_exact` itself.
+    """
+
+    bpda_scope: ClassVar[BPDAScope] = "block"
+
+    def __init__(self, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        if inner is not None:
+            self.inner = inner
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """``inner(x)``."""
+        inner = getattr(self, "inner", None)
+        if inner is None:
+            raise NotImplementedError(f"{type(self).__name__} has no inner module; write forward_exact")
+        out: torch.Tensor = inner(x)
+        return out
 
 
 def bpda_layers(model: nn.Module) -> list[BPDALayer]:
@@ -92,13 +134,17 @@ def bpda(model: nn.Module, mode: BPDAMode = "identity") -> Iterator[nn.Module]:
     Args:
         model: any module; layers that are not :class:`BPDALayer` are untouched.
         mode: ``"identity"`` backpropagates straight through (Athalye et al., 2018, Sec. 4.1,
-            the identity approximation); ``"smooth"`` through each layer's :meth:`surrogate`.
+            the identity approximation); ``"smooth"`` through each layer's :meth:`surrogate`;
+            ``"bypass"`` backpropagates through every :class:`BPDABlock` as the identity (the
+            layers inside it then need no surrogate). ``identity`` and ``smooth`` reach only
+            layer-scope BPDA layers, ``bypass`` only blocks.
 
     Nested contexts restore the outer mode on exit.
     """
     if mode not in _MODES:
         raise InputError(f"unknown BPDA mode {mode!r}; use one of {', '.join(_MODES)}")
-    layers = bpda_layers(model)
+    scope = "block" if mode == "bypass" else "layer"
+    layers = [m for m in bpda_layers(model) if m.bpda_scope == scope]
     previous = [m.bpda_mode for m in layers]
     for m in layers:
         m._rl_bpda_mode = mode

@@ -67,7 +67,14 @@ from .downsampling import (  # noqa: E402  (registers into CONVERSIONS defined a
     deterministic_twin,
 )
 from .sparse_encoder import SparseEncoder, TernaryQuantizer  # noqa: E402
-from .sparse_model import Ensemble, SparseDecoder, SparseFrontEnd  # noqa: E402
+from .sparse_model import (  # noqa: E402
+    Ensemble,
+    SparseAutoencoder,
+    SparseDecoder,
+    SparseFrontEnd,
+    convert_ensemble,
+    convert_sparse_front_end,
+)
 from .stochastic_downsampling import SharedJitter, StochasticDownsample  # noqa: E402
 from .strides import (  # noqa: E402  (registers strides, upsample-input, global-pooling)
     Upsampled,
@@ -88,7 +95,10 @@ __all__ = [
     "DictionarySettings",
     "Ensemble",
     "SparseDecoder",
+    "SparseAutoencoder",
     "SparseFrontEnd",
+    "convert_ensemble",
+    "convert_sparse_front_end",
     "SparseEncoder",
     "TernaryQuantizer",
     "extract_patches",

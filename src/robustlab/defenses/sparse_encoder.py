@@ -126,6 +126,8 @@ class SparseEncoder(Stochastic):
         generator: a ``torch.Generator`` for the dropout draws (on the inputs' device);
             default: the layer's own, forked from the global RNG (see ``Stochastic``).
         sigma: sharpness of the quantizer's smooth BPDA surrogate (App. 8.3).
+        quantize: ``False`` skips the activation/quantization step and outputs the sparse
+            coefficients themselves (the "without A&Q" ablation of Table 2).
     """
 
     def __init__(
@@ -140,8 +142,10 @@ class SparseEncoder(Stochastic):
         generator: torch.Generator | None = None,
         *,
         sigma: float = 0.25,
+        quantize: bool = True,
     ) -> None:
         super().__init__()
+        self.quantize = bool(quantize)
         if not isinstance(dictionary, torch.Tensor) or dictionary.dim() != 4 or not dictionary.is_floating_point():
             shape = tuple(dictionary.shape) if isinstance(dictionary, torch.Tensor) else type(dictionary).__name__
             raise InputError(f"dictionary must be a float (L, C, n, n) tensor of atoms, got {shape}")
@@ -189,7 +193,7 @@ class SparseEncoder(Stochastic):
 
     def extra_repr(self) -> str:
         return (f"atoms={self.num_atoms}, channels={self.in_channels}, patch={self.patch_size}, "
-                f"stride={self.stride}, top_t={self.top_t}, dropout_p={self.dropout_p}")
+                f"stride={self.stride}, top_t={self.top_t}, dropout_p={self.dropout_p}, quantize={self.quantize}")
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``xbar_ij = D^T x_ij`` for every patch: ``(N, L, m_h, m_w)`` (Sec. 2.2)."""
@@ -227,4 +231,5 @@ class SparseEncoder(Stochastic):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` (N, C, H, W) in [0, 1] into a ternary code (N, L, m_h, m_w)."""
-        return self.quantizer(self.sparse_code(x))
+        code = self.sparse_code(x)
+        return self.quantizer(code) if self.quantize else code

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError, check_images
+from ..core.bpda import BPDABlock
+from . import CONVERSIONS, record_conversion
 from .sparse_encoder import SparseEncoder
 
-__all__ = ["Ensemble", "FrontEndMode", "SparseDecoder", "SparseFrontEnd"]
+__all__ = ["Ensemble", "FrontEndMode", "SparseAutoencoder", "SparseDecoder", "SparseFrontEnd", "convert_ensemble", "convert_sparse_front_end"]
 
 FrontEndMode = Literal["nominal", "unsupervised"]
 _MODES = ("nominal", "unsupervised")
@@ -117,6 +119,24 @@ class SparseDecoder(nn.Module):
         return y.clamp(0.0, 1.0)
 
 
+class SparseAutoencoder(BPDABlock):
+    """``decoder(encoder(x))`` as a BPDA block: exact forward always; inside
+    ``bpda(model, "bypass")`` the backward treats the whole autoencoder as the identity, the
+    W-AIGA attack mode of Sec. 4 ("the entire autoencoder is treated as having identity
+    gradient", App. Fig. 8). Inside ``"identity"``/``"smooth"`` it is differentiated like any
+    module, reaching the quantizer's surrogate (W-NFGA, App. Fig. 7)."""
+
+    def __init__(self, encoder: SparseEncoder, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """``decoder(encoder(x))``."""
+        out: torch.Tensor = self.decoder(self.encoder(x))
+        return out
+
+
 class SparseFrontEnd(nn.Module):
     """``classifier(decoder(encoder(x)))`` on [0, 1] images: the whole defense (Fig. 1).
 
@@ -153,17 +173,28 @@ class SparseFrontEnd(nn.Module):
             raise InputError(
                 f"the decoder takes {decoder.atoms} code channels but the encoder has {encoder.num_atoms} atoms"
             )
-        self.encoder = encoder
-        self.decoder = decoder
+        self.autoencoder = SparseAutoencoder(encoder, decoder)
         self.classifier = classifier
         self.mode: FrontEndMode = mode
+
+    @property
+    def encoder(self) -> SparseEncoder:
+        """The sparse randomized encoder."""
+        return self.autoencoder.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The decoder."""
+        return self.autoencoder.decoder
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
     def autoencode(self, x: torch.Tensor) -> torch.Tensor:
-        """``decoder(encoder(x))``: what the classifier sees (one draw of the encoder)."""
-        return self.decoder(self.encoder(x))
+        """``decoder(encoder(x))``: what the classifier sees (one draw of the encoder); inside
+        ``bpda(model, "bypass")`` its backward is the identity (W-AIGA)."""
+        out: torch.Tensor = self.autoencoder(x)
+        return out
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared error between ``autoencode(x)`` and ``x``: the unsupervised decoder's
@@ -209,3 +240,130 @@ class Ensemble(nn.Module):
         """Log mean softmax over the draws, ``(N, classes)``."""
         log_probs = torch.stack([F.log_softmax(self.model(x), dim=-1) for _ in range(self.draws)])
         return torch.logsumexp(log_probs, dim=0) - math.log(self.draws)
+
+
+_MAX_ATOMS = 16_384
+_MAX_SIDE = 4_096
+_MAX_WIDTH = 8_192
+
+
+def _bounded_int(value: object, what: str, high: int) -> int:
+    n = _positive_int(value, what)
+    if n > high:
+        raise InputError(f"{what} must be at most {high}, got {n}")
+    return n
+
+
+def convert_sparse_front_end(
+    classifier: nn.Module,
+    dictionary: torch.Tensor,
+    *,
+    eps: float,
+    image_size: int,
+    stride: int = 2,
+    top_t: int = 50,
+    dropout_p: float = 0.95,
+    beta: float = 3.0,
+    keep_sign: bool = True,
+    sigma: float = 0.25,
+    quantize: bool = True,
+    mode: FrontEndMode = "nominal",
+    hidden: tuple[int, int] | list[int] = (64, 32),
+) -> SparseFrontEnd:
+    """Put the sparse randomized encoder and a fresh decoder in front of ``classifier`` (Fig. 1).
+
+    The surgery of the sparse-randomized-encoder paper: ``classifier(decoder(encoder(x)))``
+    with the encoder built on ``dictionary`` (Sec. 2.2) and a :class:`SparseDecoder`
+    (Sec. 2.3) sized to the dictionary's patches; decoder and classifier are then trained in
+    ``mode`` (Sec. 5.1). Defaults are the paper's CIFAR-10 encoder (T = 50, p = 0.95,
+    beta = 3, sigma = 0.25); the dictionary and ``eps`` (the budget the quantizer's dead zone is
+    designed for, Eq. 3) come from the user.
+
+    The result carries the classifier's recipe plus ``{"name": "sparse-front-end", "options":
+    {...}}`` (the dictionary's shape, not its values: the atoms are a buffer saved with the
+    weights), so :func:`robustlab.load` rebuilds it.
+
+    Args:
+        classifier: a classifier of [0, 1] images (copied, not changed).
+        dictionary: atoms ``(L, C, n, n)`` (:func:`~robustlab.defenses.dictionary.learn_dictionary`).
+        eps, stride, top_t, dropout_p, beta, keep_sign, sigma, quantize: see :class:`SparseEncoder`.
+        image_size: side of the (square) images; the decoder crops to it.
+        mode: ``"nominal"`` or ``"unsupervised"`` (see :class:`SparseFrontEnd`).
+        hidden: the decoder's two hidden widths.
+    """
+    import copy
+
+    if not isinstance(dictionary, torch.Tensor) or dictionary.dim() != 4:
+        raise InputError("dictionary must be an (L, C, n, n) tensor of atoms (robustlab.defenses.learn_dictionary)")
+    atoms, channels, patch = (int(v) for v in dictionary.shape[:3])
+    widths = tuple(hidden)
+    encoder = SparseEncoder(dictionary, stride, top_t, dropout_p, eps, beta, keep_sign, sigma=sigma, quantize=quantize)
+    decoder = SparseDecoder(atoms, channels, _bounded_int(image_size, "image_size", _MAX_SIDE), patch_size=patch,
+                            stride=stride, hidden=widths)  # type: ignore[arg-type]
+    out = SparseFrontEnd(encoder, decoder, copy.deepcopy(classifier), mode=mode)
+    recipe = getattr(classifier, "robustlab_recipe", None)
+    if isinstance(recipe, dict):
+        setattr(out, "robustlab_recipe", copy.deepcopy(recipe))  # noqa: B010  (plain attribute)
+    options = {"atoms": atoms, "channels": channels, "patch_size": patch, "image_size": int(image_size),
+               "stride": stride, "top_t": top_t, "dropout_p": float(dropout_p), "eps": float(eps), "beta": float(beta),
+               "keep_sign": bool(keep_sign), "sigma": float(sigma), "quantize": bool(quantize), "mode": mode,
+               "hidden": [int(w) for w in widths]}
+    record_conversion(out, "sparse-front-end", options)
+    return out
+
+
+def _replay_front_end(
+    model: nn.Module, *, atoms: int, channels: int, patch_size: int, image_size: int, stride: int, top_t: int,
+    dropout_p: float, eps: float, beta: float, keep_sign: bool, sigma: float, quantize: bool, mode: FrontEndMode,
+    hidden: list[int],
+) -> nn.Module:
+    """The checkpoint-replay form of :func:`convert_sparse_front_end`: placeholder atoms of the
+    recorded shape (the checkpoint's weights fill them); every size is bounded, as a
+    checkpoint header is untrusted input."""
+    shape = (_bounded_int(atoms, "atoms", _MAX_ATOMS), _bounded_int(channels, "channels", 64),
+             _bounded_int(patch_size, "patch_size", 256), 0)
+    if not isinstance(hidden, list) or len(hidden) != 2:
+        raise InputError(f"hidden must be two widths, got {hidden!r}")
+    widths = (_bounded_int(hidden[0], "hidden width", _MAX_WIDTH), _bounded_int(hidden[1], "hidden width", _MAX_WIDTH))
+    placeholder = torch.zeros(shape[0], shape[1], shape[2], shape[2])
+    recipe = getattr(model, "robustlab_recipe", None)
+    out = convert_sparse_front_end(model, placeholder, eps=eps, image_size=image_size, stride=stride, top_t=top_t,
+                                   dropout_p=dropout_p, beta=beta, keep_sign=keep_sign, sigma=sigma,
+                                   quantize=quantize, mode=mode, hidden=widths)
+    if recipe is not None:
+        setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute)
+    return out
+
+
+CONVERSIONS.register("sparse-front-end", _replay_front_end, paper="sparse-randomized-encoder, Sec. 2, Fig. 1",
+                     convert=convert_sparse_front_end)
+
+
+_MAX_DRAWS = 1000
+
+
+def convert_ensemble(model: nn.Module, draws: int = 10) -> Ensemble:
+    """Wrap ``model`` in :class:`Ensemble` (the mean softmax over ``draws`` draws of its
+    randomness, Eq. 8 of the sparse-randomized-encoder paper; also the "ensemble" evaluation of
+    randomized defenses in the DCS paper). The result carries ``model``'s recipe plus
+    ``{"name": "ensemble", "options": {"draws": draws}}`` so :func:`robustlab.load` rebuilds it;
+    ``model`` itself is shared, not copied."""
+    out = Ensemble(model, _bounded_int(draws, "draws", _MAX_DRAWS))
+    recipe = getattr(model, "robustlab_recipe", None)
+    if isinstance(recipe, dict):
+        setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute)
+    record_conversion(out, "ensemble", {"draws": out.draws})
+    return out
+
+
+def _replay_ensemble(model: nn.Module, *, draws: int) -> nn.Module:
+    """The checkpoint-replay form of :func:`convert_ensemble`."""
+    recipe = getattr(model, "robustlab_recipe", None)
+    out = convert_ensemble(model, draws)
+    if recipe is not None:
+        setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute)
+    return out
+
+
+CONVERSIONS.register("ensemble", _replay_ensemble, paper="sparse-randomized-encoder, Sec. 2.4, Eq. 8",
+                     convert=convert_ensemble)

@@ -269,16 +269,20 @@ def _standard(threat: ThreatModel) -> Battery:
 _RAND_LABELS = ("apgd-ce-eot", "apgd-dlr-eot")
 
 
-def _rand_attacks(threat: ThreatModel, eot: int, battery: str) -> list[Attack]:
+def _rand_attacks(threat: ThreatModel, eot: int, battery: str, bpda: str | None = None) -> list[Attack]:
     grad = EOT(n=eot)
-    return [_attack(battery, _APGD_CE, threat, grad=grad), _attack(battery, _APGD_DLR, threat, grad=grad)]
+    extra: dict[str, Any] = {} if bpda is None else {"bpda": bpda}
+    return [_attack(battery, _APGD_CE, threat, grad=grad, **extra),
+            _attack(battery, _APGD_DLR, threat, grad=grad, **extra)]
 
 
-def _rand(threat: ThreatModel, *, eot: int = 20) -> Battery:
+def _rand(threat: ThreatModel, *, eot: int = 20, bpda: str | None = None) -> Battery:
     """AutoAttack, version ``rand`` for randomized defenses (Croce & Hein, 2020, Sec. 5 and the
     reference implementation): APGD-CE and APGD-DLR, each with EOT over ``eot`` draws
-    (Athalye et al., 2018, Sec. 4.3)."""
-    return Battery(_rand_attacks(threat, eot, "rand"), name="rand", labels=_RAND_LABELS)
+    (Athalye et al., 2018, Sec. 4.3); with ``bpda`` (``identity``, ``smooth``, ``bypass``) both
+    run through the model's BPDA layers in that mode (AA rand + BPDA for non-differentiable
+    defenses, Sec. 4.1)."""
+    return Battery(_rand_attacks(threat, eot, "rand", bpda), name="rand", labels=_RAND_LABELS)
 
 
 def _full(threat: ThreatModel, *, eot: int = 20, surrogate: nn.Module | None = None) -> Battery:
@@ -306,3 +310,56 @@ BATTERIES.register("rand", _rand, description="AutoAttack rand: APGD-CE, APGD-DL
 BATTERIES.register(
     "full", _full, description="standard + rand (+ transfer from a surrogate when given)"
 )
+
+
+def sparse_attacks(threat: ThreatModel, *, steps: int = 20, eot: int = 40, step_fraction: float = 0.125,
+                   mode: str = "w-nfga-smooth") -> Attack:
+    """One of the sparse randomized encoder paper's white-box attack modes (Bakiskan et al.,
+    Sec. 4 and Sec. 5 "Default attack parameters"): PGD from ``e_0 = 0`` (no random start),
+    ``steps`` steps of ``step_fraction * eps`` (the paper: 20 steps of 1/255 at eps 8/255,
+    i.e. eps/8), EOT over ``eot`` draws (the paper: N_E = 40), run to the end (no early stop).
+
+    Modes: ``w-nfga-identity`` / ``w-nfga-smooth`` (every operation differentiated except the
+    activation/quantization, approximated by the identity or by Eq. 9-10: ``bpda="identity"`` /
+    ``"smooth"``); ``w-aiga`` (the whole autoencoder backpropagated as the identity:
+    ``bpda="bypass"``); ``eot-normalized`` (W-NFGA smooth with the per-sample L2-normalized EOT
+    average of the paper's attack code).
+    """
+    bpda = {"w-nfga-identity": "identity", "w-nfga-smooth": "smooth", "w-aiga": "bypass",
+            "eot-normalized": "smooth"}
+    if mode not in bpda:
+        raise InputError(f"unknown sparse attack mode {mode!r}; use one of {', '.join(bpda)}")
+    grad = EOT(n=eot, normalize=mode == "eot-normalized")
+    return create_attack("pgd", threat, steps=steps, step_size=step_fraction * threat.eps, random_start=False,
+                         early_stop=False, grad=grad, bpda=bpda[mode])
+
+
+SPARSE_MODES = ("w-nfga-identity", "w-nfga-smooth", "w-aiga", "eot-normalized")
+
+
+def _sparse(threat: ThreatModel, *, steps: int = 20, eot: int = 40, surrogate: nn.Module | None = None,
+            strongest: bool = True) -> Battery:
+    """The sparse randomized encoder paper's adapted attacks (Bakiskan et al., Sec. 4), then the
+    library's strongest: W-NFGA (identity and smooth BPDA on the quantizer), W-AIGA (the
+    autoencoder as the identity), EOT with normalized gradients; PW-T when ``surrogate`` (the
+    unsupervised-decoder twin) is given: W-AIGA and W-NFGA crafted on it and transferred; with
+    ``strongest``, AutoAttack ``rand`` with smooth BPDA and Square on the expected margin over
+    ``eot`` draws. The battery keeps the per-sample worst case of them all."""
+    attacks = [sparse_attacks(threat, steps=steps, eot=eot, mode=m) for m in SPARSE_MODES]
+    labels = list(SPARSE_MODES)
+    if surrogate is not None:
+        for m in ("w-aiga", "w-nfga-smooth"):
+            attacks.append(create_attack("transfer", threat, surrogate=surrogate,
+                                         attack=sparse_attacks(threat, steps=steps, eot=eot, mode=m)))
+            labels.append(f"pw-t {m}")
+    if strongest:
+        attacks += _rand_attacks(threat, eot, "sparse", "smooth")
+        labels += [f"{label}-bpda" for label in _RAND_LABELS]
+        attacks.append(_attack("sparse", [("square", {})], threat, eot=eot, **AUTOATTACK_SQUARE))
+        labels.append("square-eot")
+    return Battery(attacks, name="sparse", labels=labels)
+
+
+BATTERIES.register(
+    "sparse", _sparse,
+    description="sparse-encoder paper's attacks (W-NFGA, W-AIGA, normalized EOT, PW-T with a surrogate) + AA rand/BPDA + Square-EOT")

@@ -62,7 +62,7 @@ from ..attacks.checks import (
     train_mode_warning,
 )
 from ..attacks.sequence import SequenceState, StageResult
-from ..core.bpda import BPDAMode
+from ..core.bpda import BPDA_MODES, BPDAMode
 from ..core.bpda import bpda as bpda_context
 from ..core.checkpoint import content_hash
 from ..core.checks import check_images, check_labels
@@ -400,7 +400,7 @@ def run_battery(
             batch, and at the end.
         name: the model's name for tables; default :func:`model_name`.
         bpda: run every gradient attack of the battery with the model's BPDA layers in this
-            mode (``"identity"`` or ``"smooth"``; Athalye et al., 2018, Sec. 4.1); the
+            mode (``"identity"``, ``"smooth"`` or ``"bypass"``; Athalye et al., 2018, Sec. 4.1); the
             verdict always uses the exact forward.
         train_mode_ok: evaluate a model in training mode (refused otherwise: batch-norm
             statistics would be updated by the attacks, dropout would be active).
@@ -421,8 +421,8 @@ def run_battery(
     repeats = _check_int("repeats", repeats, 1)
     ensemble = _check_int("ensemble", ensemble, 1)
     seed = _check_int("seed", seed, 0)
-    if bpda is not None and bpda not in ("identity", "smooth"):
-        raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth' or None")
+    if bpda is not None and bpda not in BPDA_MODES:
+        raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth', 'bypass' or None")
     if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval >= 0:
         raise InputError(f"save_interval must be a number of seconds >= 0, got {save_interval!r}")
     samples = _Samples(data, n, seed)

@@ -4,7 +4,7 @@ per-image records, statistics, claims as data, report), one short recipe per pap
 A study registers in :data:`STUDIES`; :func:`run_study` runs any of them by name.
 """
 
-from . import sd_study, strides_study  # noqa: F401  (register their recipes)
+from . import sd_study, sparse_study, strides_study  # noqa: F401  (register their recipes)
 from .claims import WORST, Claim, Side
 from .columns import COLUMN_KINDS, Column
 from .demo import DemoConfig, run_demo
@@ -12,7 +12,7 @@ from .records import Record, RecordStore
 from .report import Cell, Plot, Table
 from .stats import paired, seed_average, worst_case
 from .study import STUDIES, Plan, Profile, Study, StudyConfig, StudyResult, run_study, study_config
-from .variants import Convert, Load, Train, TrainSpec, Variant
+from .variants import Convert, Load, Ref, Train, TrainSpec, Variant
 
 __all__ = [
     "COLUMN_KINDS",
@@ -24,6 +24,7 @@ __all__ = [
     "Convert",
     "DemoConfig",
     "Load",
+    "Ref",
     "Plan",
     "Plot",
     "Profile",

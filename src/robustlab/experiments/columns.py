@@ -136,30 +136,38 @@ def make_attack(ctx: EvalContext, column: Column) -> Attack:
     """The single attack of an attack column (what a transfer column carries to its surrogate)."""
     s = column.settings
     if column.kind == "pgd":
+        # optional settings (absent in older recipes): BPDA mode, the paper-variant EOT that
+        # averages per-sample L2-normalized gradients
+        grad = EOT(int(s["eot"]), normalize=bool(s.get("eot_normalize", False))) if s["eot"] else None
         return PGD(ctx.threat, steps=int(s["steps"]), step_size=float(s["step_size"]),
                    random_start=bool(s["random_start"]), restarts=int(s["restarts"]),
-                   early_stop=bool(s["early_stop"]), grad=EOT(int(s["eot"])) if s["eot"] else None)
+                   early_stop=bool(s["early_stop"]), grad=grad, bpda=s.get("bpda"))
     if column.kind == "fgsm":
         return FGSM(ctx.threat)
     if column.kind == "deepfool":
         return DeepFool(ctx.threat, int(s["steps"]), overshoot=float(s["overshoot"]), candidates=int(s["candidates"]))
     if column.kind == "square":
-        return Square(ctx.threat, int(s["queries"]), p_init=float(s["p_init"]))
+        return Square(ctx.threat, int(s["queries"]), p_init=float(s["p_init"]), eot=int(s.get("eot", 1)))
     if column.kind == "autoattack":
-        return AutoAttack(ctx.threat, s["version"], eot=int(s["eot"]))
+        return AutoAttack(ctx.threat, s["version"], eot=int(s["eot"]), bpda=s.get("bpda"))
     raise ValueError(f"column {column.name!r} ({column.kind}) is not a single attack")
 
 
 def _battery(ctx: EvalContext, model: nn.Module, column: Column) -> Battery:
     s = column.settings
     if column.kind == "autoattack":  # the registered battery keeps AutoAttack's per-attack columns
-        return create_battery(s["version"], ctx.threat, **({"eot": int(s["eot"])} if s["version"] == "rand" else {}))
+        options: dict[str, Any] = {"eot": int(s["eot"])} if s["version"] == "rand" else {}
+        if s.get("bpda") is not None:
+            options["bpda"] = s["bpda"]
+        return create_battery(s["version"], ctx.threat, **options)
     if column.kind == "battery":  # a registered battery by name, with its options
         return create_battery(s["battery"], ctx.threat, **dict(s.get("options", {})))
     if column.kind == "transfer":
-        carried = ctx.columns[s["attack"]]
+        # ``attack``: one carried column, or several (the per-sample worst case of them all)
+        carried = [s["attack"]] if isinstance(s["attack"], str) else list(s["attack"])
         surrogate = deterministic_twin(model) if s["source"] == "twin" else ctx.model_of(s["source"], s["seed"])
-        return Battery([Transfer(surrogate, make_attack(ctx, carried))], column.name)
+        return Battery([Transfer(surrogate, make_attack(ctx, ctx.columns[c])) for c in carried], column.name,
+                       labels=None if len(carried) == 1 else [f"transfer {c}" for c in carried])
     return Battery([make_attack(ctx, column)], column.name)
 
 

@@ -14,6 +14,9 @@
    its full report is ``runs/demo/sd-study/report.md`` and its Table 1 is repeated in the demo's.
 5. The feature-map-strides study's ``quick`` profile (:mod:`robustlab.experiments.strides_study`):
    TRADES with the original and the shrunk strides; ``runs/demo/strides-study/report.md``.
+6. The sparse randomized encoder study's ``quick`` profile
+   (:mod:`robustlab.experiments.sparse_study`) with the PGD-AT model of step 2 as its
+   adversarial-training baseline; ``runs/demo/sparse-study/report.md``.
 
 Everything resumes: training from its last epoch, the battery from its last finished batch, the
 study from its last finished model and evaluation. Subset sizes are printed in the reports.
@@ -41,6 +44,7 @@ from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
 from .sd_study import SDStudyConfig
+from .sparse_study import SparseStudyConfig
 from .strides_study import StridesStudyConfig
 from .study import StudyConfig, run_study, study_config
 
@@ -70,6 +74,9 @@ class DemoConfig:
     strides_study: str | StridesStudyConfig | None = "quick"
     """A :data:`~robustlab.experiments.strides_study.PROFILES` name (run on this dataset), a full
     config, or ``None`` to skip the study."""
+    sparse_study: str | SparseStudyConfig | None = "quick"
+    """A :data:`~robustlab.experiments.sparse_study.PROFILES` name (run on this dataset and model
+    with step 2's PGD-AT model as its baseline), a full config, or ``None`` to skip the study."""
 
 
 def _train(
@@ -169,7 +176,8 @@ def run_demo(
     # the papers' studies: (demo result key, study name, chosen profile or config, overrides, baseline)
     studies: tuple[tuple[str, str, str | StudyConfig | None, dict[str, Any], Path | None], ...] = (
         ("sd_study", "sd-study", cfg.sd_study, {"model": cfg.model}, out / "standard" / "model.safetensors"),
-        ("strides_study", "strides-study", cfg.strides_study, {}, None))
+        ("strides_study", "strides-study", cfg.strides_study, {}, None),
+        ("sparse_study", "sparse-study", cfg.sparse_study, {"model": cfg.model}, out / "pgd-at" / "model.safetensors"))
     study_results: dict[str, dict[str, Any] | None] = {}
     for key, name, chosen, overrides, baseline in studies:
         study_results[key] = None
@@ -182,7 +190,7 @@ def run_demo(
                               "eps": scfg.eps, "summary_markdown": sres.summary}
     elapsed = time.perf_counter() - t_start
     cfg_dict = asdict(cfg)
-    for key in ("sd_study", "strides_study"):
+    for key in ("sd_study", "strides_study", "sparse_study"):
         if isinstance(getattr(cfg, key), StudyConfig):
             cfg_dict[key] = getattr(cfg, key).to_dict()
     results = {
@@ -224,8 +232,8 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         summary.append(row)
     timing = [{"step": m["name"], "training (s)": round(m["train_seconds"], 1), "evaluation (s)": m["eval_seconds"]}
               for m in r["models"]]
-    sd, strides = r.get("sd_study"), r.get("strides_study")
-    for name, done in (("sd-study", sd), ("strides-study", strides)):
+    sd, strides, sparse = r.get("sd_study"), r.get("strides_study"), r.get("sparse_study")
+    for name, done in (("sd-study", sd), ("strides-study", strides), ("sparse-study", sparse)):
         if done is not None:  # a study's training and evaluation together
             timing.append({"step": f"{name} ({done['profile']}), training and evaluation", "training (s)": "-",
                            "evaluation (s)": done["seconds"]})
@@ -264,6 +272,16 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
             f"the average pooling), L-inf eps = {strides['eps']:g}. Every table, setting and the cost of each "
             "configuration: [strides-study/report.md](strides-study/report.md).\n\n",
             strides["summary_markdown"], "\n",
+        ]
+    if sparse is not None:
+        parts += [
+            f"## Sparse randomized encoder study ({sparse['profile']} profile)\n\n",
+            "The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, "
+            "ternary quantization) with a decoder in front of the classifier, under the paper's attack modes "
+            "(W-NFGA, W-AIGA, PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected margin), "
+            f"L-inf eps = {sparse['eps']:g}; the PGD-AT model above is its adversarial-training baseline. Every "
+            "table, setting and figure: [sparse-study/report.md](sparse-study/report.md).\n\n",
+            sparse["summary_markdown"], "\n",
         ]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]

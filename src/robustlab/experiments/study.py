@@ -17,6 +17,7 @@ The same command-line options work for every study (``robustlab run NAME --profi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from .variants import Convert, Train, Variant, Workshop
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STUDIES", "Plan", "Profile", "Study", "StudyConfig", "StudyResult", "run_study", "study_config"]
+__all__ = ["STUDIES", "FigureContext", "Plan", "Profile", "Study", "StudyConfig", "StudyResult", "run_study", "study_config"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class Plan:
         verdict_intro: the text above the claims table.
         notes: sanity-check codes -> the study's note on them (printed beside the finding).
         cost: add the cost table (seconds per epoch, FLOPs, activation memory per variant).
+        figures: ``(FigureContext) -> markdown``: the study's analyses (PNG figures and their
+            numbers), written into the report before the verdict once the run is complete.
+        resources: name -> ``(run folder) -> value`` for the :class:`~.variants.Ref` options of
+            the variants (made once per process, on first use; cache on disk in the folder).
     """
 
     variants: tuple[Variant, ...]
@@ -116,6 +121,19 @@ class Plan:
     verdict_intro: str = ""
     notes: Mapping[str, str] = field(default_factory=dict)
     cost: bool = False
+    resources: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)
+    figures: Callable[[FigureContext], str] | None = None
+
+
+@dataclass(frozen=True)
+class FigureContext:
+    """What a study's figures (:attr:`Plan.figures`) get: the run folder, the models and the
+    evaluation context (test images, threat model, columns). Figures run once every record is
+    in, and return the markdown that shows them."""
+
+    out: Path
+    model_of: Callable[[str, int], torch.nn.Module]
+    ctx: EvalContext
 
 
 @dataclass(frozen=True)
@@ -181,7 +199,8 @@ class _Run:
         self.columns = {c.name: c for c in plan.columns}
         if len(self.columns) != len(plan.columns):
             raise InputError(f"{study.name}: two columns share a name")
-        self.workshop = Workshop(out, plan.variants, cfg.dataset, device, callbacks, log)
+        resources = {name: functools.partial(make, out) for name, make in plan.resources.items()}
+        self.workshop = Workshop(out, plan.variants, cfg.dataset, device, callbacks, log, resources)
         self.ctx = EvalContext(cfg.dataset, ThreatModel(cfg.norm, cfg.eps), cfg.eval_n, cfg.clean_n, cfg.eval_batch_size,
                                device, out, self.columns, self.workshop.model,
                                {"recipe": study.name, "profile": cfg.profile})
@@ -334,6 +353,8 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
         parts.append("\n")
     if plan.cost:
         parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants]))
+    if plan.figures is not None and not facts["partial"]:
+        parts.append(plan.figures(FigureContext(out, run.workshop.model, run.ctx)))
     parts += [warnings_section(records, plan.notes, len(seeds) > 1), "\n## Verdict\n\n", verdict,
               ledger_section(records, "ledger.sqlite")]
     report = "".join(parts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,16 @@ from ..models import create_model
 from ..train import Callback, TrainConfig, Trainer, create_objective
 from .records import slugify
 
-__all__ = ["Convert", "Load", "Train", "TrainSpec", "Variant", "Workshop"]
+__all__ = ["Convert", "Load", "Ref", "Train", "TrainSpec", "Variant", "Workshop"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A conversion option filled in by the study: the value of its resource ``name`` (see
+    :attr:`~robustlab.experiments.Plan.resources`), made once per run folder, e.g. a dictionary
+    learned from the training data. ``variant.json`` records the reference, not the value."""
+
+    ref: str
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,10 @@ class TrainSpec:
     batch_size: int = 128
     limit: int | None = None
     seed_offset: int = 0
+    train_options: tuple[tuple[str, Any], ...] = ()
+    """Further :class:`~robustlab.train.TrainConfig` fields (``optimizer``, ``weight_decay``,
+    ``schedule_options``, ``bn_eval``, ...); recorded only when set, so recipes written before
+    the field existed still match."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +84,13 @@ class Train:
 @dataclass(frozen=True)
 class Convert:
     """Convert the model of variant ``source`` with ``conversion`` (a name in
-    :data:`robustlab.defenses.CONVERSIONS`) and its ``options``, then finetune it (when
-    ``finetune`` is given). Random layers of the converted model are seeded with
-    ``noise_seed_offset + seed`` before finetuning."""
+    :data:`robustlab.defenses.CONVERSIONS`; ``None``: a copy, e.g. to train it further with
+    another objective) and its ``options``, then finetune it (when ``finetune`` is given).
+    Random layers of the converted model are seeded with ``noise_seed_offset + seed`` before
+    finetuning."""
 
     source: str
-    conversion: str
+    conversion: str | None
     options: tuple[tuple[str, Any], ...] = ()
     finetune: TrainSpec | None = None
     noise_seed_offset: int = 10_000
@@ -114,15 +128,23 @@ class Variant:
 
     def recipe(self) -> dict[str, Any]:
         """JSON-ready form of how it is made (saved as ``variant.json``)."""
-        return {"label": self.label, "maker": type(self.make).__name__.lower(), **asdict(self.make),
-                "per_seed": self.per_seed}
+        made = asdict(self.make)
+        for key in ("train", "finetune"):
+            if isinstance(made.get(key), dict) and not made[key].get("train_options"):
+                made[key].pop("train_options", None)
+        return {"label": self.label, "maker": type(self.make).__name__.lower(), **made, "per_seed": self.per_seed}
 
 
-def _convert(model: nn.Module, name: str, options: tuple[tuple[str, Any], ...]) -> nn.Module:
+def _convert(model: nn.Module, name: str | None, options: dict[str, Any]) -> nn.Module:
     """A new model: ``model`` converted by the public surgery of conversion ``name`` (which adds
-    itself to the model's recipe, so ``robustlab.load`` rebuilds it)."""
+    itself to the model's recipe, so ``robustlab.load`` rebuilds it); a copy when ``None``."""
+    if name is None:
+        import copy
+
+        copied: nn.Module = copy.deepcopy(model)
+        return copied
     convert = CONVERSIONS.meta(name)["convert"]
-    out: nn.Module = convert(model, **dict(options))
+    out: nn.Module = convert(model, **options)
     return out
 
 
@@ -136,11 +158,16 @@ class Workshop:
         device: where models train and run.
         callbacks: training callbacks (progress bars).
         log: called with one line per model made.
+        resources: name -> maker of a value that :class:`Ref` options stand for (made once,
+            on first use).
     """
 
     def __init__(self, out: Path, variants: Sequence[Variant], dataset: str, device: torch.device,
-                 callbacks: Sequence[Callback] = (), log: Callable[[str], None] = lambda s: None) -> None:
+                 callbacks: Sequence[Callback] = (), log: Callable[[str], None] = lambda s: None,
+                 resources: Mapping[str, Callable[[], Any]] | None = None) -> None:
         self.out = out
+        self.resources = dict(resources or {})
+        self._resolved: dict[str, Any] = {}
         self.variants = {v.label: v for v in variants}
         self.dataset = dataset
         self.device = device
@@ -149,6 +176,20 @@ class Workshop:
         self.seconds: dict[str, float] = {}
         self._models: dict[tuple[str, int], nn.Module] = {}
         self._train_sets: dict[int | None, ImageDataset] = {}
+
+    def options(self, options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+        """Conversion options with every :class:`Ref` replaced by its resource's value."""
+        out = {}
+        for key, value in options:
+            if isinstance(value, Ref):
+                if value.ref not in self.resources:
+                    raise InputError(f"option {key!r} refers to resource {value.ref!r}, which this study does not "
+                                     f"make (it makes: {', '.join(self.resources) or 'none'})")
+                if value.ref not in self._resolved:
+                    self._resolved[value.ref] = self.resources[value.ref]()
+                value = self._resolved[value.ref]
+            out[key] = value
+        return out
 
     def variant(self, label: str) -> Variant:
         """The variant called ``label``."""
@@ -193,18 +234,19 @@ class Workshop:
             net: nn.Module = create_model(v.make.model, num_classes=info.num_classes, in_channels=info.in_channels,
                                           mean=info.mean, std=info.std, seed=seed)
             for name, options in v.make.conversions:
-                net = _convert(net, name, options)
+                net = _convert(net, name, self.options(options))
             spec = v.make.train
             self.log(f"{v.label}: training {v.make.model} for {spec.epochs} epochs (seed {seed})")
         else:
-            net = _convert(self.model(v.make.source, seed), v.make.conversion, v.make.options)
+            net = _convert(self.model(v.make.source, seed), v.make.conversion, self.options(v.make.options))
             seed_stochastic(net, v.make.noise_seed_offset + seed)
             if v.make.finetune is None:
                 return net
             spec = v.make.finetune
             self.log(f"{v.label}: finetuning (seed {seed}) for {spec.epochs} epochs")
+        extra: dict[str, Any] = {k: dict(v) if k == "schedule_options" else v for k, v in spec.train_options}
         tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, schedule=spec.schedule,
-                           seed=seed + spec.seed_offset)
+                           seed=seed + spec.seed_offset, **extra)
         objective = create_objective(spec.objective, **dict(spec.objective_options))
         model = Trainer(net, objective, tcfg, out_dir=folder, device=self.device, dataset_name=self.dataset,
                         callbacks=self.callbacks).fit(self.train_set(spec.limit), resume=True).model

@@ -23,6 +23,7 @@ from .robust import (
     pgd_perturb,
 )
 from .schedules import HORIZON_FREE, SCHEDULES, create_schedule, horizon_free
+from .sparse import DecoderRegression, FrozenDecoder
 from .trainer import (
     METRICS_FILE,
     MODEL_FILE,
@@ -39,6 +40,8 @@ __all__ = [
     "AWP_DEFAULTS",
     "BEST_ROBUST_FILE",
     "EMA",
+    "DecoderRegression",
+    "FrozenDecoder",
     "FAT",
     "HORIZON_FREE",
     "MART",
