@@ -192,9 +192,15 @@ def test_every_help_has_an_example_and_every_option_a_description_with_its_choic
     group = typer.main.get_command(app)
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0 and "Example: robustlab" in r.output
-    assert set(group.commands) == {"info", "train", "evaluate", "leaderboard", "convert", "run", "demo"}
-    for name, command in group.commands.items():
-        r = runner.invoke(app, [name, "--help"])
+    assert set(group.commands) == {"info", "train", "evaluate", "leaderboard", "convert", "run", "demo", "analyze"}
+    commands = [((name,), command) for name, command in group.commands.items()]
+    for path, command in commands:
+        if hasattr(command, "commands"):  # a command group: its subcommands are checked too
+            commands += [((*path, sub), subcommand) for sub, subcommand in command.commands.items()]
+    assert ("analyze", "dcs-bounds") in [path for path, _ in commands]
+    for path, command in commands:
+        name = " ".join(path)
+        r = runner.invoke(app, [*path, "--help"])
         assert r.exit_code == 0, r.output
         assert f"Example: robustlab {name}" in " ".join(r.output.split()), name
         for param in command.params:

@@ -1046,6 +1046,44 @@ def demo(
     console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
 
 
+analyze_app = typer.Typer(
+    help="Analyses of a trained model: figures and a JSON of numbers.\n\n"
+    "Example: robustlab analyze dcs-bounds --k 5 --stride 2 --eps-c 0.75 --eps-l 0.9 --size 20",
+    no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("dcs-bounds")
+def analyze_dcs_bounds(
+    eps_c: Annotated[float, typer.Option("--eps-c", min=0.0, help="Lemma 1: the bound on the expected gradient cosine similarity between two paths")],
+    eps_l: Annotated[float, typer.Option("--eps-l", min=0.0, help="Lemma 2: the bound on the expected normalized L1 distance between two paths' outputs")],
+    size: Annotated[float, typer.Option(min=0.0, help="N of Lemma 2: the input feature map's size, padding included (e.g. 32 for 28x28 maps with padding 2)")],
+    k: Annotated[int, typer.Option(min=1, help="the DCS kernel's window size k (paper: 5)")] = 5,
+    stride: Annotated[int, typer.Option(min=1, help="the layer's stride S")] = 1,
+) -> None:
+    """The data-independent range of the DCS kernel size n (Lemmas 1-2, Eq. 8, 11, 12; App. A, Eq. 19).
+
+    Example: robustlab analyze dcs-bounds --k 5 --stride 2 --eps-c 0.75 --eps-l 0.9 --size 20
+    """
+    from .analysis.dcs import lemma1_upper_bound_tight, n_bounds
+
+    flags = _flags(analyze_dcs_bounds)
+    try:
+        bounds = n_bounds(k, stride, eps_c, eps_l, size)
+        tight = lemma1_upper_bound_tight(k, stride, eps_c) if k >= stride else None
+    except RobustlabError as e:
+        _fail(e, flags)
+        return
+    t = Table(title=f"DCS bounds on n: k={k}, S={stride}, eps_c={eps_c:g}, eps_l={eps_l:g}, N={size:g}")
+    for c in ("bound", "value"):
+        t.add_column(c)
+    t.add_row("Lemma 2 lower bound (Eq. 11)", f"{bounds.lower:.4g}")
+    t.add_row("Lemma 1 upper bound (Eq. 8)", f"{bounds.upper:.4g}")
+    t.add_row("Lemma 1 before loosening (Eq. 19, C^g = 1)", "n/a (k < S)" if tight is None else f"{tight:.4g}")
+    t.add_row(f"feasible n in 1..{k * k} (Eq. 12)", ", ".join(map(str, bounds.feasible)) or "none")
+    console.print(t)
+
+
 def main() -> None:
     """Entry point for ``python -m robustlab``."""
     app()

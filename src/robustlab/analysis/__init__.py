@@ -10,6 +10,10 @@ Layers" (``papers/feature-map-strides``):
   Fig. 2; Appendix A, Fig. 8);
 - :func:`cost`: FLOPs, activation memory and parameters of one forward (Sec. IV-B, Fig. 7).
 
+From Ma et al., "Adversarial Robustness via Deformable Convolution with Stochasticity"
+(``papers/deformable-conv-stochasticity``), :mod:`~robustlab.analysis.dcs`: the gradient cosine
+similarity between inference paths (Eq. 6, Fig. 4b) and the bounds on ``n`` (Eq. 8, 11, 12).
+
 From the sparse-randomized-encoder paper (``papers/sparse-randomized-encoder``),
 :mod:`~robustlab.analysis.sparse`: atom correlations vs first-layer filter activations
 (App. 8.1, Fig. 2), the expected fraction of corrupted patches (App. 8.5, Fig. 4) and the
@@ -20,6 +24,17 @@ This package imports ``core`` and ``attacks`` only (the house plan).
 
 from .anti_perturbation import AntiPerturbationResult, anti_perturbation_ratio
 from .cost import Cost, cost
+from .dcs import (
+    KernelPathLayer,
+    NBounds,
+    gradient_cosine,
+    lemma1_upper_bound,
+    lemma1_upper_bound_tight,
+    lemma2_lower_bound,
+    n_bounds,
+    position_classes,
+    split_gradient_similarity,
+)
 from .sparse import (
     PatchCorrelations,
     atom_filter_correlations,
@@ -50,9 +65,18 @@ __all__ = [
     "TOY_WIDTHS",
     "AntiPerturbationResult",
     "Cost",
+    "KernelPathLayer",
+    "NBounds",
     "ToyRecord",
     "anti_perturbation_ratio",
     "cost",
+    "gradient_cosine",
+    "lemma1_upper_bound",
+    "lemma1_upper_bound_tight",
+    "lemma2_lower_bound",
+    "n_bounds",
+    "position_classes",
+    "split_gradient_similarity",
     "plot_toy_disturbance",
     "toy_cnn",
     "toy_disturbance",

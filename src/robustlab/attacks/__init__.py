@@ -40,6 +40,7 @@ from .base import (
 from .checks import EvalWarning, merge_warnings
 from .ensemble import AutoAttack, Transfer, transfer_factory
 from .fab import FABT, project_hyperplane_box
+from .fixed_path import FixedPathPGD
 from .gradient import FGSM, MIFGSM, PGD, GradientAttack, Tracker
 from .losses import LOSSES, LossFn, ce_loss, cw_loss, dlr_loss, get_loss
 from .minimal import CWL2, DeepFool
@@ -61,6 +62,7 @@ _ENTRIES = (  # name, constructor, paper, kind, norms
     ("deepfool", DeepFool, "Moosavi-Dezfooli et al. 2016", "gradient", DeepFool.norms),
     ("cw-l2", CWL2, "Carlini & Wagner 2017", "gradient", CWL2.norms),
     ("transfer", transfer_factory, "Papernot et al. 2017", "transfer", ("linf", "l2")),
+    ("fixed-path-pgd", FixedPathPGD, "deformable-conv-stochasticity, Alg. 2", "gradient", FixedPathPGD.norms),
 )
 for _name, _ctor, _paper, _kind, _norms in _ENTRIES:
     ATTACKS.register(_name, _ctor, paper=_paper, kind=_kind, norms=_norms)
@@ -73,6 +75,7 @@ __all__ = [
     "EOT",
     "FABT",
     "FGSM",
+    "FixedPathPGD",
     "LOSSES",
     "MIFGSM",
     "PGD",

@@ -3,7 +3,8 @@
 Every conversion registers in ``CONVERSIONS`` so a checkpoint's recipe (its ordered list of
 conversions) can be replayed by :func:`robustlab.load`: ``downsampling``
 (:mod:`~robustlab.defenses.downsampling`), and ``strides``, ``upsample-input`` and
-``global-pooling`` (:mod:`~robustlab.defenses.strides`, the feature-map-strides paper).
+``global-pooling`` (:mod:`~robustlab.defenses.strides`, the feature-map-strides paper), and
+``dcs`` (:mod:`~robustlab.defenses.dcs`, deformable convolution with stochasticity).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def record_conversion(model: nn.Module, name: str, options: Mapping[str, Any]) -
     return model
 
 
+from .dcs import (  # noqa: E402  (registers the "dcs" conversion)
+    RandomKernelConv2d,
+    convert_dcs,
+    dcs_layers,
+    excluding_paths,
+)
 from .dictionary import (  # noqa: E402
     CIFAR10_DICTIONARY,
     DICTIONARY_PRESETS,
@@ -94,6 +101,10 @@ __all__ = [
     "IMAGENETTE_DICTIONARY",
     "DictionarySettings",
     "Ensemble",
+    "RandomKernelConv2d",
+    "convert_dcs",
+    "dcs_layers",
+    "excluding_paths",
     "SparseDecoder",
     "SparseAutoencoder",
     "SparseFrontEnd",

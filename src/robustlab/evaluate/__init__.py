@@ -18,6 +18,7 @@ a False Sense of Security", Sec. 4.3).
 from .battery import BATTERIES, Battery, BatteryFactory, create_battery, describe_attack, jsonable
 from .corruption import CorruptionResult, evaluate_corruptions
 from .ledger import CSV_COLUMNS, LeaderboardGroup, Ledger, LedgerRow, leaderboard_groups, record
+from .paper_batteries import dcs_paper  # registers the "dcs-paper" battery
 from .result import (
     AttackSummary,
     EvalResult,
@@ -60,6 +61,7 @@ __all__ = [
     "ProgressEvent",
     "battery_threat",
     "create_battery",
+    "dcs_paper",
     "decode_mask",
     "derive_seed",
     "describe_attack",

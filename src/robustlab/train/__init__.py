@@ -4,6 +4,7 @@ and callbacks (progress, best-robust checkpointing)."""
 from .awp import AWP, AWP_DEFAULTS
 from .callbacks import BEST_ROBUST_FILE, BestRobust, Callback, RichProgress
 from .ema import EMA
+from .gsat import GSAT, ResampleEachBatch
 from .objectives import OBJECTIVES, Objective, ObjectiveOutput, Standard, create_objective
 from .optim import OPTIMIZERS, create_optimizer, param_groups
 from .robust import (
@@ -43,6 +44,7 @@ __all__ = [
     "DecoderRegression",
     "FrozenDecoder",
     "FAT",
+    "GSAT",
     "HORIZON_FREE",
     "MART",
     "MARTRCM",
@@ -60,6 +62,7 @@ __all__ = [
     "FastAT",
     "Objective",
     "ObjectiveOutput",
+    "ResampleEachBatch",
     "RichProgress",
     "Standard",
     "TrainConfig",
