@@ -93,12 +93,13 @@ def test_run_list_names_every_study_with_its_profiles_and_time():
     assert "3 min on 2 CPU cores" in r.output and "hours on one GPU" in r.output
     r = runner.invoke(app, ["run"])
     assert r.exit_code == 2 and r.output.strip() == (
-        "error: name a study to run: dcs-study, sd-study, sparse-study, strides-study (robustlab run --list)")
+        "error: name a study to run: dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
+        "(robustlab run --list)")
 
 
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):
     r = runner.invoke(app, ["run", "sd-studdy", "--out", str(tmp_path / "a")])
-    assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: dcs-study, sd-study, sparse-study," in r.output
+    assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: dcs-study, gradnorm-study, sd-study," in r.output
     r = runner.invoke(app, ["run", "sd-study", "--profile", "huge", "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "known profiles: quick, cpu, full" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

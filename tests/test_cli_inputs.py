@@ -197,7 +197,7 @@ def test_every_help_has_an_example_and_every_option_a_description_with_its_choic
     for path, command in commands:
         if hasattr(command, "commands"):  # a command group: its subcommands are checked too
             commands += [((*path, sub), subcommand) for sub, subcommand in command.commands.items()]
-    assert ("analyze", "dcs-bounds") in [path for path, _ in commands]
+    assert ("analyze", "gradients") in [path for path, _ in commands]
     for path, command in commands:
         name = " ".join(path)
         r = runner.invoke(app, [*path, "--help"])

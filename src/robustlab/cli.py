@@ -1047,8 +1047,8 @@ def demo(
 
 
 analyze_app = typer.Typer(
-    help="Analyses of a trained model: figures and a JSON of numbers.\n\n"
-    "Example: robustlab analyze dcs-bounds --k 5 --stride 2 --eps-c 0.75 --eps-l 0.9 --size 20",
+    help="Analyses: a trained model's input gradients (figures and a JSON of numbers), the DCS bounds on n.\n\n"
+    "Example: robustlab analyze gradients runs/fm/model.safetensors --out runs/fm/gradients",
     no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
@@ -1082,6 +1082,68 @@ def analyze_dcs_bounds(
     t.add_row("Lemma 1 before loosening (Eq. 19, C^g = 1)", "n/a (k < S)" if tight is None else f"{tight:.4g}")
     t.add_row(f"feasible n in 1..{k * k} (Eq. 12)", ", ".join(map(str, bounds.feasible)) or "none")
     console.print(t)
+
+
+@analyze_app.command("gradients")
+def analyze_gradients(
+    checkpoint: Annotated[Path, typer.Argument(help="a model .safetensors file")],
+    out: Annotated[Path, typer.Option(help="folder for gradients.json and the figures")] = Path("runs/gradients"),
+    dataset: Annotated[str | None, typer.Option(help=f"dataset: {DATASET_NAMES} (default: the checkpoint's)")] = None,
+    force_dataset: Annotated[bool, typer.Option("--force-dataset", help="analyze on --dataset even if the checkpoint was trained on another")] = False,
+    n: Annotated[int, typer.Option(min=1, help="test images analyzed (a stratified subset)")] = 100,
+    eps: Annotated[str | None, typer.Option(help="attack radius in [0, 1] pixels, e.g. 0.1 or 4/255 (default: the dataset's)")] = None,
+    norm: Annotated[str | None, typer.Option(help="threat norm: linf or l2 (default: the dataset's, linf)")] = None,
+    hessian_iters: Annotated[int, typer.Option(min=1, help="power iterations for the Hessian spectral norm")] = 10,
+    curve_steps: Annotated[int, typer.Option(min=1, help="PGD steps of the robust accuracy vs eps curve (thesis: 100)")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 100,
+    seed: Annotated[int, typer.Option(min=0, help="root of every random draw")] = 0,
+    root: Annotated[Path | None, typer.Option(help="dataset folder (default: $ROBUSTLAB_DATA or the dataset's own)")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+) -> None:
+    """Input-gradient analyses of the gradient-norm thesis (Tables 4.1, 5.1, A.1; Figs. 1.1, 4.1, A.1, A.3).
+
+    Example: robustlab analyze gradients runs/fm/model.safetensors --n 200 --out runs/fm/gradients
+    """
+    from .analysis.gradients import analyze_gradients as run_analysis
+    from .data import load_dataset
+
+    flags = _flags(analyze_gradients)
+    try:
+        dev = _device(device)
+        _norm(norm)
+        if eps is not None:
+            _eps(eps, norm or "l2")
+        if dataset is not None:
+            DATASETS.get(dataset)
+        _check_writable(out, "--out", folder=True)
+        model, _, name, kw, info_, threat = _load_for_dataset(checkpoint, dev, dataset, root, force_dataset, norm, eps)
+        model.eval()
+        test = load_dataset(name, "test", limit=n, seed=seed, **kw)
+        x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
+        y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        result = run_analysis(model, x, y, out, threat=threat, hessian_iters=hessian_iters, curve_steps=curve_steps,
+                              batch_size=batch_size, generator=generator, name=checkpoint.stem)
+    except RobustlabError as e:
+        _fail(e, flags)
+        return
+    except OSError as e:
+        _fail(_os_error(e), flags)
+        return
+    g, geo = result["gradient_norm"], result["geometry"]
+    t = Table(title=f"{checkpoint}: input gradients on {result['n']} {name} test images ({threat.norm} eps={threat.eps:.4g})")
+    for c in ("quantity", "value"):
+        t.add_column(c)
+    for label, value in (("clean accuracy", g["clean_accuracy"]), ("PGD-10 accuracy", g["pgd_accuracy"]),
+                         ("E[L1]", g["mean_l1"]), ("E[L1 | PGD fails]", g["mean_l1_attack_fails"]),
+                         ("E[L1 | PGD succeeds]", g["mean_l1_attack_succeeds"]),
+                         ("saliency/edge correlation", result["edge_correlation"]["saliency_mean"]),
+                         ("E ||grad||_2", geo["grad_l2_mean"]), ("E ||Hessian||_2", geo["hessian_norm_mean"]),
+                         ("E curvature", geo["curvature_mean"]),
+                         ("local linearity error", result["local_linearity_error"]["mean"])):
+        t.add_row(label, "n/a" if value is None else f"{value:.4g}")
+    console.print(t)
+    console.print(f"wrote [bold]{out / 'gradients.json'}[/] and {len(result['figures'])} figures in {out}")
 
 
 def main() -> None:

@@ -10,6 +10,12 @@ Layers" (``papers/feature-map-strides``):
   Fig. 2; Appendix A, Fig. 8);
 - :func:`cost`: FLOPs, activation memory and parameters of one forward (Sec. IV-B, Fig. 7).
 
+From the gradient-norm thesis (``papers/gradient-norm-regularization``),
+:mod:`~robustlab.analysis.gradients`: input-gradient norms split by PGD success (Table 4.1),
+saliency/edge correlation (Table 5.1), Hessian power iteration and geometry statistics
+(Table A.1), local linearity error (Eq. A.1), the attack-direction profile (Fig. A.3), robust
+accuracy vs eps (Fig. 4.1) and the gradient grid (Fig. 1.1).
+
 From Ma et al., "Adversarial Robustness via Deformable Convolution with Stochasticity"
 (``papers/deformable-conv-stochasticity``), :mod:`~robustlab.analysis.dcs`: the gradient cosine
 similarity between inference paths (Eq. 6, Fig. 4b) and the bounds on ``n`` (Eq. 8, 11, 12).
@@ -34,6 +40,18 @@ from .dcs import (
     n_bounds,
     position_classes,
     split_gradient_similarity,
+)
+from .gradients import (
+    GeometryStats,
+    GradientNormStats,
+    analyze_gradients,
+    geometry_stats,
+    gradient_norm_stats,
+    hessian_top_eigenvalue,
+    local_linearity_error,
+    plot_gradient_grid,
+    robust_accuracy_curve,
+    saliency_edge_correlation,
 )
 from .sparse import (
     PatchCorrelations,
@@ -67,7 +85,10 @@ __all__ = [
     "Cost",
     "KernelPathLayer",
     "NBounds",
+    "GeometryStats",
+    "GradientNormStats",
     "ToyRecord",
+    "analyze_gradients",
     "anti_perturbation_ratio",
     "cost",
     "gradient_cosine",
@@ -77,6 +98,13 @@ __all__ = [
     "n_bounds",
     "position_classes",
     "split_gradient_similarity",
+    "geometry_stats",
+    "gradient_norm_stats",
+    "hessian_top_eigenvalue",
+    "local_linearity_error",
+    "plot_gradient_grid",
+    "robust_accuracy_curve",
+    "saliency_edge_correlation",
     "plot_toy_disturbance",
     "toy_cnn",
     "toy_disturbance",

@@ -46,6 +46,8 @@ def record_conversion(model: nn.Module, name: str, options: Mapping[str, Any]) -
     return model
 
 
+from .activations import KINDS as ACTIVATION_KINDS  # noqa: E402  (registers activations)
+from .activations import Activation, swap_activations  # noqa: E402
 from .dcs import (  # noqa: E402  (registers the "dcs" conversion)
     RandomKernelConv2d,
     convert_dcs,
@@ -94,6 +96,9 @@ from .strides import (  # noqa: E402  (registers strides, upsample-input, global
 )
 
 __all__ = [
+    "ACTIVATION_KINDS",
+    "Activation",
+    "swap_activations",
     "CIFAR10_DICTIONARY",
     "CONVERSIONS",
     "DICTIONARY_PRESETS",

@@ -4,7 +4,7 @@ per-image records, statistics, claims as data, report), one short recipe per pap
 A study registers in :data:`STUDIES`; :func:`run_study` runs any of them by name.
 """
 
-from . import dcs_study, sd_study, sparse_study, strides_study  # noqa: F401  (register their recipes)
+from . import dcs_study, gradnorm_study, sd_study, sparse_study, strides_study  # noqa: F401  (register their recipes)
 from .claims import WORST, Claim, Side
 from .columns import COLUMN_KINDS, Column
 from .demo import DemoConfig, run_demo

@@ -4,6 +4,7 @@ and callbacks (progress, best-robust checkpointing)."""
 from .awp import AWP, AWP_DEFAULTS
 from .callbacks import BEST_ROBUST_FILE, BestRobust, Callback, RichProgress
 from .ema import EMA
+from .gradnorm import EdgeAlign, GradNorm
 from .gsat import GSAT, ResampleEachBatch
 from .objectives import OBJECTIVES, Objective, ObjectiveOutput, Standard, create_objective
 from .optim import OPTIMIZERS, create_optimizer, param_groups
@@ -43,6 +44,7 @@ __all__ = [
     "EMA",
     "DecoderRegression",
     "FrozenDecoder",
+    "EdgeAlign",
     "FAT",
     "GSAT",
     "HORIZON_FREE",
@@ -60,6 +62,7 @@ __all__ = [
     "BestRobust",
     "Callback",
     "FastAT",
+    "GradNorm",
     "Objective",
     "ObjectiveOutput",
     "ResampleEachBatch",

@@ -77,6 +77,9 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     channels_last: bool = False
+    bn_eval: bool = False
+    """Keep every batch-norm layer in eval mode while training (running statistics used, never
+    updated), as the gradient-norm thesis does to isolate the activation's effect (Sec. 4.3)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -89,8 +92,12 @@ class TrainConfig:
             raise InputError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, stored in checkpoints."""
-        return asdict(self)
+        """JSON-ready form, stored in checkpoints (``bn_eval`` only when set, so runs saved before
+        the option existed still resume)."""
+        out = asdict(self)
+        if not self.bn_eval:
+            del out["bn_eval"]
+        return out
 
 
 @dataclass
@@ -151,6 +158,12 @@ def _describe(diffs: list[tuple[str, Any, Any]]) -> str:
 
 def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _bn_eval_hook(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of ``TrainConfig(bn_eval=True)``: the batch norm runs in eval mode
+    whatever ``model.train()`` (or an objective's attack mode) set."""
+    module.training = False
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -389,6 +402,19 @@ class Trainer:
         else:
             self.history = []
         use_amp = cfg.amp and self.device.type == "cuda"
+        bn_hooks = [m.register_forward_pre_hook(_bn_eval_hook) for m in self.model.modules()
+                    if cfg.bn_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        try:
+            return self._epochs(train, val, start, optimizer, scheduler, ema, state_path, data, use_amp)
+        finally:
+            for hook in bn_hooks:
+                hook.remove()
+
+    def _epochs(self, train: ImageDataset, val: ImageDataset | None, start: int, optimizer: torch.optim.Optimizer,
+                scheduler: Any, ema: EMA | None, state_path: Path | None, data: dict[str, Any],
+                use_amp: bool) -> TrainResult:
+        cfg = self.config
+        drop_last = len(train) > cfg.batch_size
         for cb in self.callbacks:
             cb.on_fit_start(self)
         for epoch in range(start, cfg.epochs):
