@@ -143,3 +143,31 @@ def test_report_only_on_a_finished_study_is_not_partial_and_keeps_config_json(tm
     assert "(partial: some cells are not computed yet)" in " ".join(r.output.split())
     assert "Partial report" in (out / "report.md").read_text()
     assert (config.read_bytes(), config.stat().st_mtime_ns) == before
+
+
+def test_train_lines_count_each_fit_of_a_reused_callback_from_its_own_start(monkeypatch):
+    # a study passes one callback to every Trainer it runs: the second fit (4 epochs x 5 steps)
+    # must count 1/20, 2/20, ... of its own steps, not the first fit's total and clock
+    import io
+    import types
+
+    from rich.console import Console
+
+    import robustlab.cli as cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=200))
+    lines = cli._TrainLines()
+    first = types.SimpleNamespace(config=types.SimpleNamespace(epochs=2), steps_per_epoch=100,
+                                  resumed_from=None, start_epoch=0)
+    lines.on_fit_start(first)
+    lines.on_epoch_start(first, 0)
+    lines.on_batch_end(first, 0, 1.0)
+    second = types.SimpleNamespace(config=types.SimpleNamespace(epochs=4), steps_per_epoch=5,
+                                   resumed_from=None, start_epoch=0)
+    lines.on_fit_start(second)
+    lines.on_epoch_start(second, 0)
+    lines.on_batch_end(second, 0, 0.5)
+    printed = out.getvalue().splitlines()
+    assert printed[0].startswith("training (steps): 1/200 (0%), epoch 1/2")
+    assert printed[1].startswith("training (steps): 1/20 (5%), epoch 1/4"), printed

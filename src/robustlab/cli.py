@@ -417,6 +417,7 @@ class _TrainLines(Callback):
         self.started = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.started = False  # one instance serves every fit of a study: each counts its own steps
         resumed_from = getattr(trainer, "resumed_from", None)
         start = getattr(trainer, "start_epoch", None)
         if resumed_from is not None and isinstance(start, int):
