@@ -48,6 +48,23 @@ def test_decoder_shape_and_range() -> None:
     assert decoder.output_side(CODE) == 28  # (13 - 1) * 2 + 4, no crop needed
 
 
+def test_decoder_starts_inside_the_clamp_so_gradients_flow() -> None:
+    """A freshly built decoder fed a code as sparse as the encoder's (about 1% nonzero) must put
+    most output pixels strictly inside (0, 1): outside, the clamp passes no gradient and the
+    nominal training stays at chance (seen with PyTorch's default bias init on 2 of 4 seeds)."""
+    for seed in range(8):
+        torch.manual_seed(seed)
+        decoder = SparseDecoder(ATOMS, 1, SIDE)
+        gen = torch.Generator().manual_seed(100 + seed)
+        code = torch.randn(16, ATOMS, CODE, CODE, generator=gen)
+        code = code * (torch.rand(code.shape, generator=gen) < 0.01)
+        out = decoder(code)
+        inside = ((out > 0) & (out < 1)).float().mean().item()
+        assert inside > 0.5, (seed, inside)
+        out.sum().backward()
+        assert decoder.up.weight.grad is not None and decoder.up.weight.grad.abs().sum() > 0
+
+
 def test_decoder_crops_larger_maps() -> None:
     decoder = SparseDecoder(8, 1, SIDE, hidden=(4, 4))
     assert decoder(torch.randn(1, 8, 14, 14)).shape == (1, 1, SIDE, SIDE)  # 30x30 cropped to 28x28

@@ -12,8 +12,8 @@ from ..report import markdown_table
 from .records import Lookup, Record, WorstOf
 from .stats import mean_std
 
-__all__ = ["Cell", "Plot", "Table", "cost_section", "ledger_section", "render_table", "scatter_plot",
-           "warnings_section"]
+__all__ = ["Cell", "Plot", "Table", "at_chance", "chance_warnings", "cost_section", "ledger_section", "render_table",
+           "scatter_plot", "warnings_section"]
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,40 @@ def scatter_plot(path: Path, plot: Plot, rows: Sequence[str], seeds: Sequence[in
     plt.close(fig)
 
 
-def warnings_section(records: Sequence[Record], notes: Mapping[str, str], many_seeds: bool) -> str:
+def at_chance(records: Sequence[Record], num_classes: int) -> list[Record]:
+    """The clean records whose accuracy is not above chance: at most ``1 / num_classes`` plus
+    two binomial standard errors of a chance-level classifier on that many images. Such a model
+    did not learn, and its robust accuracies say nothing about its defense (an attack cannot
+    lower what is already chance)."""
+    out = []
+    for rec in records:
+        if rec.kind != "clean" or rec.accuracy is None or not rec.per_image:
+            continue
+        p = 1.0 / num_classes
+        if rec.accuracy <= p + 2.0 * (p * (1.0 - p) / len(rec.per_image)) ** 0.5:
+            out.append(rec)
+    return sorted(out, key=lambda r: (r.variant, r.seed))
+
+
+def chance_warnings(records: Sequence[Record], num_classes: int) -> dict[tuple[str, int], dict[str, str]]:
+    """:func:`at_chance` as sanity-check findings (code ``clean-at-chance``), keyed by (variant, seed)."""
+    return {(r.variant, r.seed): {
+        "code": "clean-at-chance",
+        "message": f"clean accuracy {100 * (r.accuracy or 0):.1f}% on {len(r.per_image)} images is not above chance "
+                   f"({100 / num_classes:.1f}% for {num_classes} classes): the model did not learn, so its robust "
+                   "accuracies say nothing about the defense; retrain it (more epochs or images, another seed) "
+                   "before reading its row"} for r in at_chance(records, num_classes)}
+
+
+def warnings_section(records: Sequence[Record], notes: Mapping[str, str], many_seeds: bool,
+                     extra: Mapping[tuple[str, int], Mapping[str, str]] | None = None) -> str:
     """The evaluations' sanity-check warnings grouped by finding: which variant's column (and
-    seed) raised each, one example message, and the study's note on the finding if it has one."""
+    seed) raised each, one example message, and the study's note on the finding if it has one.
+    ``extra`` adds findings about a whole (variant, seed), such as :func:`chance_warnings`."""
     by_code: dict[str, tuple[str, dict[str, None]]] = {}
+    for (variant, seed), w in sorted((extra or {}).items()):
+        example, where = by_code.setdefault(str(w["code"]), (str(w["message"]), {}))
+        where[variant + (f" (seed {seed})" if many_seeds else "")] = None
     for rec in sorted(records, key=lambda r: (r.variant, r.seed, r.column)):
         if rec.same_as is not None:
             continue

@@ -36,6 +36,7 @@ from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
 from ..core.randomness import detect_randomness, is_stochastic
 from ..core.types import ThreatModel
+from ..data import get_info
 from ..train import Callback
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
 from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
@@ -43,6 +44,7 @@ from .records import Record, RecordStore
 from .report import (
     Plot,
     Table,
+    chance_warnings,
     cost_section,
     ledger_section,
     render_table,
@@ -336,6 +338,12 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
     kinds = {c.name: COLUMN_KINDS.get(c.kind).record_kind for c in plan.columns}
     checked = check_claims(claims, seeds, run.get, run.worst_of, lambda name: name in in_plan, kinds.get)
     verdict = plan.verdict_intro + "\n" + render_verdict(checked)
+    chance = chance_warnings(records, get_info(cfg.dataset).num_classes)
+    if chance:
+        verdict = ("**A model did not learn**: " + ", ".join(f"{v}" + (f" (seed {s})" if len(seeds) > 1 else "")
+                                                            for v, s in chance)
+                   + " scored no better than chance on clean images (see Sanity checks); the claims that "
+                   "involve it are void, whatever their verdict below.\n\n" + verdict)
     parts = [f"# {study.title} ({cfg.profile} profile)\n\n", study.intro(cfg, facts),
              " Numbers are percentages, mean ± std over seeds; `(k/K)`: k of the K seeds done. Device "
              f"{facts['device']} ({facts['threads']} threads), torch {facts['torch']}; training and evaluation of "
@@ -355,7 +363,7 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
         parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants]))
     if plan.figures is not None and not facts["partial"]:
         parts.append(plan.figures(FigureContext(out, run.workshop.model, run.ctx)))
-    parts += [warnings_section(records, plan.notes, len(seeds) > 1), "\n## Verdict\n\n", verdict,
+    parts += [warnings_section(records, plan.notes, len(seeds) > 1, chance), "\n## Verdict\n\n", verdict,
               ledger_section(records, "ledger.sqlite")]
     report = "".join(parts)
     write_text_atomic(out / "report.md", report)
