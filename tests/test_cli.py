@@ -90,7 +90,7 @@ def test_run_list_names_every_study_with_its_profiles_and_time():
     assert r.exit_code == 0, r.output
     rows = [line for line in r.output.splitlines() if "sd-study" in line]
     assert [next(p for p in ("quick", "cpu", "full") if f" {p} " in line) for line in rows] == ["quick", "cpu", "full"]
-    assert "3 min on 2 CPU cores" in r.output and "hours on one GPU" in r.output
+    assert "about 2.5 min on 2 CPU" in r.output and "hours on one GPU" in r.output
     r = runner.invoke(app, ["run"])
     assert r.exit_code == 2 and r.output.strip() == (
         "error: name a study to run: dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "

@@ -985,19 +985,22 @@ def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 3,
     at_epochs: Annotated[int, typer.Option(min=1, help="epochs of the PGD-AT model")] = 3,
-    train_limit: Annotated[int | None, typer.Option(min=1, help="train on a subset (default: all 60,000)")] = None,
+    train_limit: Annotated[int, typer.Option(min=1, help="training images of the standard model (a stratified subset; 60000: all of Fashion-MNIST)")] = 30_000,
     at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 8_000,
     test_limit: Annotated[int | None, typer.Option(min=1, help="test on a subset (default: all 10,000)")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 100,
     battery: Annotated[str, typer.Option(help=f"attack battery: {BATTERY_NAMES}")] = "standard",
     sd_study: Annotated[str, typer.Option(help="sd-study profile to include: quick, cpu, full or none")] = "quick",
     strides_study: Annotated[str, typer.Option(help="strides-study profile to include: quick, cpu, full or none")] = "quick",
+    sparse_study: Annotated[str, typer.Option(help="sparse-study profile to include: quick, cpu, full or none")] = "quick",
+    dcs_study: Annotated[str, typer.Option(help="dcs-study profile to include: quick, cpu, full or none")] = "quick",
+    gradnorm_study: Annotated[str, typer.Option(help="gradnorm-study profile to include: quick, cpu, full or none")] = "quick",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore earlier progress in OUT and start over")] = False,
 ) -> None:
     """The main job: standard and PGD-AT resnet-mini on Fashion-MNIST, attacked; writes OUT/report.md.
 
-    Example: robustlab demo --out runs/demo --epochs 3 --sd-study none
+    Example: robustlab demo --out runs/demo --epochs 3 --sd-study none --gradnorm-study none
     """
     import shutil
 
@@ -1011,10 +1014,14 @@ def demo(
         cfg = DemoConfig(epochs=epochs, at_epochs=at_epochs, train_limit=train_limit,
                          at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
                          battery=battery, sd_study=None if sd_study == "none" else sd_study,
-                         strides_study=None if strides_study == "none" else strides_study)
+                         strides_study=None if strides_study == "none" else strides_study,
+                         sparse_study=None if sparse_study == "none" else sparse_study,
+                         dcs_study=None if dcs_study == "none" else dcs_study,
+                         gradnorm_study=None if gradnorm_study == "none" else gradnorm_study)
         from .experiments import study_config
 
-        for name, chosen in (("sd-study", sd_study), ("strides-study", strides_study)):
+        for name, chosen in (("sd-study", sd_study), ("strides-study", strides_study), ("sparse-study", sparse_study),
+                             ("dcs-study", dcs_study), ("gradnorm-study", gradnorm_study)):
             if chosen != "none":
                 study_config(name, chosen)  # an unknown profile fails before any training
         if fresh and out.exists():
@@ -1041,8 +1048,11 @@ def demo(
         console.print(f"{m['name']:>9}: clean {100 * m['clean_accuracy']:.2f}% on {r['test_images']} test images; "
                       f"worst-case robust {100 * m['robust_accuracy']:.2f}% on {r['eval_n']} "
                       f"({battery} battery, {r['threat']['norm']} eps {r['threat']['eps']:g})")
-    for key, folder in (("sd_study", "sd-study"), ("strides_study", "strides-study")):
-        if r[key] is not None:
+    from .experiments.demo import STUDY_KEYS
+
+    for key in STUDY_KEYS:
+        folder = key.replace("_", "-")
+        if r.get(key) is not None:
             console.print(f"{folder} ({r[key]['profile']}): {out / folder / 'report.md'}")
     console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")
 

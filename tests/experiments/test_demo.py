@@ -19,10 +19,18 @@ TINY_SPARSE = study_config(
     dict_patches=400, dict_iter=3, top_t=4, dropout_p=0.5, epochs=1, decoder_epochs=1, train_limit=96, hidden=(4, 4),
     attack_steps=2, eot=2, aa_eot=1, square_queries=4, square_eot=1, figure_n=4,
 )
+TINY_DCS = study_config(
+    "dcs-study", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8, epochs=1, train_limit=96,
+    at_steps=1, attack_steps=2, eot=2, aa_eot=1, square_queries=4, square_eot=1, ensemble_draws=2, figure_n=0,
+)
+TINY_GRADNORM = study_config(
+    "gradnorm-study", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8, activations=("gelu",),
+    natural=False, edge_align=False, epochs=1, train_limit=64, batch_size=32, pgd_steps=2, at_steps=1, figure_n=0,
+)
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
     test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2, sd_study=TINY_SD, strides_study=TINY_STRIDES,
-    sparse_study=TINY_SPARSE,
+    sparse_study=TINY_SPARSE, dcs_study=TINY_DCS, gradnorm_study=TINY_GRADNORM,
 )
 
 
@@ -61,6 +69,16 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert sparse_cfg["baseline"] == str(tmp_path / "pgd-at" / "model.safetensors")
     assert not (tmp_path / "sparse-study" / "models" / "pgd-at" / "seed0").exists()
     assert (tmp_path / "sparse-study" / "figures" / "autoencoder.png").exists()
+    # the DCS study: the demo's PGD-AT model is its baseline and transfer source, both protocols in the report
+    assert "Deformable convolution with stochasticity study (quick profile)" in report
+    assert "| DCS + GSAT |" in report and "The paper's protocol reports higher robust accuracy than EOT-PGD" in report
+    dcs_cfg = json.loads((tmp_path / "dcs-study" / "config.json").read_text())
+    assert dcs_cfg["baseline"] == str(tmp_path / "pgd-at" / "model.safetensors")
+    # the gradient-norm study trains its own models (no shared baseline: its rows differ by activation)
+    assert "Gradient-norm regularization study (quick profile)" in report and "| GradNorm GELU |" in report
+    assert (tmp_path / "gradnorm-study" / "report.md").exists()
+    timing = report.split("## Time")[1]
+    assert "dcs-study (quick)" in timing and "gradnorm-study (quick)" in timing
 
     # A second run resumes everything (training and battery state) and gives the same numbers.
     again = run_demo(tmp_path, TINY)

@@ -66,7 +66,8 @@ def test_full_profile_keeps_the_thesis_length_and_warmup():
 
 def test_quick_profile_is_relu_and_gelu_only():
     makes = _makes("quick")
-    assert set(makes) == {"GradNorm ReLU", "GradNorm GELU", "PGD-3 AT ReLU", "PGD-3 AT GELU", "Natural GELU"}
+    assert set(makes) == {"GradNorm ReLU", "GradNorm GELU", "PGD-3 AT ReLU", "PGD-3 AT GELU", "Natural GELU",
+                          "EdgeAlign GELU"}
     assert all(m.train.epochs == 3 for m in makes.values())
     assert dict(makes["GradNorm GELU"].train.objective_options)["warmup_epochs"] == 1
 

@@ -219,7 +219,7 @@ def test_note_three_claims_one_survives():
     assert note == (
         "3 comparisons were tested at 95% each: with no true difference anywhere, about 0.2 of "
         "them would show one by chance. With a Bonferroni correction (interval of ±2.39 s.e., "
-        "95% over the 3 together), 1 of the 2 significant differences survive: A. Not significant after it: B.")
+        "95% over the 3 together), 1 of the 2 significant differences survive: A (higher). Not significant after it: B (higher).")
 
 
 def test_note_negative_difference_counts_by_size():
@@ -231,7 +231,7 @@ def test_note_negative_difference_counts_by_size():
                                  ("D", _p(0.05, 0.1))])
     assert "about 0.2 of them would show one by chance" in note
     assert "interval of ±2.50 s.e., 95% over the 4 together" in note
-    assert note.endswith("2 of the 3 significant differences survive: A; C. Not significant after it: B.")
+    assert note.endswith("2 of the 3 significant differences survive: A (lower); C (higher). Not significant after it: B (lower).")
 
 
 def test_note_all_survive():
@@ -246,7 +246,7 @@ def test_note_all_survive():
 def test_note_none_survives():
     # two comparisons at diff/se 2.0 and -2.1: both significant at 1.96, neither at 2.2414
     note = multiple_claims_note([("A", _p(0.2, 0.1)), ("B", _p(-0.21, 0.1))])
-    assert note.endswith("0 of the 2 significant differences survive. Not significant after it: A; B.")
+    assert note.endswith("0 of the 2 significant differences survive. Not significant after it: A (higher); B (lower).")
 
 
 def test_note_none_significant():

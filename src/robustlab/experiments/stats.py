@@ -116,8 +116,9 @@ def multiple_claims_note(outcomes: Sequence[tuple[str, Paired]]) -> str:
         return ""
     z = bonferroni_z(k)
     significant = [(name, p) for name, p in outcomes if p.outcome != "no significant difference"]
-    keep = [name for name, p in significant if abs(p.diff) > z * p.se]
-    lose = [name for name, p in significant if abs(p.diff) <= z * p.se]
+    # each named with the direction found, so a claim that failed significantly does not read as held
+    keep = [f"{name} ({p.outcome})" for name, p in significant if abs(p.diff) > z * p.se]
+    lose = [f"{name} ({p.outcome})" for name, p in significant if abs(p.diff) <= z * p.se]
     text = (f"{k} comparisons were tested at 95% each: with no true difference anywhere, about "
             f"{0.05 * k:.1f} of them would show one by chance. With a Bonferroni correction "
             f"(interval of ±{z:.2f} s.e., 95% over the {k} together), ")
