@@ -161,3 +161,24 @@ def test_every_model_trains_with_the_thesis_adamw_and_cosine_warmup():
         sched = dict(opts["schedule_options"])
         assert sched["warmup_epochs"] == 5 and abs(sched["min_factor"] * spec.lr - 1e-5) < 1e-12
         assert spec.lr == (0.625e-3 if v.label.startswith(("GradNorm", "EdgeAlign")) else 1.25e-3)
+
+
+@pytest.mark.parametrize(("edge", "word"), [
+    (0.10, "yes here"),  # gain 0.13 > 1.96 * 0.03 = 0.0588
+    (-0.015, "not distinguishable from no change here"),  # gain 0.019, inside +-0.0588
+    (-0.20, "no, it lowered it here"),  # gain -0.17
+])
+def test_edge_align_gain_is_judged_against_its_spread(tmp_path, edge, word):
+    # both per-image spreads 0.12 over 32 images: se = sqrt(2 * 0.12^2 / 32) = 0.03 (worked by hand)
+    from robustlab.experiments.study import FigureContext
+
+    cfg = study_config("gradnorm-study", "quick", activations=("gelu",))
+    spread = {"saliency_std": 0.12, "loss_gradient_mean": 0.0, "loss_gradient_std": 0.1}
+    numbers = {"seed": 0, "images": 32, "stats": {}, "curves": {}, "grid": [],
+               "edges": {"EdgeAlign GELU": {"saliency_mean": edge, **spread},
+                         "Natural GELU": {"saliency_mean": -0.03, **spread}}}
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / gradnorm_study.FIGURES_FILE).write_text(json.dumps(numbers))
+    text = gradnorm_study.figures(cfg, FigureContext(tmp_path, lambda name, seed: nn.Identity(), None))  # type: ignore[arg-type]
+    line = next(ln for ln in text.splitlines() if "EdgeAlign raises" in ln)
+    assert f"**: {word}," in line and "(±0.059 at 95%, unpaired, over 32 images)" in line

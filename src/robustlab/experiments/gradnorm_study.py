@@ -417,10 +417,18 @@ def figures(cfg: GradNormStudyConfig, fc: FigureContext) -> str:
     if edge in numbers["edges"] and nat in numbers["edges"]:
         e, b = numbers["edges"][edge]["saliency_mean"], numbers["edges"][nat]["saliency_mean"]
         if e is not None and b is not None:
-            findings.append(f"- **EdgeAlign raises the saliency-edge correlation**: {'yes' if e > b else 'no'} here, "
-                            f"{e:+.3f} vs {b:+.3f} for the natural "
-                            f"model, a gain of {e - b:+.3f} (the thesis: -0.45 natural, +0.56 robust, Table 5.1). A "
-                            "description on the analyses' images, not a test.")
+            # unpaired standard error of the gain from the two per-image spreads (conservative: the
+            # images are the same, which a paired interval would use)
+            sds = [numbers["edges"][m].get("saliency_std") for m in (edge, nat)]
+            n = max(1, int(numbers["images"]))
+            se = None if None in sds else (sum(float(sd) ** 2 for sd in sds) / n) ** 0.5
+            word = ("yes" if e > b else "no") if se is None else (
+                "yes" if e - b > 1.96 * se else "no, it lowered it" if e - b < -1.96 * se
+                else "not distinguishable from no change")
+            findings.append(f"- **EdgeAlign raises the saliency-edge correlation**: {word} here, "
+                            f"{e:+.3f} vs {b:+.3f} for the natural model, a gain of {e - b:+.3f}"
+                            + ("" if se is None else f" (±{1.96 * se:.3f} at 95%, unpaired, over {n} images)")
+                            + " (the thesis: -0.45 natural, +0.56 robust, Table 5.1).")
     curve_eps = [p["eps"] for p in next(iter(numbers["curves"].values()))] if numbers["curves"] else []
     curve_rows = "".join(f"| {name} | " + " | ".join(_pct(p["accuracy"]) for p in curve) + " |\n"
                          for name, curve in numbers["curves"].items())
