@@ -396,7 +396,8 @@ def figures(cfg: GradNormStudyConfig, fc: FigureContext) -> str:
         if gn_s is not None and gn_r is not None and at_s is not None and at_r is not None:
             g_gn, g_at = gn_s - gn_r, at_s - at_r
             findings.append(
-                f"- **Smooth activations help GradNorm more than AT**: {'yes' if g_gn > g_at else 'no'} here "
+                f"- **Smooth activations help GradNorm more than AT**: the gain is "
+                f"{'larger for GradNorm' if g_gn > g_at else 'larger for AT' if g_gn < g_at else 'the same'} here "
                 f"({ACTIVATIONS[other]} vs ReLU, {aa_header}): "
                 f"GradNorm {100 * g_gn:+.1f} points, PGD-3 AT {100 * g_at:+.1f}, difference {100 * (g_gn - g_at):+.1f} "
                 f"points (the thesis: +{TABLE44[(GRADNORM, other)][1] - TABLE44[(GRADNORM, 'relu')][1]:.2f} vs "
