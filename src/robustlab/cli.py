@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import torch
 import typer
@@ -1004,26 +1004,21 @@ def demo(
     """
     import shutil
 
-    from .experiments import DemoConfig, run_demo
+    from .experiments import DemoConfig, run_demo, study_config
+    from .experiments.demo import STUDY_KEYS, study_name
 
     flags = _flags(demo)
+    profiles = dict(zip(STUDY_KEYS, (sd_study, strides_study, sparse_study, dcs_study, gradnorm_study), strict=True))
     try:
         dev = _device(device)
         BATTERIES.get(battery)
         _check_writable(out, "--out", folder=True)
         cfg = DemoConfig(epochs=epochs, at_epochs=at_epochs, train_limit=train_limit,
                          at_train_limit=at_train_limit, test_limit=test_limit, eval_n=eval_n,
-                         battery=battery, sd_study=None if sd_study == "none" else sd_study,
-                         strides_study=None if strides_study == "none" else strides_study,
-                         sparse_study=None if sparse_study == "none" else sparse_study,
-                         dcs_study=None if dcs_study == "none" else dcs_study,
-                         gradnorm_study=None if gradnorm_study == "none" else gradnorm_study)
-        from .experiments import study_config
-
-        for name, chosen in (("sd-study", sd_study), ("strides-study", strides_study), ("sparse-study", sparse_study),
-                             ("dcs-study", dcs_study), ("gradnorm-study", gradnorm_study)):
+                         battery=battery, **cast(dict[str, Any], {k: None if v == "none" else v for k, v in profiles.items()}))
+        for key, chosen in profiles.items():
             if chosen != "none":
-                study_config(name, chosen)  # an unknown profile fails before any training
+                study_config(study_name(key), chosen)  # an unknown profile fails before any training
         if fresh and out.exists():
             shutil.rmtree(out)
         torch.manual_seed(cfg.seed)
@@ -1048,10 +1043,8 @@ def demo(
         console.print(f"{m['name']:>9}: clean {100 * m['clean_accuracy']:.2f}% on {r['test_images']} test images; "
                       f"worst-case robust {100 * m['robust_accuracy']:.2f}% on {r['eval_n']} "
                       f"({battery} battery, {r['threat']['norm']} eps {r['threat']['eps']:g})")
-    from .experiments.demo import STUDY_KEYS
-
     for key in STUDY_KEYS:
-        folder = key.replace("_", "-")
+        folder = study_name(key)
         if r.get(key) is not None:
             console.print(f"{folder} ({r[key]['profile']}): {out / folder / 'report.md'}")
     console.print(f"demo finished in {r['total_seconds']:.0f} s; report: [bold]{out / 'report.md'}[/]")

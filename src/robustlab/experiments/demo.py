@@ -97,7 +97,38 @@ class DemoConfig:
 
 
 STUDY_KEYS = ("sd_study", "strides_study", "sparse_study", "dcs_study", "gradnorm_study")
-"""The demo's study fields, in the order it runs them (the study's name with ``-`` for ``_``)."""
+"""The demo's study fields, in the order it runs them."""
+
+
+def study_name(key: str) -> str:
+    """The study a :data:`STUDY_KEYS` field runs (``sd_study`` -> ``sd-study``), also its folder."""
+    return key.replace("_", "-")
+
+
+# each study's report section: its title and the sentence before its link, given its eps
+_SECTIONS: dict[str, tuple[str, Callable[[float], str]]] = {
+    "sd_study": ("Stochastic Downsampling study", lambda eps: (
+        "The standard model above is the baseline; every method replaces its strided convolutions and is "
+        f"finetuned 5 epochs. The paper's protocol: L-inf eps = {eps:.4g} ({eps * 255:.3g}/255), PGD as in its "
+        "Sec. 4.1, plus the adaptive attacks it lacks (EOT, transfer from the deterministic twin).")),
+    "strides_study": ("Feature-map strides study", lambda eps: (
+        "TRADES-trained models with the original strides and the shrunk ones (feature maps twice as large before "
+        f"the average pooling), L-inf eps = {eps:g}.")),
+    "sparse_study": ("Sparse randomized encoder study", lambda eps: (
+        "The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, ternary "
+        "quantization) with a decoder in front of the classifier, under the paper's attack modes (W-NFGA, W-AIGA, "
+        "PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected margin), L-inf eps = "
+        f"{eps:g}; the PGD-AT model above is its adversarial-training baseline.")),
+    "dcs_study": ("Deformable convolution with stochasticity study", lambda eps: (
+        "resnet-mini's second convolution becomes a DCS layer (k = 5, n = 2 positions per forward), trained with "
+        "GSAT and with plain PGD-AT; the same checkpoints under the paper's protocol (attack one sampled path, "
+        "resample, infer) and under the honest one (EOT over the kernel distribution, AutoAttack `rand`, Square on "
+        f"the expected margin, transfer from the PGD-AT model above, its baseline), L-inf eps = {eps:g}.")),
+    "gradnorm_study": ("Gradient-norm regularization study", lambda eps: (
+        "resnet-mini with its activations swapped (ReLU, GELU), trained from scratch with GradNorm (Eq. 4.1, "
+        "double backprop) and with PGD-3 AT, plus a natural and an EdgeAlign GELU model, all with the thesis' "
+        f"AdamW recipe; L-inf eps = {eps:g}.")),
+}
 
 
 def _train(
@@ -194,18 +225,19 @@ def run_demo(
             "history": m["history"],
             "battery_markdown": result.markdown(),
         })
-    # the papers' studies: (demo result key, study name, chosen profile or config, overrides, baseline)
-    studies: tuple[tuple[str, str, str | StudyConfig | None, dict[str, Any], Path | None], ...] = (
-        ("sd_study", "sd-study", cfg.sd_study, {"model": cfg.model}, out / "standard" / "model.safetensors"),
-        ("strides_study", "strides-study", cfg.strides_study, {}, None),
-        ("sparse_study", "sparse-study", cfg.sparse_study, {"model": cfg.model}, out / "pgd-at" / "model.safetensors"),
-        ("dcs_study", "dcs-study", cfg.dcs_study, {"model": cfg.model}, out / "pgd-at" / "model.safetensors"),
-        ("gradnorm_study", "gradnorm-study", cfg.gradnorm_study, {"model": cfg.model}, None))
+    # the papers' studies: per demo field, its overrides and baseline (``None``: the study trains its own)
+    at_model, standard_model = out / "pgd-at" / "model.safetensors", out / "standard" / "model.safetensors"
+    plans: dict[str, tuple[dict[str, Any], Path | None]] = {
+        "sd_study": ({"model": cfg.model}, standard_model), "strides_study": ({}, None),
+        "sparse_study": ({"model": cfg.model}, at_model), "dcs_study": ({"model": cfg.model}, at_model),
+        "gradnorm_study": ({"model": cfg.model}, None)}
     study_results: dict[str, dict[str, Any] | None] = {}
-    for key, name, chosen, overrides, baseline in studies:
+    for key in STUDY_KEYS:
         study_results[key] = None
+        chosen: str | StudyConfig | None = getattr(cfg, key)
         if chosen is None:
             continue
+        name, (overrides, baseline) = study_name(key), plans[key]
         t0 = time.perf_counter()
         scfg = study_config(name, chosen, dataset=cfg.dataset, **overrides) if isinstance(chosen, str) else chosen
         sres = run_study(name, out / name, scfg, device=device, baseline=baseline, log=log, callbacks=callbacks)
@@ -255,12 +287,10 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         summary.append(row)
     timing = [{"step": m["name"], "training (s)": round(m["train_seconds"], 1), "evaluation (s)": m["eval_seconds"]}
               for m in r["models"]]
-    sd, strides, sparse = r.get("sd_study"), r.get("strides_study"), r.get("sparse_study")
-    dcs, gradnorm = r.get("dcs_study"), r.get("gradnorm_study")
     for key in STUDY_KEYS:
-        name, done = key.replace("_", "-"), r.get(key)
+        done = r.get(key)
         if done is not None:  # a study's training and evaluation together
-            timing.append({"step": f"{name} ({done['profile']}), training and evaluation", "training (s)": "-",
+            timing.append({"step": f"{study_name(key)} ({done['profile']}), training and evaluation", "training (s)": "-",
                            "evaluation (s)": done["seconds"]})
     parts = [
         "# robustlab demo report\n\n",
@@ -281,52 +311,14 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         hist = [{"epoch": h["epoch"], "train loss": f"{h['train_loss']:.4f}",
                  "train acc (%)": format_pct(h["train_acc"]), "seconds": h["seconds"]} for h in m["history"]]
         parts += [f"**{m['name']}** ({m['objective']})\n\n", markdown_table(hist), "\n"]
-    if sd is not None:
-        parts += [
-            f"## Stochastic Downsampling study ({sd['profile']} profile)\n\n",
-            "The standard model above is the baseline; every method replaces its strided convolutions and is "
-            f"finetuned 5 epochs. The paper's protocol: L-inf eps = {sd['eps']:.4g} ({sd['eps'] * 255:.3g}/255), "
-            "PGD as in its Sec. 4.1, plus the adaptive attacks it lacks (EOT, transfer from the deterministic "
-            "twin). Every table, subset size and setting: [sd-study/report.md](sd-study/report.md).\n\n",
-            sd["summary_markdown"], "\n",
-        ]
-    if strides is not None:
-        parts += [
-            f"## Feature-map strides study ({strides['profile']} profile)\n\n",
-            "TRADES-trained models with the original strides and the shrunk ones (feature maps twice as large before "
-            f"the average pooling), L-inf eps = {strides['eps']:g}. Every table, setting and the cost of each "
-            "configuration: [strides-study/report.md](strides-study/report.md).\n\n",
-            strides["summary_markdown"], "\n",
-        ]
-    if sparse is not None:
-        parts += [
-            f"## Sparse randomized encoder study ({sparse['profile']} profile)\n\n",
-            "The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, "
-            "ternary quantization) with a decoder in front of the classifier, under the paper's attack modes "
-            "(W-NFGA, W-AIGA, PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected margin), "
-            f"L-inf eps = {sparse['eps']:g}; the PGD-AT model above is its adversarial-training baseline. Every "
-            "table, setting and figure: [sparse-study/report.md](sparse-study/report.md).\n\n",
-            sparse["summary_markdown"], "\n",
-        ]
-    if dcs is not None:
-        parts += [
-            f"## Deformable convolution with stochasticity study ({dcs['profile']} profile)\n\n",
-            "resnet-mini's second convolution becomes a DCS layer (k = 5, n = 2 positions per forward), trained "
-            "with GSAT and with plain PGD-AT; the same checkpoints under the paper's protocol (attack one sampled "
-            "path, resample, infer) and under the honest one (EOT over the kernel distribution, AutoAttack `rand`, "
-            f"Square on the expected margin, transfer from the PGD-AT model above, its baseline), L-inf eps = "
-            f"{dcs['eps']:g}. Every table, setting and analysis: [dcs-study/report.md](dcs-study/report.md).\n\n",
-            dcs["summary_markdown"], "\n",
-        ]
-    if gradnorm is not None:
-        parts += [
-            f"## Gradient-norm regularization study ({gradnorm['profile']} profile)\n\n",
-            "resnet-mini with its activations swapped (ReLU, GELU), trained from scratch with GradNorm (Eq. 4.1, "
-            "double backprop) and with PGD-3 AT, plus a natural and an EdgeAlign GELU model, all with the thesis' "
-            f"AdamW recipe; L-inf eps = {gradnorm['eps']:g}. Every table, the gradient analyses and figures: "
-            "[gradnorm-study/report.md](gradnorm-study/report.md).\n\n",
-            gradnorm["summary_markdown"], "\n",
-        ]
+    for key in STUDY_KEYS:
+        done = r.get(key)
+        if done is not None:
+            title, intro = _SECTIONS[key]
+            name = study_name(key)
+            parts += [f"## {title} ({done['profile']} profile)\n\n", intro(done["eps"]),
+                      f" Every table, setting and figure: [{name}/report.md]({name}/report.md).\n\n",
+                      done["summary_markdown"], "\n"]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]
     (out / "report.md").write_text("".join(parts))

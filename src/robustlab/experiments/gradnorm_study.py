@@ -423,9 +423,9 @@ def figures(cfg: GradNormStudyConfig, fc: FigureContext) -> str:
             sds = [numbers["edges"][m].get("saliency_std") for m in (edge, nat)]
             n = max(1, int(numbers["images"]))
             se = None if None in sds else (sum(float(sd) ** 2 for sd in sds) / n) ** 0.5
-            word = ("yes" if e > b else "no") if se is None else (
-                "yes" if e - b > 1.96 * se else "no, it lowered it" if e - b < -1.96 * se
-                else "not distinguishable from no change")
+            word = ("not judged (no per-image spread recorded)" if se is None
+                    else "yes" if e - b > 1.96 * se else "no, it lowered it" if e - b < -1.96 * se
+                    else "not distinguishable from no change")
             findings.append(f"- **EdgeAlign raises the saliency-edge correlation**: {word} here, "
                             f"{e:+.3f} vs {b:+.3f} for the natural model, a gain of {e - b:+.3f}"
                             + ("" if se is None else f" (±{1.96 * se:.3f} at 95%, unpaired, over {n} images)")
