@@ -754,8 +754,10 @@ def evaluate(
     robust = f"{100 * result.robust_acc:.2f}" + (f"{pm}{100 * result.robust_std:.2f}" if pm else "")
     console.print(f"clean accuracy {clean}%, {robust_measure(result.config)}: {robust}% on {result.n} "
                   f"{name} test images in {result.seconds:.1f} s; ledger row {row} in [bold]{ledger}[/]")
-    if result.randomness != "none":
-        console.print(f"the model is randomized ({result.randomness}): every verdict is a fresh prediction")
+    if result.config.get("stochastic"):
+        console.print(f"the model is randomized ({result.randomness}): per image, the probability that a "
+                      f"draw classifies the worst point found correctly, on "
+                      f"{result.config.get('verdict_draws', 1)} fresh draws")
     for w in result.warnings:
         console.print(f"[yellow]warning[/] {escape(str(w))}")
 

@@ -120,11 +120,10 @@ def test_square_on_a_randomized_model_spends_its_budget_on_every_sample() -> Non
 
 
 # --- 3. one verdict, AutoAttack and battery alike -------------------------------------------------
-def test_autoattack_and_the_battery_judge_each_attack_once() -> None:
-    # A coin-flip classifier is right with probability p on every draw, whatever the input. With
-    # one fresh draw judging the clean input and each of the two attacks of the rand version, a
-    # sample survives with probability p ** 3; re-judging the final points on yet another draw
-    # (the old AutoAttack entry) gives p.
+def test_autoattack_and_the_battery_report_the_probability_a_draw_is_right() -> None:
+    # A coin-flip classifier is right with probability p on every draw, whatever the input: the
+    # truth is p for every point of the ball. One fresh draw judging the clean input and each of
+    # the two attacks of the rand version, ANDed (the rule before issue #26), gave p ** 3 = 0.512.
     p, n = 0.8, 3000
     model = CoinFlip(p=p).eval()
     x = torch.rand(n, 1, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -133,9 +132,10 @@ def test_autoattack_and_the_battery_judge_each_attack_once() -> None:
     threat = ThreatModel("linf", 0.05)  # within eps can change the coin-flip model's class
     aa = AutoAttack(threat, "rand", steps=3, eot=2).run(model, x, y, generator=torch.Generator().manual_seed(0))
     battery = run_battery(model, (x, y), "rand", threat=threat, battery_options={"eot": 2}, batch_size=1000)
-    expected = p**3
+    expected = p
     assert abs(aa.robust_accuracy - expected) < _tolerance(expected, n)
     assert abs(battery.robust_acc - expected) < _tolerance(expected, n)
+    assert abs(battery.clean_acc - expected) < _tolerance(expected, n)
 
 
 # --- 4. randomness the library is not told about --------------------------------------------------

@@ -38,6 +38,8 @@ def toy_data(model: nn.Module, n: int = 64, wrong: int = 6, seed: int = 0) -> tu
 class AddNoise(Stochastic):
     """Gaussian input noise (a noise-injection defense); counts forwards and images."""
 
+    fingerprint_exclude = ("calls", "images")  # instrumentation, not behaviour
+
     def __init__(self, std: float) -> None:
         super().__init__()
         self.std = std

@@ -11,9 +11,12 @@ Every attack is a configured object run on a model at call time::
 Gradient attacks take ``grad=Gradient()|EOT(n, normalize=...)`` and ``loss="ce"|"cw"|"dlr"``;
 randomized layers are met through ``core.randomness`` (or found empirically) and
 non-differentiable ones through ``core.bpda`` (``bpda="identity"|"smooth"`` on any gradient
-attack). One :class:`Verdict` judges every attack, AutoAttack and battery alike, and the early
-stop follows one rule (:class:`Attack`); :mod:`~robustlab.attacks.checks` reports sanity-check
-findings on every result.
+attack). One verdict rule (:mod:`~robustlab.attacks.verdict`) judges every attack, restart,
+target, AutoAttack and battery alike: per sample an incumbent point that a proposal replaces
+only when it is at least as bad on fresh draws, and a reported probability that a draw
+classifies it correctly, estimated on new draws. The early stop follows one rule
+(:class:`Attack`); :mod:`~robustlab.attacks.checks` reports sanity-check findings on every
+result.
 """
 
 from .apgd import APGD, APGDT, apgd_checkpoints
@@ -24,10 +27,11 @@ from .base import (
     GradEstimate,
     Gradient,
     GradientEstimator,
+    LateRandomness,
     ModelFn,
+    Pick,
     Prediction,
     RunContext,
-    Verdict,
     batch_view,
     enforce,
     in_ball,
@@ -47,6 +51,7 @@ from .minimal import CWL2, DeepFool
 from .registry import ATTACKS, apgd_ce, apgd_dlr, autoattack_rand, create_attack
 from .sequence import SequenceResult, StageResult, run_sequence, sequence_warnings
 from .square import Square, square_p_schedule
+from .verdict import VERDICT_DRAWS, Badness, Incumbent, Verdict, badness_of
 
 _ENTRIES = (  # name, constructor, paper, kind, norms
     ("fgsm", FGSM, "Goodfellow et al. 2015", "gradient", FGSM.norms),
@@ -72,6 +77,7 @@ __all__ = [
     "APGDT",
     "ATTACKS",
     "CWL2",
+    "VERDICT_DRAWS",
     "EOT",
     "FABT",
     "FGSM",
@@ -82,14 +88,18 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AutoAttack",
+    "Badness",
     "DeepFool",
     "EvalWarning",
     "GradEstimate",
     "Gradient",
     "GradientAttack",
     "GradientEstimator",
+    "Incumbent",
+    "LateRandomness",
     "LossFn",
     "ModelFn",
+    "Pick",
     "Prediction",
     "RunContext",
     "SequenceResult",
@@ -102,6 +112,7 @@ __all__ = [
     "apgd_checkpoints",
     "apgd_dlr",
     "autoattack_rand",
+    "badness_of",
     "batch_view",
     "ce_loss",
     "create_attack",

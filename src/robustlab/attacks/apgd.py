@@ -12,7 +12,15 @@ import torch
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.types import ThreatModel
-from .base import Ball, GradientEstimator, RunContext, batch_view, random_point, select_targets
+from .base import (
+    Ball,
+    GradientEstimator,
+    Pick,
+    RunContext,
+    batch_view,
+    random_point,
+    select_targets,
+)
 from .gradient import GradientAttack, Tracker
 from .losses import LossFn, dlr_loss
 
@@ -150,9 +158,13 @@ class APGD(GradientAttack):
 
     On a deterministic model, samples misclassified at the clean input are returned as they
     are, and a sample whose iterate is adversarial keeps that point and leaves the batch
-    (``early_stop``), which changes no verdict and saves passes. Otherwise (always on a
-    randomized model, see :class:`~robustlab.attacks.Attack`) a sample returns its
-    highest-loss point, the loss being the estimator's (mean over the EOT draws).
+    (``early_stop``), which changes no verdict and saves passes. Otherwise a sample returns
+    its highest-loss point on a deterministic model; on a randomized one (see
+    :class:`~robustlab.attacks.Attack`) each restart or target proposes two candidates to the
+    incumbent (:class:`~robustlab.attacks.gradient.Tracker`), which keeps the worse for the
+    model on fresh draws: the iterate that most of its step's EOT draws call a success
+    (:class:`~robustlab.attacks.base.Pick`) and the highest-loss iterate; the loss alone never
+    decides what is returned.
 
     Args:
         threat: L-inf or L2.
@@ -219,6 +231,12 @@ class APGD(GradientAttack):
             step=2.0 * self.threat.eps, loss_targets=goal,
             success_targets=ctx.targets[idx] if ctx.targets is not None else None,
         )
+        # randomized: the candidate is the iterate most step draws call a success, not the
+        # highest-loss one (confirmed is never true there, so the rows stay aligned)
+        pick = Pick(x_adv) if ctx.stochastic else None
+        rows = torch.arange(idx.numel(), device=x_adv.device)
+        if pick is not None:
+            pick.observe(rows, x_adv, est.samples, st.y, st.success_targets)
         confirmed = ctx.confirmed(est.logits, st.y, st.success_targets)
         track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
         if shrink and bool(confirmed.any()):
@@ -233,6 +251,8 @@ class APGD(GradientAttack):
             x_new = st.ball.project(st.x_adv + a * (z - st.x_adv) + (1 - a) * (st.x_adv - st.x_old))
             st.x_old, st.x_adv = st.x_adv, x_new
             est = self._estimate(ctx.model, st.x_adv, st.y, st.loss_targets)
+            if pick is not None:
+                pick.observe(rows, st.x_adv, est.samples, st.y, st.success_targets)
             confirmed = ctx.confirmed(est.logits, st.y, st.success_targets)
             track.adversarial(st.ids[confirmed], st.x_adv[confirmed])
             st.observe(est.grad, est.loss)
@@ -241,12 +261,14 @@ class APGD(GradientAttack):
                 last_check = i + 1
             if shrink and bool(confirmed.any()):
                 st = st.index(~confirmed)
+        if pick is not None:  # the iterate most draws got wrong, then the highest-loss one
+            track.fallback(st.ids, pick.x)
         track.fallback(st.ids, st.x_best)
 
     def _clean(self, ctx: RunContext, targets: torch.Tensor | None) -> Tracker:
         """A tracker that holds the clean inputs, with the samples confirmed adversarial at the
         clean input already done (as in the reference, they are not attacked)."""
-        track = Tracker(ctx.x)
+        track = Tracker(ctx)
         confirmed = ctx.confirmed(ctx.clean_logits(), ctx.y, targets)
         track.adversarial(confirmed.nonzero().squeeze(1), ctx.x[confirmed])
         return track

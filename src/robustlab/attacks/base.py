@@ -21,7 +21,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -30,15 +30,17 @@ from torch import nn
 from ..core.bpda import BPDA_MODES, BPDAMode, bpda
 from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
-from ..core.randomness import detect_randomness, is_frozen, is_stochastic
+from ..core.randomness import is_frozen, is_stochastic, rows_differ, stochastic_layers
 from ..core.types import ThreatModel
 from .checks import (
     EvalWarning,
     gradient_warnings,
+    late_randomness_warning,
     merge_warnings,
     randomness_warnings,
     train_mode_warning,
 )
+from .verdict import Badness, Incumbent, Verdict, badness_of
 
 __all__ = [
     "EOT",
@@ -48,8 +50,10 @@ __all__ = [
     "GradEstimate",
     "Gradient",
     "GradientEstimator",
+    "LateRandomness",
     "ModelFn",
     "Objective",
+    "Pick",
     "Prediction",
     "RunContext",
     "Verdict",
@@ -107,15 +111,33 @@ def logits_of(output: Any) -> torch.Tensor:
     return output
 
 
+class LateRandomness(RuntimeError):
+    """Raised when points an attack produced show randomness that the model's clean inputs did
+    not (randomness that shows only near the decision boundary): the caller re-runs the
+    evaluation under the randomized rule and says so."""
+
+
+RANDOMNESS_KINDS = ("protocol", "frozen", "detected", "none")
+"""How a model's randomness is known: an active :class:`core.randomness.Stochastic` layer
+(``protocol``), such layers inside :func:`core.randomness.frozen` (``frozen``: one fixed
+inference path, deterministic for the whole evaluation, see :class:`ModelFn`), two forwards
+that differ (``detected``), or none."""
+
+DETECTION_BATCH = 256
+"""At most this many samples per chunk are forwarded twice by the randomness checks."""
+
+
 class ModelFn:
     """A model seen through :func:`logits_of` that counts image evaluations.
 
     Attacks call the model only through this wrapper, so the counts in :class:`AttackResult` are
-    complete. ``randomness`` is fixed when the run starts: ``"protocol"`` (an active, unfrozen
-    :class:`core.randomness.Stochastic` layer), ``"detected"`` (two forwards of one batch
-    differ; :func:`core.randomness.detect_randomness`) or ``"none"``; ``stochastic`` is true for
-    the first two. Built without ``randomness``, only the protocol is consulted (use
-    :func:`model_fn` to detect randomness on a batch).
+    complete. ``randomness`` is one of :data:`RANDOMNESS_KINDS`; ``stochastic`` is true for
+    ``"protocol"`` and ``"detected"``. A ``"frozen"`` model is one fixed inference path for
+    the whole evaluation, attacks and verdict alike: a frozen draw is tied to a batch shape
+    (:func:`core.randomness.frozen`), so the wrapper forwards one image at a time and every
+    image, in every attack and verdict, goes through the same single draw (slower: batch 1).
+    Built without ``randomness``, only the protocol is consulted (use :func:`model_fn` to
+    detect randomness on a batch).
 
     It also counts per-sample gradients that were all zero or non-finite (for
     :mod:`~robustlab.attacks.checks`) and, apart from the search, the passes of verdicts and
@@ -133,16 +155,25 @@ class ModelFn:
         self.zero_grads = 0
         self.nonfinite_grads = 0
         if randomness is None:
-            randomness = "protocol" if isinstance(model, nn.Module) and is_stochastic(model) else "none"
-        if randomness not in ("protocol", "detected", "none"):
-            raise InputError(f"randomness must be 'protocol', 'detected' or 'none', got {randomness!r}")
+            randomness = "none"
+            if isinstance(model, nn.Module) and is_stochastic(model):
+                randomness = "protocol"
+            elif isinstance(model, nn.Module) and _frozen_random(model):
+                randomness = "frozen"
+        if randomness not in RANDOMNESS_KINDS:
+            raise InputError(f"randomness must be one of {RANDOMNESS_KINDS}, got {randomness!r}")
         self.randomness = randomness
-        self.stochastic = randomness != "none"
+        self.stochastic = randomness in ("protocol", "detected")
         self.frozen = isinstance(model, nn.Module) and is_frozen(model)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.randomness == "frozen" and x.shape[0] > 1:  # one image a time: one draw for all
+            return torch.cat([logits_of(self.model(x[i : i + 1])) for i in range(x.shape[0])])
+        return logits_of(self.model(x))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.forward_passes += x.shape[0]
-        return logits_of(self.model(x))
+        return self._forward(x)
 
     def grad(self, loss: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
         """Gradient of a scalar ``loss`` with respect to ``x`` (one backward per image of ``x``)."""
@@ -164,11 +195,32 @@ class ModelFn:
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a verdict or a check: not counted as a search pass."""
         self.verdict_passes += x.shape[0]
-        return logits_of(self.model(x))
+        return self._forward(x)
+
+    @torch.no_grad()
+    def random_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Per row of ``x``, whether two forwards differ beyond that row's own float noise
+        (:func:`core.randomness.rows_differ`); verdict passes."""
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.bool, device=x.device)
+        return torch.cat([rows_differ(self.evaluate(c), self.evaluate(c)) for c in x.split(DETECTION_BATCH)])
+
+    def check_points(self, x: torch.Tensor) -> None:
+        """On a model found deterministic, raise :class:`LateRandomness` when the points ``x``
+        an attack returned show randomness: it can show only near the decision boundary, where
+        the attack's points are and the clean inputs are not."""
+        if self.randomness == "none" and bool(self.random_rows(x).any()):
+            raise LateRandomness("the model's outputs at the attacks' points are random")
+
+    def check_agrees(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        """Two verdicts of a model found deterministic at the same points must agree; raise
+        :class:`LateRandomness` when they do not."""
+        if self.randomness == "none" and not torch.equal(first, second):
+            raise LateRandomness("two verdicts at the same points disagree")
 
 
-DETECTION_BATCH = 256
-"""At most this many samples are forwarded twice by :func:`model_fn`'s randomness check."""
+def _frozen_random(model: nn.Module) -> bool:
+    return is_frozen(model) and any(m.stochastic_active for m in stochastic_layers(model))
 
 
 def model_fn(
@@ -177,20 +229,22 @@ def model_fn(
     """The counting wrapper for a run on ``x``, with the model's randomness established.
 
     A model with an active :class:`core.randomness.Stochastic` layer is randomized by the
-    protocol; any other model (frozen ones and plain callables included) is forwarded twice on
-    up to :data:`DETECTION_BATCH` samples of ``x`` and treated as randomized when the two
-    outputs differ (the reference AutoAttack's check). ``randomness`` skips the check (an
+    protocol (``"frozen"`` when those layers are inside :func:`core.randomness.frozen`); any
+    other model (plain callables included) is forwarded twice on up to
+    :data:`DETECTION_BATCH` samples of ``x`` and treated as randomized when any row of the two
+    outputs differs beyond that row's own float noise (the reference AutoAttack's check, made
+    per row so that one row of huge logits cannot hide the noise of the others). Attacks'
+    points are probed too (:meth:`ModelFn.check_points`). ``randomness`` skips the check (an
     evaluator that checked once for a whole run passes what it found).
     """
     if randomness is not None:
-        fm = ModelFn(model, randomness)
-    else:
-        fm = ModelFn(model)
-        if not fm.stochastic and x.shape[0]:
-            probe = x[:DETECTION_BATCH]
-            if detect_randomness(fm.evaluate, probe):
-                fm = ModelFn(model, "detected")
-            fm.verdict_passes = 2 * probe.shape[0]
+        return ModelFn(model, randomness)
+    fm = ModelFn(model)
+    if not fm.stochastic and x.shape[0]:
+        probe = x[:DETECTION_BATCH]
+        if bool(fm.random_rows(probe).any()):
+            fm = ModelFn(model, "detected")
+        fm.verdict_passes = 2 * probe.shape[0]
     return fm
 
 
@@ -201,10 +255,14 @@ class Prediction:
     Attributes:
         logits: logits (mean over the draws), detached.
         probs: mean softmax over the draws, detached: what a randomized model's step predicts.
+        samples: the per-draw logits ``(D, N, K)``, detached: the draws' decisions, from which
+            an attack picks its candidate point on a randomized model
+            (:func:`~robustlab.attacks.verdict.badness_of`) at no extra pass.
     """
 
     logits: torch.Tensor
     probs: torch.Tensor
+    samples: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -234,16 +292,8 @@ class GradientEstimator(abc.ABC):
     @torch.no_grad()
     def predict(self, fmodel: ModelFn, x: torch.Tensor) -> Prediction:
         """The prediction at ``x`` averaged over the estimator's draws (no gradient)."""
-        logits_sum: torch.Tensor | None = None
-        probs_sum: torch.Tensor | None = None
-        k = self.draws(fmodel)
-        for _ in range(k):
-            z = fmodel(x)
-            p = z.float().softmax(dim=1)
-            logits_sum = z if logits_sum is None else logits_sum + z
-            probs_sum = p if probs_sum is None else probs_sum + p
-        assert logits_sum is not None and probs_sum is not None
-        return Prediction(logits_sum / k, probs_sum / k)
+        samples = torch.stack([fmodel(x) for _ in range(self.draws(fmodel))])
+        return Prediction(samples.mean(dim=0), samples.float().softmax(dim=-1).mean(dim=0), samples)
 
     @staticmethod
     def _once(fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
@@ -253,7 +303,8 @@ class GradientEstimator(abc.ABC):
             loss = objective(logits)
             grad = fmodel.grad(loss.sum(), x)
         logits = logits.detach()
-        return GradEstimate(logits, logits.float().softmax(dim=1), grad.detach(), loss.detach())
+        return GradEstimate(logits, logits.float().softmax(dim=1), logits.unsqueeze(0), grad.detach(),
+                            loss.detach())
 
 
 @dataclass(frozen=True)
@@ -301,24 +352,21 @@ class EOT(GradientEstimator):
 
     def __call__(self, fmodel: ModelFn, x: torch.Tensor, objective: Objective) -> GradEstimate:
         draws = self.draws(fmodel)
-        grad: torch.Tensor | None = None
-        loss: torch.Tensor | None = None
-        logits: torch.Tensor | None = None
-        probs: torch.Tensor | None = None
+        grads, losses, samples = [], [], []
         for _ in range(draws):
             est = self._once(fmodel, x, objective)
             g = est.grad
             if self.normalize:
                 g = g / batch_view(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
-            if grad is None or loss is None or logits is None or probs is None:
-                grad, loss, logits, probs = g, est.loss, est.logits, est.probs
-            else:
-                grad, loss = grad + g, loss + est.loss
-                logits, probs = logits + est.logits, probs + est.probs
-        assert grad is not None and loss is not None and logits is not None and probs is not None
+            grads.append(g)
+            losses.append(est.loss)
+            samples.append(est.logits)
         if draws == 1:
-            return GradEstimate(logits, probs, grad, loss)
-        return GradEstimate(logits / draws, probs / draws, grad / draws, loss / draws)
+            return GradEstimate(samples[0], samples[0].float().softmax(dim=1), samples[0].unsqueeze(0),
+                                grads[0], losses[0])
+        stacked = torch.stack(samples)
+        return GradEstimate(stacked.mean(dim=0), stacked.float().softmax(dim=-1).mean(dim=0), stacked,
+                            torch.stack(grads).mean(dim=0), torch.stack(losses).mean(dim=0))
 
 
 def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
@@ -479,11 +527,10 @@ class AttackResult:
     Attributes:
         x_adv: adversarial inputs, detached, in [0, 1] and inside the threat ball (the computed
             ``lp_norm(x_adv - x)`` is ``<= eps`` with no rounding tolerance).
-        success: per-sample bool, the :class:`Verdict` on ``x_adv``: untargeted
-            ``argmax != y``, targeted ``argmax == target``. For a randomized model the verdict
-            is a fresh draw (or the mean softmax over the verdict's draws), never the draws the
-            attack optimized against.
-        logits: the verdict's logits (log of the mean softmax when it averaged several draws).
+        success: per-sample bool, ``p_robust < 0.5``: untargeted ``argmax != y``, targeted
+            ``argmax == target`` on a deterministic model; on a randomized one, most fresh
+            draws count ``x_adv`` as a success.
+        logits: the final verdict's outputs, averaged over its draws.
         forward_passes: image forward evaluations of the search (see the module docstring).
         backward_passes: image backward evaluations of the search.
         queries: per-sample forward queries, for score-based attacks (Square); else ``None``.
@@ -491,6 +538,11 @@ class AttackResult:
         randomness: ``"protocol"``, ``"detected"`` or ``"none"`` (see :func:`model_fn`).
         verdict_passes: image forwards of the verdict and the randomness check.
         warnings: the sanity checks' findings (:mod:`robustlab.attacks.checks`).
+        p_robust: per sample, the probability that a draw does not count ``x_adv`` as a
+            success (untargeted: classifies it correctly), estimated on fresh draws after
+            ``x_adv`` was chosen (:mod:`~robustlab.attacks.verdict`); 0/1 on a deterministic
+            model. ``None`` only for results built by hand: ``~success`` then stands for it.
+        verdict: the verdict's settings as run (``draws``: k; ``ensemble``).
     """
 
     x_adv: torch.Tensor
@@ -503,6 +555,8 @@ class AttackResult:
     randomness: str = "none"
     verdict_passes: int = 0
     warnings: tuple[EvalWarning, ...] = ()
+    p_robust: torch.Tensor | None = None
+    verdict: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def robust(self) -> torch.Tensor:
@@ -511,59 +565,13 @@ class AttackResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Fraction of samples the attack did not break (untargeted: robust accuracy)."""
-        return float((~self.success).float().mean()) if self.success.numel() else float("nan")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The one rule that decides whether a point breaks a sample, used by :meth:`Attack.run`,
-    :class:`~robustlab.attacks.AutoAttack` and the battery runner alike.
-
-    A sample is broken when the verdict's prediction at the attack's point is wrong
-    (untargeted: ``argmax != y``; targeted: ``argmax == target``). The prediction is a fresh
-    forward in evaluation batches of ``batch_size`` (never the attack's internal logits): on a
-    deterministic model one forward; on a randomized one ``draws`` fresh draws whose softmax is
-    averaged (one fresh draw by default), so the draws an attack optimized against never judge
-    it. A sample is robust only if no attack produced a point the verdict calls broken.
-
-    Args:
-        draws: forwards averaged (mean softmax) on a randomized model.
-        batch_size: samples per verdict forward.
-    """
-
-    draws: int = 1
-    batch_size: int = 500
-
-    def __post_init__(self) -> None:
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
-            raise InputError(f"the verdict needs draws >= 1, got {self.draws!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"the verdict needs batch_size >= 1, got {self.batch_size!r}")
-
-    def logits(self, fmodel: ModelFn, x: torch.Tensor) -> torch.Tensor:
-        """The verdict's logits at ``x``: one forward, or the log mean softmax over the draws."""
-        draws = self.draws if fmodel.stochastic else 1
-        out = []
-        for chunk in x.split(self.batch_size):
-            if draws == 1:
-                out.append(fmodel.evaluate(chunk))
-                continue
-            probs = fmodel.evaluate(chunk).float().softmax(dim=1)
-            for _ in range(draws - 1):
-                probs = probs + fmodel.evaluate(chunk).float().softmax(dim=1)
-            out.append((probs / draws).log())
-        return torch.cat(out) if out else x.new_zeros(0, 0)
-
-    def judge(
-        self, fmodel: ModelFn, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(success, logits)`` at points ``x`` for labels ``y`` (and ``targets``)."""
-        if x.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.bool, device=x.device), x.new_zeros(0, 0)
-        logits = self.logits(fmodel, x)
-        pred = logits.argmax(dim=1)
-        return (pred == targets if targets is not None else pred != y), logits
+        """The mean over samples of ``p_robust``: the probability that a draw classifies the
+        attack's point correctly (untargeted: robust accuracy; the fraction not broken on a
+        deterministic model)."""
+        if not self.success.numel():
+            return float("nan")
+        p = self.p_robust if self.p_robust is not None else (~self.success).float()
+        return float(p.float().mean())
 
 
 @dataclass
@@ -579,6 +587,9 @@ class RunContext:
         shrink: whether the attack may drop samples from its batch once they are confirmed
             broken (:meth:`confirmed`). ``False`` inside :func:`core.randomness.frozen` (a
             smaller batch would get another draw) and for ``full_budget`` runs (transfer).
+        verdict: the one verdict rule (:mod:`~robustlab.attacks.verdict`): an attack's restarts
+            and targets propose their points to a :class:`~robustlab.attacks.verdict.Incumbent`
+            judged by it (see :meth:`incumbent`).
         clean: logits at ``x`` if already known (see :meth:`clean_logits`).
         queries: per-sample query counts a score-based attack reports (it sets them).
     """
@@ -589,6 +600,7 @@ class RunContext:
     targets: torch.Tensor | None
     generator: torch.Generator
     shrink: bool
+    verdict: Verdict = field(default_factory=Verdict)
     clean: torch.Tensor | None = None
     queries: torch.Tensor | None = None
 
@@ -608,7 +620,7 @@ class RunContext:
     ) -> torch.Tensor:
         """Whether a step's prediction is wrong (untargeted) or hits the target, judged on the
         mean softmax over the step's draws on a randomized model (a *candidate*: FAB and CW
-        keep the closest such point; the verdict judges it later)."""
+        keep the closest such point; its restart or target proposes it to the incumbent)."""
         top = (pred.probs if self.stochastic else pred.logits).argmax(dim=1)
         return top == targets if targets is not None else top != y
 
@@ -621,13 +633,19 @@ class RunContext:
         On a deterministic model, those the logits misclassify (or put on the target). On a randomized model
         none: a step's draw, or the mean softmax over a step's EOT draws, is one more random
         sample and can be lucky, and a point just across the averaged boundary fools a fresh
-        draw only about half the time; so every sample runs the attack's full budget and
-        returns the attack's end point (its last iterate, or its highest-loss point).
+        draw only about half the time; so every sample runs the attack's full budget, and
+        its candidate is the iterate that most of its step's draws call a success
+        (:meth:`pick`), proposed to the incumbent at the end of the restart.
         """
         if self.stochastic:
             return torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         top = logits.argmax(dim=1)
         return top == targets if targets is not None else top != y
+
+    def incumbent(self) -> Incumbent:
+        """A fresh incumbent at the clean inputs, judged by :attr:`verdict`: what an attack's
+        restarts and targets propose to (:class:`~robustlab.attacks.gradient.Tracker`)."""
+        return Incumbent(self.x, self.y, self.targets)
 
     def subset(self, idx: torch.Tensor) -> RunContext:
         """The context restricted to samples ``idx``."""
@@ -639,8 +657,42 @@ class RunContext:
             targets=self.targets[idx] if self.targets is not None else None,
             generator=self.generator,
             shrink=self.shrink,
+            verdict=self.verdict,
             clean=clean[idx] if clean is not None else None,
         )
+
+
+class Pick:
+    """Per sample, the iterate that most of its step's draws call a success (ties: lower mean
+    margin over those draws): an attack's candidate on a randomized model, chosen at no extra
+    pass from the draws its gradient estimate already made. The loss drives the steps; this,
+    not the loss, decides which iterate the attack proposes (:mod:`~robustlab.attacks.verdict`).
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.badness: Badness | None = None
+
+    def observe(
+        self, rows: torch.Tensor, x: torch.Tensor, samples: torch.Tensor, y: torch.Tensor,
+        targets: torch.Tensor | None,
+    ) -> None:
+        """Consider iterates ``x`` of rows ``rows`` with their step's per-draw logits."""
+        new = badness_of(samples, y, targets)
+        if self.badness is None:
+            n = self.x.shape[0]
+            self.badness = Badness(torch.full((n,), -1.0, device=x.device),
+                                   torch.full((n,), float("inf"), device=x.device), new.draws)
+        better = new.at_least_as_bad(self.badness[rows])
+        self.x[rows[better]] = x[better]
+        self.badness.wrong[rows[better]] = new.wrong[better]
+        self.badness.margin[rows[better]] = new.margin[better]
+
+    def index(self, keep: torch.Tensor) -> Pick:
+        """The picks of rows ``keep`` only."""
+        out = Pick(self.x[keep])
+        out.badness = self.badness[keep] if self.badness is not None else None
+        return out
 
 
 class Attack(abc.ABC):
@@ -793,15 +845,21 @@ class Attack(abc.ABC):
         x = x.detach()
         y = y.to(x.device)
         fmodel = model_fn(model, x)
-        ctx = RunContext(
-            model=fmodel, x=x, y=y, targets=targets, generator=generator,
-            shrink=not (fmodel.frozen or full_budget),
-        )
-        x_adv, success, logits, checks = self._execute(ctx, verdict)
+        start = generator.get_state()
+        try:
+            ctx = self._context(fmodel, x, y, targets, generator, verdict, full_budget)
+            x_adv, p_robust, logits, checks = self._execute(ctx, verdict)
+        except LateRandomness:
+            # random only near the boundary: judged again from the start as randomized
+            found.append(late_randomness_warning(repr(self)))
+            fmodel = ModelFn(model, "detected")
+            generator.set_state(start)
+            ctx = self._context(fmodel, x, y, targets, generator, verdict, full_budget)
+            x_adv, p_robust, logits, checks = self._execute(ctx, verdict)
         found += self._checks(fmodel) + checks
         return AttackResult(
             x_adv=x_adv.detach(),
-            success=success,
+            success=p_robust < 0.5,
             logits=logits.detach(),
             forward_passes=fmodel.forward_passes,
             backward_passes=fmodel.backward_passes,
@@ -810,16 +868,32 @@ class Attack(abc.ABC):
             randomness=fmodel.randomness,
             verdict_passes=fmodel.verdict_passes,
             warnings=merge_warnings(found),
+            p_robust=p_robust,
+            verdict=verdict.config() if fmodel.stochastic else {"draws": 1, "ensemble": 1},
         )
+
+    @staticmethod
+    def _context(
+        fmodel: ModelFn, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+        generator: torch.Generator, verdict: Verdict, full_budget: bool,
+    ) -> RunContext:
+        return RunContext(model=fmodel, x=x, y=y, targets=targets, generator=generator,
+                          shrink=not (fmodel.frozen or full_budget), verdict=verdict)
 
     def _execute(
         self, ctx: RunContext, verdict: Verdict
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[EvalWarning]]:
-        """Search, then judge: ``(x_adv, success, verdict logits, findings)``. Ensembles
-        override it (and report their own findings)."""
-        x_adv = self.perturb(ctx)
-        success, logits = verdict.judge(ctx.model, x_adv, ctx.y, ctx.targets)
-        return x_adv, success, logits, []
+        """Search, then judge: ``(x_adv, p_robust, verdict outputs, findings)``. The search's
+        point is proposed to an incumbent at the clean input (a clean misclassification stays
+        one), then the incumbent is judged on fresh draws (:mod:`~robustlab.attacks.verdict`).
+        Ensembles override it (and report their own findings)."""
+        points = self.perturb(ctx)
+        ctx.model.check_points(points)
+        incumbent = ctx.incumbent()
+        incumbent.propose(ctx.model, verdict, torch.arange(points.shape[0], device=points.device), points)
+        p_robust, logits = verdict.judge(ctx.model, incumbent.x, ctx.y, ctx.targets)
+        ctx.model.check_agrees(p_robust, incumbent.known(ctx.model, verdict).p_correct)
+        return incumbent.x, p_robust, logits, []
 
     def _checks(self, fmodel: ModelFn) -> list[EvalWarning]:
         """The sanity checks of a finished run on ``fmodel``."""

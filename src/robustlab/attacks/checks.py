@@ -18,6 +18,10 @@ Codes:
   randomness (e.g. the ``standard`` battery; use ``rand``);
 - ``detected-randomness``: the model's forward is random without using the ``Stochastic``
   protocol (found by two forwards of one batch); it was treated as randomized;
+- ``late-randomness``: the model looked deterministic on the clean inputs but its outputs at
+  an attack's points were random; the evaluation was re-run under the randomized rule;
+- ``frozen-randomness``: the model's random layers were frozen; it was evaluated as that one
+  fixed inference path;
 - ``black-box-beats-white-box``: a score-based attack (Square) broke samples the gradient
   attacks before it did not (a sign of gradient masking);
 - ``train-mode``: the model was attacked in training mode.
@@ -36,7 +40,9 @@ __all__ = [
     "EvalWarning",
     "black_box_warning",
     "detected_randomness_warning",
+    "frozen_randomness_warning",
     "gradient_warnings",
+    "late_randomness_warning",
     "merge_warnings",
     "probability_rows",
     "probability_warning",
@@ -140,6 +146,28 @@ def detected_randomness_warning() -> EvalWarning:
     )
 
 
+def late_randomness_warning(what: str) -> EvalWarning:
+    """The ``late-randomness`` warning."""
+    return EvalWarning(
+        "late-randomness",
+        f"{what}: the model looked deterministic on the clean inputs, but its outputs at the "
+        "attacks' points are random (randomness that shows only near the decision boundary); "
+        "the evaluation was run again from the start under the randomized rule (EOT draws, "
+        "fresh-draw verdicts); attack it with EOT (e.g. the 'rand' battery)",
+    )
+
+
+def frozen_randomness_warning(what: str) -> EvalWarning:
+    """The ``frozen-randomness`` warning."""
+    return EvalWarning(
+        "frozen-randomness",
+        f"{what}: the model's random layers are inside frozen(): it was evaluated as one fixed "
+        "inference path, attacks and verdict alike (one image per forward, so that every image "
+        "goes through the same draw); the number is that path's, not the randomized model's "
+        "(evaluate outside frozen() with EOT, e.g. the 'rand' battery, for that)",
+    )
+
+
 def black_box_warning(attack: str, broken: int, attacked: int) -> EvalWarning:
     """The ``black-box-beats-white-box`` warning."""
     return EvalWarning(
@@ -153,6 +181,8 @@ def randomness_warnings(randomness: str, expects_randomness: bool, what: str) ->
     """The checks on how a model's randomness was met by ``what`` (an attack or a battery):
     ``detected-randomness`` and ``randomized-without-eot``."""
     found = [detected_randomness_warning()] if randomness == "detected" else []
+    if randomness == "frozen":
+        return [frozen_randomness_warning(what)]
     if randomness != "none" and not expects_randomness:
         found.append(randomized_without_eot(randomness, what))
     return found

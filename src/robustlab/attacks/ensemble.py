@@ -29,10 +29,11 @@ class AutoAttack(Attack):
     ensemble of diverse parameter-free attacks", ICML, Sec. 4).
 
     Runs its attacks in order with :func:`~robustlab.attacks.sequence.run_sequence`, the loop
-    the battery runner uses too: the :class:`~robustlab.attacks.Verdict` judges the clean
-    inputs and each attack's output exactly once, and every attack runs on every sample that is
-    still robust by that verdict. A sample broken by an attack stays broken (it is never
-    re-judged on another random draw), and the result's ``success`` is that verdict:
+    the battery runner uses too, under the one verdict rule (:mod:`~robustlab.attacks.verdict`):
+    each attack proposes its points to a per-sample incumbent that only gets worse for the
+    model, and the incumbent is judged on fresh draws at the end. Nested in a battery it
+    returns its incumbents, which the battery proposes to its own, so a direct and a nested
+    run agree:
 
     - ``"standard"``: APGD-CE, APGD-T (targeted DLR, 9 target classes), FAB-T (9 target
       classes), Square (5,000 queries, ``p_init`` 0.8, no schedule rescaling); 100 iterations
@@ -90,10 +91,11 @@ class AutoAttack(Attack):
         return any(a.expects_randomness for a in self.attacks)
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
-        """The sequence's points alone (when AutoAttack is nested, e.g. run on a transfer
-        surrogate): judged between sub-attacks by a one-forward verdict on ``ctx.model``."""
-        out = run_sequence(self.attacks, ctx.model, ctx.x, ctx.y, verdict=Verdict(),
-                           generator=lambda i: ctx.generator, shrink=ctx.shrink)
+        """The sequence's incumbents alone (AutoAttack nested in a battery, or run on a
+        transfer surrogate), chosen under ``ctx``'s verdict like a direct run's; the outer
+        sequence proposes them to its own incumbent, so nesting never changes the rule."""
+        out = run_sequence(self.attacks, ctx.model, ctx.x, ctx.y, verdict=ctx.verdict,
+                           generator=lambda i: ctx.generator, shrink=ctx.shrink, final=False)
         return out.x_adv
 
     def _execute(
@@ -111,7 +113,7 @@ class AutoAttack(Attack):
         found = sequence_warnings(self.attacks, [int(s.broken.sum()) for s in out.stages],
                                   [int(s.seen.sum()) for s in out.stages])
         prob = probability_warning(out.probability_rows, ctx.x.shape[0])
-        return out.x_adv, ~out.robust, out.logits, [*found, *([prob] if prob else [])]
+        return out.x_adv, out.p_robust, out.logits, [*found, *([prob] if prob else [])]
 
 
 class Transfer(Attack):

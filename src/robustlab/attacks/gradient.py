@@ -14,6 +14,7 @@ from .base import (
     Gradient,
     GradientEstimator,
     ModelFn,
+    Pick,
     RunContext,
     batch_view,
     lp_norm,
@@ -25,32 +26,49 @@ __all__ = ["FGSM", "MIFGSM", "PGD", "GradientAttack", "Tracker"]
 
 
 class Tracker:
-    """Per-sample bookkeeping of the point an attack will return.
+    """Per-sample bookkeeping of the point an attack will return, under the verdict rule
+    (:mod:`~robustlab.attacks.verdict`).
 
-    ``adversarial`` records points confirmed adversarial (:meth:`RunContext.confirmed`; never
-    on a randomized model); ``fallback`` records end points for samples without one.
-    ``open`` lists the samples a restart should attack.
+    Deterministic model: ``adversarial`` records points confirmed adversarial
+    (:meth:`RunContext.confirmed`), ``fallback`` end points for samples without one. Randomized
+    model: nothing is ever confirmed; each restart's or target's candidate goes to
+    :meth:`fallback`, which proposes it to an incumbent at the clean input that keeps it only
+    if it is at least as bad on fresh draws, so a later try never overwrites a worse earlier
+    one. ``open`` lists the samples a restart should attack.
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x.clone()
-        self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._x = ctx.x.clone()
+        self.found = torch.zeros(ctx.x.shape[0], dtype=torch.bool, device=ctx.x.device)
+        self.incumbent = ctx.incumbent() if ctx.stochastic else None
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The points the attack returns."""
+        return self.incumbent.x if self.incumbent is not None else self._x
 
     def adversarial(self, ids: torch.Tensor, x: torch.Tensor) -> None:
         """Record confirmed adversarial points ``x`` for samples ``ids``."""
         if ids.numel():
-            self.x[ids] = x
+            self._x[ids] = x
             self.found[ids] = True
 
     def fallback(self, ids: torch.Tensor, x: torch.Tensor) -> None:
-        """Record end points for samples ``ids`` that have no adversarial point."""
+        """Record a restart's end points (deterministic) or propose its candidates
+        (randomized) for samples ``ids``."""
+        if self.incumbent is not None:
+            self.incumbent.propose(self.ctx.model, self.ctx.verdict, ids, x)
+            return
         keep = ~self.found[ids]
         if bool(keep.any()):
-            self.x[ids[keep]] = x[keep]
+            self._x[ids[keep]] = x[keep]
 
     def open(self) -> torch.Tensor:
-        """Indices of the samples without an adversarial point (what a restart attacks)."""
-        return (~self.found).nonzero().squeeze(1)
+        """Indices of the samples a restart attacks: those without an adversarial point
+        (deterministic), or whose incumbent does not fool every draw (randomized)."""
+        done = self.incumbent.settled() if self.incumbent is not None else self.found
+        return (~done).nonzero().squeeze(1)
 
 
 class GradientAttack(Attack):
@@ -137,8 +155,10 @@ class PGD(GradientAttack):
     Iterates ``x <- P(x + alpha * step(grad))`` from a random point of the ball. On a
     deterministic model the returned point of a sample is an adversarial iterate when one was
     found (the first one with ``early_stop``, else the latest), else the last iterate of the
-    last restart; on a randomized model it is the last iterate (see
-    :class:`~robustlab.attacks.Attack`). Further restarts run only on samples not yet broken.
+    last restart; on a randomized model each restart proposes two candidates, the iterate most
+    of its step's draws misclassify (:class:`~robustlab.attacks.base.Pick`) and the last
+    iterate, and a candidate replaces the current point only if it is at least as bad on
+    fresh draws (:class:`Tracker`), so a later restart never undoes an earlier one. Further restarts run only on samples not yet broken.
 
     Args:
         threat: the threat model (L-inf or L2).
@@ -186,7 +206,7 @@ class PGD(GradientAttack):
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
         x, y, targets = ctx.x, ctx.y, ctx.targets
-        track = Tracker(x)
+        track = Tracker(ctx)
         shrink = ctx.shrink and self.early_stop
         for _ in range(self.restarts):
             ids = track.open()
@@ -200,8 +220,12 @@ class PGD(GradientAttack):
             else:
                 cur = ball.x
             state = self._init_state(cur)
+            pick = Pick(cur) if ctx.stochastic else None
+            rows = torch.arange(ids.numel(), device=x.device)
             for _step in range(self.steps):
                 est = self._estimate(ctx.model, cur, labels, goal)
+                if pick is not None:
+                    pick.observe(rows, cur, est.samples, labels, goal)
                 confirmed = ctx.confirmed(est.logits, labels, goal)
                 track.adversarial(ids[confirmed], cur[confirmed])
                 grad = est.grad
@@ -214,10 +238,13 @@ class PGD(GradientAttack):
                         break
                 direction = self._direction(grad, state)
                 cur = ball.project(cur + self._ascent_step(direction, self.step_size))
-            if ids.numel():  # the last iterate
-                if not ctx.stochastic:
-                    confirmed = ctx.confirmed(ctx.model.predict(cur), labels, goal)
-                    track.adversarial(ids[confirmed], cur[confirmed])
+            if pick is not None:  # two candidates: the iterate most draws got wrong, the last one
+                pick.observe(rows, cur, self._grad.predict(ctx.model, cur).samples, labels, goal)
+                track.fallback(ids, pick.x)
+                track.fallback(ids, cur)
+            elif ids.numel():  # the last iterate
+                confirmed = ctx.confirmed(ctx.model.predict(cur), labels, goal)
+                track.adversarial(ids[confirmed], cur[confirmed])
                 track.fallback(ids, cur)
         return track.x
 

@@ -67,7 +67,7 @@ class DeepFool(GradientAttack):
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
         fm, x, y = ctx.model, ctx.x, ctx.y
-        track = Tracker(x)
+        track = Tracker(ctx)
         clean = ctx.clean_logits()
         k = min(self.candidates, clean.shape[1])
         others = clean.scatter(1, y.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices

@@ -1,11 +1,14 @@
-"""Attack sequences judged by one verdict: the worst case over attacks, per sample.
+"""Attack sequences judged by one verdict: the per-sample worst case over attacks.
 
 AutoAttack (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble
 of diverse parameter-free attacks", Sec. 4) and every battery run the same loop, written once
-here: the :class:`~robustlab.attacks.Verdict` judges the clean inputs, then each attack runs on
-every sample that is still robust by the verdict, and the verdict judges its output once, right
-after it. A sample is robust only if no attack produced a point the verdict calls broken; a
-sample is never re-judged afterwards (a second fresh draw could call a broken sample robust).
+here, under the one verdict rule of :mod:`~robustlab.attacks.verdict`: each sample has an
+incumbent point (its clean input at first); each attack runs on every sample whose incumbent
+does not yet fool every draw of its last estimate, and proposes its point, which replaces the
+incumbent only if it is at least as bad on fresh draws. After the last attack the incumbent is
+judged on new draws: per sample, the probability that a draw classifies it correctly. On a
+deterministic model this is AutoAttack's rule exactly (a sample broken by an attack stays
+broken and is not attacked again; one forward judges each point).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import InputError
-from .base import Attack, ModelFn, RunContext, Verdict
+from .base import Attack, ModelFn, RunContext
 from .checks import EvalWarning, black_box_warning, probability_rows
+from .verdict import Badness, Incumbent, Verdict, badness_of
 
 __all__ = ["SequenceResult", "SequenceState", "StageResult", "run_sequence", "sequence_warnings"]
 
@@ -29,7 +33,11 @@ class StageResult:
 
     Attributes:
         seen: per-sample, the attack ran on the sample.
-        broken: per-sample, the verdict called the attack's point broken.
+        broken: per-sample, the attack's point became the incumbent and most draws of its
+            estimate count it as a success (deterministic models: the verdict broke it).
+        p_after: per-sample, the estimated probability that a draw classifies the incumbent
+            correctly after this attack (the estimate that chose it: for cumulative tables,
+            not the reported figure).
         forward_passes: image forwards of the attack's search.
         backward_passes: image backwards of the attack's search.
         grad_evaluations, zero_grads, nonfinite_grads: per-sample gradients the search
@@ -40,6 +48,7 @@ class StageResult:
 
     seen: torch.Tensor
     broken: torch.Tensor
+    p_after: torch.Tensor
     forward_passes: int = 0
     backward_passes: int = 0
     grad_evaluations: int = 0
@@ -55,17 +64,28 @@ class SequenceState:
     mid-batch, and what :func:`run_sequence` resumes from.
 
     Attributes:
-        clean_correct: the verdict classified the clean input correctly.
-        robust: clean-correct and no finished attack broke it.
+        p_clean: per sample, the estimated probability that a draw classifies the clean input
+            correctly (fresh draws; 0/1 on a deterministic model).
+        x_inc: the incumbent points.
+        wrong, margin: the incumbents' badness from their last comparison
+            (:class:`~robustlab.attacks.verdict.Badness`).
         stages: one :class:`StageResult` per finished attack, in order; the next attack to
             run is ``len(stages)``.
         probability_rows: clean output rows that looked like probabilities.
     """
 
-    clean_correct: torch.Tensor
-    robust: torch.Tensor
+    p_clean: torch.Tensor
+    x_inc: torch.Tensor
+    wrong: torch.Tensor
+    margin: torch.Tensor
     stages: list[StageResult]
     probability_rows: int
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """Samples whose incumbent fools fewer than half the draws of its last estimate (for
+        progress displays; never the reported figure)."""
+        return self.wrong < 0.5
 
 
 @dataclass
@@ -73,21 +93,35 @@ class SequenceResult:
     """The outcome of :func:`run_sequence` on a batch of ``N`` samples.
 
     Attributes:
-        x_adv: per sample, the point that broke it; for a sample that stayed robust, the last
-            attack's point; the clean input when it was misclassified clean or never attacked.
-        clean_correct: the verdict classified the clean input correctly.
-        robust: clean-correct and no attack broke it.
-        logits: the verdict's logits at ``x_adv``.
+        x_adv: per sample, the incumbent: the worst point for the model any attack found (the
+            clean input when none was worse).
+        p_clean: per sample, the probability that a draw classifies the clean input correctly.
+        p_robust: per sample, the probability that a draw classifies ``x_adv`` correctly,
+            estimated on draws made after the incumbent was chosen (the reported figure).
+        p_select: per sample, the same probability as estimated by the comparison that chose
+            the incumbent (what a worst case over several runs selects on).
+        logits: the final verdict's mean outputs at ``x_adv``.
         stages: one :class:`StageResult` per attack, in order.
         probability_rows: clean output rows that looked like probabilities.
     """
 
     x_adv: torch.Tensor
-    clean_correct: torch.Tensor
-    robust: torch.Tensor
+    p_clean: torch.Tensor
+    p_robust: torch.Tensor
+    p_select: torch.Tensor
     logits: torch.Tensor
     stages: list[StageResult]
     probability_rows: int
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        """Per sample, most clean draws are right (0/1 on a deterministic model)."""
+        return self.p_clean >= 0.5
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """Per sample, most final draws classify the incumbent correctly."""
+        return self.p_robust >= 0.5
 
 
 def run_sequence(
@@ -102,71 +136,72 @@ def run_sequence(
     on_stage: Callable[[str, int], None] | None = None,
     after_attack: Callable[[int, SequenceState], None] | None = None,
     resume: SequenceState | None = None,
+    final: bool = True,
 ) -> SequenceResult:
-    """Run ``attacks`` in order on ``(x, y)`` (untargeted), each on the samples still robust.
+    """Run ``attacks`` in order on ``(x, y)`` (untargeted) under the one verdict rule.
 
     Args:
         attacks: the attacks.
         fmodel: the model, wrapped once for the whole sequence (its randomness established).
         x, y: clean inputs and labels.
-        verdict: judges the clean inputs and every attack's output, once each.
+        verdict: estimates the clean inputs, every comparison and the final figure.
         generator: ``generator(i)`` is attack ``i``'s generator.
         shrink: whether attacks may stop early on confirmed samples.
-        on_stage: called with ``("clean", -1)``, ``("attack", i)`` and ``("verdict", i)``
-            before each step (an evaluator seeds the model's random layers there).
-        after_attack: called with ``(i, state)`` after attack ``i`` was judged; ``state`` is the
-            live :class:`SequenceState` (``state.robust``, ``state.stages[i]``), which an
-            evaluator may save to resume from.
-        resume: a state saved after some attacks on this very batch: the clean verdict and
+        on_stage: called with ``("clean", -1)``, ``("attack", i)``, ``("verdict", i)`` and
+            ``("final", -1)`` before each step (an evaluator seeds the model's random layers
+            there).
+        after_attack: called with ``(i, state)`` after attack ``i``'s proposals were judged;
+            ``state`` is the live :class:`SequenceState`, which an evaluator may save.
+        resume: a state saved after some attacks on this very batch: the clean estimate and
             those attacks are skipped, and the sequence continues with attack
-            ``len(resume.stages)`` from ``resume``'s masks. With per-attack generators and
-            per-stage seeds (``generator``, ``on_stage``) the outcome equals an uninterrupted
-            run's, except that ``x_adv`` holds the clean input and ``logits`` NaN for the
-            samples the skipped attacks settled.
+            ``len(resume.stages)`` from ``resume``'s incumbents. With per-attack generators and
+            per-stage seeds the outcome equals an uninterrupted run's.
+        final: estimate the final figure on fresh draws (``False`` for a nested sequence whose
+            points an outer one judges: ``p_robust`` is then ``p_select``).
+
+    Raises:
+        LateRandomness: when an attack's points show randomness a model found deterministic
+            did not show on the clean inputs (the caller re-runs under the randomized rule).
     """
     def stage(kind: str, i: int) -> None:
         if on_stage is not None:
             on_stage(kind, i)
 
-    x_adv = x.clone()
-    logits: torch.Tensor | None
     if resume is None:
         stage("clean", -1)
-        wrong, clean_logits = verdict.judge(fmodel, x, y)
-        state = SequenceState(~wrong, (~wrong).clone(), [], probability_rows(clean_logits))
-        logits = clean_logits.clone()
+        samples = verdict.samples(fmodel, x)
+        clean = badness_of(samples, y)
+        state = SequenceState(clean.p_correct, x.clone(), clean.wrong, clean.margin, [],
+                              probability_rows(samples.mean(dim=0)))
     else:
         if not 0 <= len(resume.stages) <= len(attacks):
             raise InputError(f"resume holds {len(resume.stages)} stages for {len(attacks)} attacks")
-        state = SequenceState(resume.clean_correct.to(x.device).clone(), resume.robust.to(x.device).clone(),
+        state = SequenceState(resume.p_clean.to(x.device).clone(), resume.x_inc.to(x.device).clone(),
+                              resume.wrong.to(x.device).clone(), resume.margin.to(x.device).clone(),
                               list(resume.stages), resume.probability_rows)
-        logits = None
-    robust = state.robust
+    draws = verdict.draws if fmodel.stochastic else 1
+    incumbent = Incumbent(state.x_inc, y, badness=Badness(state.wrong, state.margin, draws))
     for i in range(len(state.stages), len(attacks)):
         attack = attacks[i]
-        idx = robust.nonzero().squeeze(1)
-        seen = torch.zeros_like(robust)
-        broken = torch.zeros_like(robust)
-        record = StageResult(seen, broken)
-        state.stages.append(record)
+        idx = (~incumbent.settled()).nonzero().squeeze(1)
+        seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        broken = torch.zeros_like(seen)
+        record = StageResult(seen, broken, incumbent.known(fmodel, verdict).p_correct.clone())
         if idx.numel():
             t0 = time.perf_counter()
             counts = (fmodel.forward_passes, fmodel.backward_passes, fmodel.grad_evaluations,
                       fmodel.zero_grads, fmodel.nonfinite_grads)
             stage("attack", i)
             ctx = RunContext(model=fmodel, x=x[idx], y=y[idx], targets=None,
-                             generator=generator(i), shrink=shrink)
+                             generator=generator(i), shrink=shrink, verdict=verdict)
             points = attack.perturb(ctx)
             stage("verdict", i)
-            success, at_points = verdict.judge(fmodel, points, y[idx])
-            hit = idx[success]
-            x_adv[idx] = points
-            if logits is None:
-                logits = at_points.new_full((x.shape[0], at_points.shape[1]), float("nan"))
-            logits[idx] = at_points
-            robust[hit] = False
+            fmodel.check_points(points)
+            replaced = incumbent.propose(fmodel, verdict, idx, points)
+            assert incumbent.badness is not None
             seen[idx] = True
-            broken[hit] = True
+            broken[idx] = replaced & (incumbent.badness.wrong[idx] >= 0.5)
+            record.p_after = incumbent.badness.p_correct.clone()
             record.forward_passes = fmodel.forward_passes - counts[0]
             record.backward_passes = fmodel.backward_passes - counts[1]
             record.grad_evaluations = fmodel.grad_evaluations - counts[2]
@@ -176,11 +211,22 @@ def run_sequence(
             if ctx.queries is not None:
                 record.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
                 record.queries[idx] = ctx.queries
+        state.stages.append(record)
+        known = incumbent.known(fmodel, verdict)
+        state.x_inc, state.wrong, state.margin = incumbent.x, known.wrong, known.margin
         if after_attack is not None:
             after_attack(i, state)
-    if logits is None:
-        logits = x.new_full((x.shape[0], 0), float("nan"))
-    return SequenceResult(x_adv, state.clean_correct, robust, logits, state.stages, state.probability_rows)
+    known = incumbent.known(fmodel, verdict)
+    p_select = known.p_correct
+    if final:
+        stage("final", -1)
+        p_robust, logits = verdict.judge(fmodel, incumbent.x, y)
+        if not fmodel.stochastic:
+            fmodel.check_agrees(p_robust, p_select)
+    else:
+        p_robust, logits = p_select, x.new_zeros(x.shape[0], 0)
+    return SequenceResult(incumbent.x, state.p_clean, p_robust, p_select, logits, state.stages,
+                          state.probability_rows)
 
 
 def sequence_warnings(

@@ -33,10 +33,13 @@ from torch import nn
 
 __all__ = [
     "Stochastic",
+    "detect_randomness",
     "frozen",
     "is_frozen",
     "is_stochastic",
+    "outputs_differ",
     "resample",
+    "rows_differ",
     "seed_stochastic",
     "seeded",
     "stochastic_layers",
@@ -199,29 +202,42 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def outputs_differ(first: torch.Tensor, second: torch.Tensor, rtol: float = 1e-6) -> bool:
-    """Whether two outputs of the same forward differ beyond float noise.
+def rows_differ(first: torch.Tensor, second: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """Per row (sample), whether two outputs of the same forward differ beyond float noise.
 
-    The difference must exceed ``rtol`` times the outputs' scale (their largest magnitude, at
-    least 1): exact on a CPU, and tolerant of the last-bit noise that non-deterministic GPU
-    kernels add, which is no defense.
+    A row differs when some entry's difference exceeds ``rtol`` times *that row's* scale (its
+    largest magnitude, at least 1): exact on a CPU, tolerant of the last-bit noise that
+    non-deterministic GPU kernels add (no defense), and blind to no row because another row of
+    the batch holds huge values. Non-finite rows differ when their non-finite pattern or
+    finite values differ. Outputs of different shapes differ everywhere.
     """
     if first.shape != second.shape:
-        return True
-    if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
-        return not torch.equal(first.nan_to_num(), second.nan_to_num())
-    scale = max(float(first.abs().max()) if first.numel() else 0.0, 1.0)
-    return bool(((first - second).abs() > rtol * scale).any())
+        return torch.ones(first.shape[0] if first.dim() else 1, dtype=torch.bool, device=first.device)
+    a, b = first.flatten(1).float(), second.flatten(1).float()
+    if a.shape[1] == 0:
+        return torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    pattern = (torch.isfinite(a) != torch.isfinite(b)) | (~finite & (a.nan_to_num() != b.nan_to_num()))
+    a0, b0 = torch.where(finite, a, 0.0), torch.where(finite, b, 0.0)
+    scale = a0.abs().amax(dim=1).clamp_min(1.0)
+    return ((a0 - b0).abs() > rtol * scale.unsqueeze(1)).any(dim=1) | pattern.any(dim=1)
+
+
+def outputs_differ(first: torch.Tensor, second: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether two outputs of the same forward differ beyond float noise in any row
+    (:func:`rows_differ`)."""
+    return bool(rows_differ(first, second, rtol).any())
 
 
 @torch.no_grad()
 def detect_randomness(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
-    """Whether ``forward`` is random, judged empirically: two forwards of the same batch differ.
+    """Whether ``forward`` is random, judged empirically: two forwards of the same batch differ
+    in some row (:func:`rows_differ`).
 
-    The reference AutoAttack's check (Croce & Hein, 2020, ``autoattack/checks.py``): randomness a
-    model draws without the :class:`Stochastic` protocol (``torch.randn`` in a forward, dropout in
-    training mode, a third-party defense wrapped as a function) is invisible to
-    :func:`is_stochastic` and would make an attack treat the model as deterministic, e.g. reduce
-    EOT to a single draw. ``forward`` must return a tensor (logits).
+    The reference AutoAttack's check (Croce & Hein, 2020, ``autoattack/checks.py``), made per
+    row: randomness a model draws without the :class:`Stochastic` protocol (``torch.randn`` in
+    a forward, dropout in training mode, a third-party defense wrapped as a function) is
+    invisible to :func:`is_stochastic` and would make an attack treat the model as
+    deterministic, e.g. reduce EOT to a single draw. ``forward`` must return a tensor (logits).
     """
     return outputs_differ(forward(x), forward(x))

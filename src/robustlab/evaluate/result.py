@@ -194,6 +194,14 @@ class EvalResult:
         recipe: the model's robustlab recipe when it has one, else ``{}``.
         dataset: the dataset's name (``"tensors"`` for raw tensors).
         versions: robustlab, torch and python versions that computed the result.
+        p_clean: ``(R, n)`` float: the probability that a draw of the verdict classifies the
+            clean image correctly (0/1 on a deterministic model; :mod:`robustlab.attacks.verdict`).
+        p_robust: ``(R, n)`` float: the probability that a draw classifies the sample's final
+            incumbent (the worst point any attack found) correctly, estimated on fresh draws
+            after it was chosen: ``robust_acc`` is its mean. ``robust`` is ``p_robust >= 0.5``.
+        p_select: ``(R, n)`` float: the same probability as estimated by the comparison that
+            chose the incumbent (what a worst case over several results selects on, so that the
+            reported ``p_robust`` of the chosen one is not biased by the choice).
     """
 
     clean_acc: float
@@ -216,6 +224,17 @@ class EvalResult:
     recipe: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    p_clean: torch.Tensor | None = None
+    p_robust: torch.Tensor | None = None
+    p_select: torch.Tensor | None = None
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """``clean``, ``robust`` and ``select`` per-sample probabilities ``(R, n)`` (from the
+        masks when the result predates them: a deterministic model's 0/1 outcomes)."""
+        clean = self.p_clean if self.p_clean is not None else self.clean_correct.double()
+        robust = self.p_robust if self.p_robust is not None else self.robust.double()
+        select = self.p_select if self.p_select is not None else robust
+        return {"clean": clean, "robust": robust, "select": select}
 
     @property
     def battery(self) -> str:
@@ -282,6 +301,8 @@ class EvalResult:
         }
         if masks:
             d["masks"] = {k: encode_mask(v) for k, v in self.masks().items()}
+            d["probabilities"] = {k: [[round(float(p), 6) for p in row] for row in v.tolist()]
+                                  for k, v in self.probabilities().items()}
         return d
 
     @classmethod
@@ -289,6 +310,7 @@ class EvalResult:
         """Inverse of :meth:`to_dict` (masks are empty when the dict has none)."""
         per_attack = {k: AttackSummary.from_dict(v) for k, v in d["per_attack"].items()}
         raw = {k: decode_mask(v) for k, v in d.get("masks", {}).items()}
+        probs = {k: torch.tensor(v, dtype=torch.float64) for k, v in d.get("probabilities", {}).items()}
         empty = torch.zeros(0, 0, dtype=torch.bool)
         return cls(
             clean_acc=float(d["clean_acc"]),
@@ -311,6 +333,9 @@ class EvalResult:
             recipe=dict(d.get("recipe", {})),
             dataset=str(d.get("dataset", "")),
             versions=dict(d.get("versions", {})),
+            p_clean=probs.get("clean"),
+            p_robust=probs.get("robust"),
+            p_select=probs.get("select"),
         )
 
     def table_rows(self, digits: int = 2) -> list[dict[str, str]]:
@@ -345,9 +370,14 @@ class EvalResult:
             f"`{self.battery}`, seed {self.seed}, repeats {self.repeats}, ensemble "
             f"{self.ensemble}, {self.seconds:.1f} s\n\n"
         )
-        if self.randomness != "none":
-            head += (f"The model is randomized ({self.randomness}); every verdict is a fresh "
-                     f"prediction over {self.config.get('prediction_draws', 1)} draw(s).\n\n")
+        if self.config.get("stochastic"):
+            head += (f"The model is randomized ({self.randomness}): per image, the figure is the "
+                     f"probability that a draw (mean softmax over "
+                     f"{self.config.get('prediction_draws', 1)} forward(s)) classifies the worst "
+                     f"point found correctly, estimated on {self.config.get('verdict_draws', 1)} "
+                     f"fresh draws after the point was chosen.\n\n")
+        elif self.randomness == "frozen":
+            head += "The model was frozen: it was evaluated as one fixed inference path.\n\n"
         rows = self.table_rows(digits)
         text = head + markdown_table(rows, list(rows[0].keys()))
         if self.warnings:

@@ -35,6 +35,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,24 +54,27 @@ from ..attacks import (
     run_sequence,
     sequence_warnings,
 )
-from ..attacks.base import DETECTION_BATCH
+from ..attacks.base import DETECTION_BATCH, LateRandomness
 from ..attacks.checks import (
     EvalWarning,
     gradient_warnings,
+    late_randomness_warning,
     probability_warning,
     randomness_warnings,
     train_mode_warning,
 )
 from ..attacks.sequence import SequenceState, StageResult
+from ..attacks.verdict import VERDICT_DRAWS
 from ..core.bpda import BPDA_MODES, BPDAMode
 from ..core.bpda import bpda as bpda_context
 from ..core.checkpoint import content_hash
 from ..core.checks import check_images, check_labels
 from ..core.errors import InputError
-from ..core.randomness import seed_stochastic, stochastic_layers
+from ..core.randomness import is_frozen, seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
 from ..data import select_subset
 from .battery import Battery, create_battery, jsonable
+from .fingerprint import behaviour_key
 from .result import AttackSummary, EvalResult, indices_hash, mean_std
 from .state import EvalState
 
@@ -89,9 +93,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 STATE_DIR_NAME = "eval-state"
 """The evaluation-state folder's name inside a run folder (``runs/<name>/eval-state``)."""
+FINGERPRINT_PROBE = 16
+"""Images of the first batch whose outputs, with fixed randomness, are part of the state key."""
 _LAYER_SEED_BITS = 40  # seed_stochastic multiplies by ~2**20; keep the product below 2**63
 
 
@@ -319,7 +325,8 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _seed_layers(model: nn.Module, seed: int) -> None:
-    if stochastic_layers(model):
+    # a frozen model keeps its one draw for the whole evaluation (seeding would clear it)
+    if stochastic_layers(model) and not is_frozen(model):
         seed_stochastic(model, seed)
 
 
@@ -342,22 +349,28 @@ def run_battery(
     bpda: BPDAMode | None = None,
     train_mode_ok: bool = False,
     save_interval: float = 60.0,
+    draws: int = VERDICT_DRAWS,
 ) -> EvalResult:
     """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
 
     For every repeat and batch, :func:`robustlab.attacks.run_sequence` (the loop AutoAttack
-    uses too): the :class:`~robustlab.attacks.Verdict` judges the clean inputs, then the
-    attacks run in order, each on every sample still robust by the verdict, whose judgement on
-    an attack's output is made once, right after it. For a randomized model the verdict is a
-    *fresh* prediction (new draws, the mean softmax over ``ensemble`` of them), never the
-    draws the attack optimized against; for a deterministic one it re-runs the model on the
-    returned points.
+    uses too) under the one verdict rule (:mod:`robustlab.attacks.verdict`): each sample has an
+    incumbent point, its clean input at first; the attacks run in order, each on every sample
+    whose incumbent does not yet fool every draw, and each proposes its point, which replaces
+    the incumbent only if it is at least as bad on ``draws`` fresh draws. The reported figure
+    is, per sample, the probability that a draw (one forward, or the mean softmax over
+    ``ensemble`` forwards) classifies the final incumbent correctly, estimated on ``draws``
+    new draws after it was chosen, averaged over samples; clean accuracy likewise at the clean
+    inputs. On a deterministic model this is the usual 0/1 worst case, one forward per point.
 
-    Whether the model is randomized is established once, before any attack: by its
-    :class:`core.randomness.Stochastic` layers, or empirically (two forwards of the first batch
-    differ), in which case it is treated as randomized too and the result says so
-    (``config["randomness"]`` is ``"protocol"``, ``"detected"`` or ``"none"``). The sanity
-    checks of :mod:`robustlab.attacks.checks` land in ``result.warnings``.
+    Whether the model is randomized is established before any attack: by its
+    :class:`core.randomness.Stochastic` layers (frozen ones included: they are evaluated as
+    randomized), or empirically (two forwards of the first batch differ in some row). A model
+    that looked deterministic but whose outputs at an attack's points are random is evaluated
+    again from the start under the randomized rule, and the result says so
+    (``config["randomness"]`` is ``"protocol"``, ``"frozen"``, ``"detected"`` or ``"none"``;
+    ``config["late_randomness"]``). The sanity checks of :mod:`robustlab.attacks.checks` land
+    in ``result.warnings``.
 
     Per-attack numbers (:class:`~robustlab.evaluate.AttackSummary`): the cumulative worst-case
     robust accuracy after that attack, and the attack's own success rate on the samples it saw.
@@ -383,8 +396,11 @@ def run_battery(
         batch_size: samples per batch (also the unit of saved progress).
         repeats: run the whole battery this many times with independent randomness (derived
             from ``seed``) and report mean and standard deviation.
-        ensemble: predict by the mean softmax over this many draws (clean and adversarial),
-            for randomized models; a deterministic model is evaluated once per prediction.
+        ensemble: one draw of the verdict is the mean softmax over this many forwards (a
+            defense used as an ensemble), for randomized models.
+        draws: ``k``, the fresh draws of every estimate on a randomized model (the comparisons
+            that choose each sample's point, and the final figure); a deterministic model is
+            judged by one forward.
         seed: the root of every generator of the run.
         device: where the inputs go; default the model's device. The model must be there.
         state_dir: save the per-sample state under ``state_dir/<key>/state.safetensors`` and
@@ -448,12 +464,11 @@ def run_battery(
             "statistics and dropout would be active; call model.eval() first, or pass "
             "train_mode_ok=True if training mode is what you mean to evaluate"
         )
+    draws = _check_int("draws", draws, 1)
     mhash = model_hash(model)
     recipe = getattr(model, "robustlab_recipe", None)
     header = getattr(model, "robustlab_header", None)
     n_total = samples.n
-    batches = (n_total + batch_size - 1) // batch_size
-    labels = battery.labels
     config: dict[str, Any] = {
         "format": STATE_FORMAT,
         "model_hash": mhash,
@@ -463,145 +478,211 @@ def run_battery(
         "seed": seed,
         "repeats": repeats,
         "ensemble": ensemble,
+        "draws": draws,
         "batch_size": batch_size,
         "indices_sha256": indices_hash(samples.indices),
     }
     if bpda is not None:
         config["bpda"] = bpda
+    if model.training:
+        config["train_mode"] = True
+    probe_x, _ = samples.batch(0, min(n_total, DETECTION_BATCH))
+    probe_x = probe_x.to(dev)
+    # behaviour, not weights alone: every layer's configuration, the outputs on a fixed probe
+    # and every attack's full configuration (robustlab.evaluate.fingerprint)
+    behaviour, problems = behaviour_key(model, battery, probe_x[:FINGERPRINT_PROBE], seed=0)
+    config["behaviour"] = behaviour
     key = hashlib.sha256(
         json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
-    # randomness, established once on the first batch (the protocol, else two forwards differ)
-    probe_x, _ = samples.batch(0, min(n_total, DETECTION_BATCH))
-    randomness = model_fn(model, probe_x.to(dev)).randomness
-    stochastic = randomness != "none"
-    draws = ensemble if stochastic else 1
-    config["stochastic"] = stochastic
-    config["randomness"] = randomness
-    config["prediction_draws"] = draws
-    if model.training:
-        config["train_mode"] = True
+    # one state slot per (weights, data, battery name, seed, sizes): a state there with another
+    # key is a changed model or battery, started over with the reason said
+    slot = hashlib.sha256(json.dumps(
+        [mhash, config["dataset"], samples.indices, battery.name, list(battery.labels), seed, repeats,
+         batch_size], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    folder = Path(state_dir) / slot[:20] if state_dir is not None else None
+    if folder is not None and problems:
+        warnings.warn("this evaluation cannot be resumed (its state is not saved): "
+                      + "; ".join(problems), stacklevel=2)
+        config["not_resumable"] = problems
+        folder = None
+    # randomness, established on the first batch (the protocol, else two forwards differ)
+    randomness = model_fn(model, probe_x).randomness
     if isinstance(header, Mapping) and header.get("content_hash"):
         config["checkpoint_hash"] = str(header["content_hash"])
-
-    state = EvalState.new(key, config, repeats, len(labels), n_total, batches)
-    folder: Path | None = None
-    if state_dir is not None:
-        folder = Path(state_dir) / key[:20]
-        loaded = EvalState.load(folder, state)
-        if loaded is not None:
-            state = loaded
-
-    total = repeats * batches
-    completed = int(state.done.sum())
-    verdict = Verdict(draws=draws, batch_size=batch_size)
-    fmodel = ModelFn(model, randomness)
-
-    def report(event: ProgressEvent) -> None:
-        if progress is not None:
-            progress(event)
-
-    # the wall-clock bookkeeping of saves: time is added to state.seconds when it is saved
-    clock = {"mark": time.perf_counter(), "saved": time.monotonic()}
-    # True while after_attack writes a stage into ``state``: an interrupt then finds it torn
-    writing = [False]
-    unsaved = [False]
-
-    def save() -> None:
-        now = time.perf_counter()
-        state.seconds += now - clock["mark"]
-        clock["mark"] = now
-        if folder is not None:
-            state.save(folder)
-        clock["saved"] = time.monotonic()
-        unsaved[0] = False
-
-    report(ProgressEvent("start", completed, total))
+    job = _Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
+               save_interval, progress)
     try:
-        with bpda_context(model, bpda) if bpda is not None else contextlib.nullcontext():
-            for r in range(repeats):
-                for b in range(batches):
-                    if bool(state.done[r, b]):
-                        continue
-                    lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
-                    x, y = samples.batch(lo, hi)
-                    x, y = x.to(dev), y.to(dev)
-                    clock["mark"] = time.perf_counter()
-                    start = int(state.attacks_done[r, b])
-                    resume = None
-                    if start > 0:
-                        resume = SequenceState(
-                            clean_correct=state.clean[r, lo:hi].to(dev),
-                            robust=state.robust[r, lo:hi].to(dev),
-                            stages=[StageResult(seen=state.seen[r, i, lo:hi].to(dev),
-                                                broken=state.success[r, i, lo:hi].to(dev))
-                                    for i in range(start)],
-                            probability_rows=0,
+        state = job.run(randomness)
+    except LateRandomness:
+        # random only near the decision boundary: everything is judged again as randomized
+        job.config["late_randomness"] = True
+        state = job.run("detected", fresh=True)
+    return _result(state, battery, samples, name or model_name(model), recipe, job.config)
+
+
+class _Job:
+    """One battery evaluation in progress: its state, its saves and its progress events."""
+
+    def __init__(self, model: nn.Module, samples: _Samples, battery: Battery, config: dict[str, Any],
+                 key: str, folder: Path | None, dev: torch.device, seed: int, batch_size: int,
+                 bpda: BPDAMode | None, save_interval: float, progress: ProgressCallback | None) -> None:
+        self.model, self.samples, self.battery, self.config = model, samples, battery, config
+        self.key, self.folder, self.dev, self.seed = key, folder, dev, seed
+        self.batch_size, self.bpda, self.save_interval, self.progress = batch_size, bpda, save_interval, progress
+
+    def report(self, event: ProgressEvent) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def run(self, randomness: str, fresh: bool = False) -> EvalState:
+        """Evaluate every (repeat, batch) not yet done; ``fresh`` ignores a saved state."""
+        samples, battery, config = self.samples, self.battery, self.config
+        config["stochastic"] = randomness in ("protocol", "detected")
+        config["randomness"] = randomness
+        repeats, batch_size = int(config["repeats"]), self.batch_size
+        batches = (samples.n + batch_size - 1) // batch_size
+        state = EvalState.new(self.key, config, repeats, len(battery.labels), samples.n, batches)
+        if self.folder is not None and not fresh:
+            loaded = EvalState.load(self.folder, state)
+            if loaded is not None:  # a resumed run keeps the rule it was started under
+                state = loaded
+                randomness = str(loaded.config.get("randomness", randomness))
+                config["randomness"] = randomness
+                config["stochastic"] = randomness in ("protocol", "detected")
+                if loaded.config.get("late_randomness"):
+                    config["late_randomness"] = True
+        return self._loop(state, randomness)
+
+    def _loop(self, state: EvalState, randomness: str) -> EvalState:
+        model, samples, battery, config, dev, seed = (self.model, self.samples, self.battery,
+                                                      self.config, self.dev, self.seed)
+        stochastic = randomness in ("protocol", "detected")
+        config["prediction_draws"] = config["ensemble"] if stochastic else 1
+        config["verdict_draws"] = config["draws"] if stochastic else 1
+        state.config = config
+        repeats, n_total, batch_size = int(config["repeats"]), samples.n, self.batch_size
+        batches = (n_total + batch_size - 1) // batch_size
+        labels = battery.labels
+        total = repeats * batches
+        completed = int(state.done.sum())
+        verdict = Verdict(draws=int(config["draws"]), ensemble=int(config["ensemble"]), batch_size=batch_size)
+        fmodel = ModelFn(model, randomness)
+        folder = self.folder
+        # the wall-clock bookkeeping of saves: time is added to state.seconds when it is saved
+        clock = {"mark": time.perf_counter(), "saved": time.monotonic()}
+        # True while after_attack writes a stage into ``state``: an interrupt then finds it torn
+        writing = [False]
+        unsaved = [False]
+
+        def save() -> None:
+            now = time.perf_counter()
+            state.seconds += now - clock["mark"]
+            clock["mark"] = now
+            if folder is not None:
+                state.save(folder)
+            clock["saved"] = time.monotonic()
+            unsaved[0] = False
+
+        self.report(ProgressEvent("start", completed, total))
+        try:
+            with bpda_context(model, self.bpda) if self.bpda is not None else contextlib.nullcontext():
+                for r in range(repeats):
+                    for b in range(batches):
+                        if bool(state.done[r, b]):
+                            continue
+                        lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
+                        x, y = samples.batch(lo, hi)
+                        x, y = x.to(dev), y.to(dev)
+                        clock["mark"] = time.perf_counter()
+                        start = int(state.attacks_done[r, b])
+                        resume = None
+                        if start > 0:
+                            resume = SequenceState(
+                                p_clean=state.p_clean[r, lo:hi].to(dev, x.dtype),
+                                x_inc=state.pending_x.to(dev, x.dtype),
+                                wrong=state.pending_wrong.to(dev),
+                                margin=state.pending_margin.to(dev),
+                                stages=[StageResult(seen=state.seen[r, i, lo:hi].to(dev),
+                                                    broken=state.success[r, i, lo:hi].to(dev),
+                                                    p_after=state.p_after[r, i, lo:hi].to(dev))
+                                        for i in range(start)],
+                                probability_rows=0,
+                            )
+
+                        def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
+                            if kind in ("clean", "final"):
+                                parts: tuple[int | str, ...] = (kind,)
+                            elif kind == "attack":
+                                parts = ("attack", i, "model")
+                            else:
+                                parts = ("attack", i, "predict")
+                            _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
+                                                            bits=_LAYER_SEED_BITS))
+
+                        def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
+                            gen = torch.Generator(device=dev)
+                            gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
+                            return gen
+
+                        def after_attack(i: int, seq: SequenceState, r: int = r, b: int = b, lo: int = lo,
+                                         hi: int = hi, first: int = start, fresh: bool = resume is None,
+                                         done: int = completed) -> None:
+                            stage = seq.stages[i]
+                            writing[0] = True
+                            if i == first and fresh:
+                                state.p_clean[r, lo:hi] = seq.p_clean.cpu().double()
+                                state.clean[r, lo:hi] = (seq.p_clean >= 0.5).cpu()
+                                state.probability_rows[r] += torch.tensor([seq.probability_rows, hi - lo])
+                            state.robust[r, lo:hi] = seq.robust.cpu()
+                            state.success[r, i, lo:hi] = stage.broken.cpu()
+                            state.seen[r, i, lo:hi] = stage.seen.cpu()
+                            state.p_after[r, i, lo:hi] = stage.p_after.cpu().double()
+                            state.pending_x = seq.x_inc.detach().cpu()
+                            state.pending_wrong = seq.wrong.detach().cpu()
+                            state.pending_margin = seq.margin.detach().cpu()
+                            state.attack_seconds[r, i] += stage.seconds
+                            state.forward[r, i] += stage.forward_passes
+                            state.backward[r, i] += stage.backward_passes
+                            state.gradients[r, i] += torch.tensor(
+                                [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
+                            state.attacks_done[r, b] = i + 1
+                            writing[0] = False
+                            unsaved[0] = True
+                            more = i + 1 < len(labels)
+                            if folder is not None and more and time.monotonic() - clock["saved"] >= self.save_interval:
+                                save()
+                                self.report(ProgressEvent("saved", done, total, r, b, labels[i],
+                                                          int(seq.robust.sum()), hi - lo))
+                            self.report(ProgressEvent("attack", done, total, r, b, labels[i],
+                                                      int(seq.robust.sum()), hi - lo))
+
+                        out = run_sequence(
+                            battery.attacks, fmodel, x, y, verdict=verdict, generator=generator,
+                            on_stage=on_stage, after_attack=after_attack, resume=resume,
                         )
-
-                    def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
-                        if kind == "clean":
-                            parts: tuple[int | str, ...] = ("clean",)
-                        elif kind == "attack":
-                            parts = ("attack", i, "model")
-                        else:
-                            parts = ("attack", i, "predict")
-                        _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
-                                                        bits=_LAYER_SEED_BITS))
-
-                    def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
-                        gen = torch.Generator(device=dev)
-                        gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
-                        return gen
-
-                    def after_attack(i: int, seq: SequenceState, r: int = r, b: int = b, lo: int = lo,
-                                     hi: int = hi, first: int = start, fresh: bool = resume is None,
-                                     done: int = completed) -> None:
-                        stage = seq.stages[i]
-                        writing[0] = True
-                        if i == first and fresh:
-                            state.clean[r, lo:hi] = seq.clean_correct.cpu()
-                            state.probability_rows[r] += torch.tensor([seq.probability_rows, hi - lo])
-                        state.robust[r, lo:hi] = seq.robust.cpu()
-                        state.success[r, i, lo:hi] = stage.broken.cpu()
-                        state.seen[r, i, lo:hi] = stage.seen.cpu()
-                        state.attack_seconds[r, i] += stage.seconds
-                        state.forward[r, i] += stage.forward_passes
-                        state.backward[r, i] += stage.backward_passes
-                        state.gradients[r, i] += torch.tensor(
-                            [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
-                        state.attacks_done[r, b] = i + 1
-                        writing[0] = False
-                        unsaved[0] = True
-                        more = i + 1 < len(labels)
-                        if folder is not None and more and time.monotonic() - clock["saved"] >= save_interval:
-                            save()
-                            report(ProgressEvent("saved", done, total, r, b, labels[i],
-                                                 int(seq.robust.sum()), hi - lo))
-                        report(ProgressEvent("attack", done, total, r, b, labels[i],
-                                             int(seq.robust.sum()), hi - lo))
-
-                    out = run_sequence(
-                        battery.attacks, fmodel, x, y, verdict=verdict, generator=generator,
-                        on_stage=on_stage, after_attack=after_attack, resume=resume,
-                    )
-                    state.done[r, b] = True
-                    save()
-                    completed += 1
-                    report(ProgressEvent("batch", completed, total, r, b, None, int(out.robust.sum()), hi - lo))
-    except KeyboardInterrupt:
-        # keep what the finished attacks did (a stage half-written when the interrupt came is
-        # not saved: the previous save stands)
-        if folder is not None and unsaved[0] and not writing[0]:
-            save()
-            r_b = (state.attacks_done > 0) & ~state.done
-            if bool(r_b.any()):
-                r, b = (int(v) for v in r_b.nonzero()[0])
-                k = int(state.attacks_done[r, b])
-                report(ProgressEvent("saved", completed, total, r, b, labels[k - 1]))
-        raise
-    report(ProgressEvent("end", completed, total))
-    return _result(state, battery, samples, name or model_name(model), recipe, config)
+                        state.p_robust[r, lo:hi] = out.p_robust.cpu().double()
+                        state.p_select[r, lo:hi] = out.p_select.cpu().double()
+                        state.robust[r, lo:hi] = out.robust.cpu()
+                        state.pending_x = state.pending_wrong = state.pending_margin = torch.zeros(0)
+                        state.done[r, b] = True
+                        save()
+                        completed += 1
+                        self.report(ProgressEvent("batch", completed, total, r, b, None,
+                                                  int(out.robust.sum()), hi - lo))
+        except KeyboardInterrupt:
+            # keep what the finished attacks did (a stage half-written when the interrupt came is
+            # not saved: the previous save stands)
+            if folder is not None and unsaved[0] and not writing[0]:
+                save()
+                r_b = (state.attacks_done > 0) & ~state.done
+                if bool(r_b.any()):
+                    r, b = (int(v) for v in r_b.nonzero()[0])
+                    k = int(state.attacks_done[r, b])
+                    self.report(ProgressEvent("saved", completed, total, r, b, labels[k - 1]))
+            raise
+        self.report(ProgressEvent("end", completed, total))
+        return state
 
 
 def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> list[EvalWarning]:
@@ -609,6 +690,8 @@ def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> 
     found: list[EvalWarning] = []
     if config.get("train_mode"):
         found.append(train_mode_warning(f"battery {battery.name!r}"))
+    if config.get("late_randomness"):
+        found.append(late_randomness_warning(f"battery {battery.name!r}"))
     found += randomness_warnings(str(config.get("randomness", "none")),
                                  any(a.expects_randomness for a in battery.attacks), f"battery {battery.name!r}")
     rows, checked = (int(v) for v in state.probability_rows.sum(dim=0))
@@ -633,17 +716,15 @@ def _result(
     config: dict[str, Any],
 ) -> EvalResult:
     config = {**config, "warnings": [w.to_dict() for w in _warnings(state, battery, config)]}
-    clean_accs = state.clean.double().mean(dim=1).tolist()
-    robust_accs = state.robust.double().mean(dim=1).tolist()
+    clean_accs = state.p_clean.mean(dim=1).tolist()
+    robust_accs = state.p_robust.mean(dim=1).tolist()
     clean_mean, clean_std = mean_std(clean_accs)
     robust_mean, robust_std = mean_std(robust_accs)
     per_attack: dict[str, AttackSummary] = {}
-    broken_so_far = torch.zeros_like(state.clean)
     configs = battery.config()["attacks"]
     for i, label in enumerate(battery.labels):
-        broken_so_far = broken_so_far | state.success[:, i]
-        cum = (state.clean & ~broken_so_far).double().mean(dim=1).tolist()
-        mean, std = mean_std(cum)
+        # cumulative: the incumbents' estimate after this attack (the estimate that chose them)
+        mean, std = mean_std(state.p_after[:, i].mean(dim=1).tolist())
         seen = int(state.seen[:, i].sum())
         broken = int(state.success[:, i].sum())
         cfg = {k: v for k, v in configs[i].items() if k != "label"}
@@ -680,4 +761,7 @@ def _result(
         recipe=jsonable(recipe) if isinstance(recipe, Mapping) else {},
         dataset=samples.name,
         versions=versions(),
+        p_clean=state.p_clean.clone(),
+        p_robust=state.p_robust.clone(),
+        p_select=state.p_select.clone(),
     )

@@ -21,6 +21,7 @@ import torch
 
 from ..core.checkpoint import read_checkpoint, write_checkpoint
 from ..core.errors import CheckpointError
+from .fingerprint import key_mismatch
 
 __all__ = ["EvalState"]
 
@@ -38,8 +39,14 @@ class EvalState:
     Attributes:
         key: hash of everything the numbers depend on (see ``run_battery``).
         config: the run's JSON-ready configuration (stored for people reading the folder).
-        clean: ``(R, N)`` clean prediction correct.
-        robust: ``(R, N)`` survived every attack so far.
+        clean: ``(R, N)`` clean prediction correct (most draws of the clean estimate).
+        robust: ``(R, N)`` the incumbent fools fewer than half the draws of its last estimate.
+        p_clean: ``(R, N)`` probability that a draw classifies the clean input correctly.
+        p_robust: ``(R, N)`` probability that a draw classifies the final incumbent correctly,
+            estimated on fresh draws after it was chosen (the reported figure).
+        p_select: ``(R, N)`` the same, as estimated by the comparison that chose it.
+        p_after: ``(R, A, N)`` after each attack, the incumbent's estimated probability (the
+            selection estimate, for cumulative tables).
         success: ``(R, A, N)`` attack broke the sample.
         seen: ``(R, A, N)`` attack was run on the sample.
         done: ``(R, B)`` batch finished.
@@ -54,6 +61,8 @@ class EvalState:
             all zero / non-finite (the sanity checks).
         probability_rows: ``(R, 2)`` clean output rows that looked like probabilities, and rows
             checked.
+        pending_x, pending_wrong, pending_margin: the incumbents of the batch saved mid-way
+            (points and badness; empty when none is), what a resumed batch continues from.
         seconds: total wall time so far, over every session.
     """
 
@@ -61,6 +70,10 @@ class EvalState:
     config: dict[str, Any]
     clean: torch.Tensor
     robust: torch.Tensor
+    p_clean: torch.Tensor
+    p_robust: torch.Tensor
+    p_select: torch.Tensor
+    p_after: torch.Tensor
     success: torch.Tensor
     seen: torch.Tensor
     done: torch.Tensor
@@ -70,6 +83,9 @@ class EvalState:
     attack_seconds: torch.Tensor
     gradients: torch.Tensor
     probability_rows: torch.Tensor
+    pending_x: torch.Tensor
+    pending_wrong: torch.Tensor
+    pending_margin: torch.Tensor
     seconds: float = 0.0
 
     @classmethod
@@ -83,6 +99,10 @@ class EvalState:
             config=config,
             clean=torch.zeros(repeats, n, dtype=b),
             robust=torch.zeros(repeats, n, dtype=b),
+            p_clean=torch.zeros(repeats, n, dtype=torch.float64),
+            p_robust=torch.zeros(repeats, n, dtype=torch.float64),
+            p_select=torch.zeros(repeats, n, dtype=torch.float64),
+            p_after=torch.zeros(repeats, attacks, n, dtype=torch.float64),
             success=torch.zeros(repeats, attacks, n, dtype=b),
             seen=torch.zeros(repeats, attacks, n, dtype=b),
             done=torch.zeros(repeats, batches, dtype=b),
@@ -92,12 +112,19 @@ class EvalState:
             attack_seconds=torch.zeros(repeats, attacks, dtype=torch.float64),
             gradients=torch.zeros(repeats, attacks, 3, dtype=torch.int64),
             probability_rows=torch.zeros(repeats, 2, dtype=torch.int64),
+            pending_x=torch.zeros(0),
+            pending_wrong=torch.zeros(0),
+            pending_margin=torch.zeros(0),
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {
             "clean": self.clean,
             "robust": self.robust,
+            "p_clean": self.p_clean,
+            "p_robust": self.p_robust,
+            "p_select": self.p_select,
+            "p_after": self.p_after,
             "success": self.success,
             "seen": self.seen,
             "done": self.done,
@@ -107,6 +134,9 @@ class EvalState:
             "attack_seconds": self.attack_seconds,
             "gradients": self.gradients,
             "probability_rows": self.probability_rows,
+            "pending_x": self.pending_x,
+            "pending_wrong": self.pending_wrong,
+            "pending_margin": self.pending_margin,
         }
 
     @property
@@ -135,23 +165,38 @@ class EvalState:
             warnings.warn(f"ignoring unreadable evaluation state {path}: {e}", stacklevel=3)
             return None
         expected = like._tensors()
-        ok = header.get("kind") == KIND and header.get("key") == like.key
-        ok = ok and set(tensors) == set(expected)
-        ok = ok and all(
-            tensors[k].shape == v.shape and tensors[k].dtype == v.dtype for k, v in expected.items()
+        saved = header.get("config")
+        if header.get("kind") != KIND or header.get("key") != like.key:
+            reasons = []
+            if isinstance(saved, dict):
+                reasons = key_mismatch(saved.get("behaviour") or {}, like.config.get("behaviour") or {})
+                reasons += [f"{k} differs" for k in sorted(set(saved) | set(like.config))
+                            if k not in ("behaviour", "randomness", "stochastic", "late_randomness",
+                                         "prediction_draws", "verdict_draws", "warnings")
+                            and saved.get(k) != like.config.get(k)]
+            warnings.warn(
+                f"starting over: the evaluation state {path} belongs to another model or battery"
+                + (f" ({'; '.join(reasons)})" if reasons else ""),
+                stacklevel=3,
+            )
+            return None
+        ok = set(tensors) == set(expected) and all(
+            (k.startswith("pending_") or tensors[k].shape == v.shape) and tensors[k].dtype == v.dtype
+            for k, v in expected.items()
         )
         if not ok:
             warnings.warn(
-                f"ignoring evaluation state {path}: it belongs to another run configuration",
+                f"starting over: the evaluation state {path} does not fit this run's shapes",
                 stacklevel=3,
             )
             return None
         logger.debug("resuming evaluation state %s (%d batches done, %d in progress)", path,
                      int(tensors["done"].sum()),
                      int(((tensors["attacks_done"] > 0) & ~tensors["done"]).sum()))
+        kept = {k: saved[k] for k in ("randomness", "late_randomness") if isinstance(saved, dict) and k in saved}
         return cls(
             key=like.key,
-            config=like.config,
+            config={**like.config, **kept},
             seconds=float(header.get("seconds", 0.0)),
             **{k: tensors[k] for k in expected},
         )

@@ -4,7 +4,8 @@ A study names its columns (``Column("pgd-eot20", "pgd", "PGD + EOT-20", settings
 every setting spelled out; the evaluator is found by the column's ``kind`` in :data:`COLUMN_KINDS`
 (never by reading the name). Kinds registered here:
 
-- ``clean``: accuracy on the clean test images (a fresh draw for a randomized model);
+- ``clean``: accuracy on the clean test images (for a randomized model, per image the
+  probability that a draw is right, on the verdict's fresh draws);
 - ``corruptions``: the mean corruption error (:func:`robustlab.evaluate.evaluate_corruptions`);
 - ``unchanged``: the fraction of predictions PGD at a given eps leaves unchanged, right or wrong
   (the anti-perturbation ratio of feature-map-strides Table II);
@@ -30,7 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import EOT, FGSM, PGD, Attack, AutoAttack, DeepFool, Square, Transfer
+from ..attacks import (
+    EOT,
+    FGSM,
+    PGD,
+    Attack,
+    AutoAttack,
+    DeepFool,
+    Square,
+    Transfer,
+    Verdict,
+    model_fn,
+)
 from ..core import Registry
 from ..core.metrics import predict
 from ..core.randomness import seed_stochastic
@@ -114,11 +126,15 @@ COLUMN_KINDS: Registry[ColumnKind] = Registry("column kind")
 
 
 def _clean(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
+    """Per image, the probability that a draw classifies it correctly, on the verdict's fresh
+    draws for a randomized model (one forward on a deterministic one)."""
     seed_stochastic(model, seed)
-    with torch.no_grad():
-        ok = torch.cat([(predict(model, x.to(ctx.device)) == y.to(ctx.device)).cpu()
-                        for x, y in make_loader(ctx.clean_set, 500)])
-    return Record.of_outcomes(variant, seed, column.name, "clean", ok.float().tolist())
+    verdict, outcomes = Verdict(), []
+    for x, y in make_loader(ctx.clean_set, 500):
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        p_correct, _ = verdict.judge(model_fn(model, x), x, y)
+        outcomes.append(p_correct.cpu())
+    return Record.of_outcomes(variant, seed, column.name, "clean", torch.cat(outcomes).tolist())
 
 
 def _corruptions(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:
@@ -179,9 +195,11 @@ def _attack(ctx: EvalContext, model: nn.Module, column: Column, variant: str, se
                       batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device,
                       state_dir=ctx.out / "eval-state", name=name)
     Ledger(ctx.out / "ledger.sqlite").add(res, extra={**ctx.ledger_extra, "run": name, "column": column.name})
+    probs = res.probabilities()
+    select = tuple(probs["select"][0].tolist()) if res.config.get("stochastic") else ()
     return Record.of_outcomes(
-        variant, seed, column.name, "attack", res.robust[0].float().tolist(),
-        clean_per_image=tuple(res.clean_correct[0].float().tolist()),
+        variant, seed, column.name, "attack", probs["robust"][0].tolist(),
+        clean_per_image=tuple(probs["clean"][0].tolist()), per_image_select=select,
         per_attack={k: a.robust_acc for k, a in res.per_attack.items()}, indices_sha256=res.indices_sha256,
         randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
 
@@ -202,7 +220,7 @@ def _unchanged(ctx: EvalContext, model: nn.Module, column: Column, variant: str,
                  early_stop=True)
     res = run_battery(model, (x, own), Battery([attack], column.name), threat=threat, n=len(own),
                       batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device)
-    return Record.of_outcomes(variant, seed, column.name, "agreement", res.robust[0].float().tolist(),
+    return Record.of_outcomes(variant, seed, column.name, "agreement", res.probabilities()["robust"][0].tolist(),
                               randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
 
 

@@ -43,12 +43,19 @@ class Record:
             (the fraction of images whose prediction an attack left unchanged, right or wrong:
             the anti-perturbation ratio of feature-map-strides Table II).
         per_image: per test image, the outcome on the good side: 1 correct (clean) or robust
-            (attack) or unchanged (agreement), 0 not; for a corruption record the fraction of the
+            (attack) or unchanged (agreement), 0 not (for a randomized model, the probability
+            that a draw is on the good side, estimated on fresh draws); for a corruption record the fraction of the
             image's corrupted versions classified right. Empty when the column does not apply.
         accuracy: the mean of ``per_image`` (clean and attack records).
         error: the mean corruption error (corruption records only).
         agreement: the mean of ``per_image`` (agreement records only).
-        clean_per_image: attack records: per attacked image, 1 when the clean image is right.
+        clean_per_image: attack records: per attacked image, the probability that a draw
+            classifies the clean image correctly (1/0 on a deterministic model).
+        per_image_select: attack records of a randomized model: per image, the estimate that
+            chose the image's point (:mod:`robustlab.attacks.verdict`); a worst case over
+            columns picks each image's column by it and reports that column's ``per_image``,
+            estimated on other draws, so the choice does not bias the figure. Empty: the same
+            as ``per_image``.
         per_attack: attack records: robust accuracy after each attack of the battery (cumulative).
         not_applicable: why the column was not run on this model (``per_image`` is then empty).
         same_as: the column whose record this one repeats (e.g. EOT on a deterministic model).
@@ -70,6 +77,7 @@ class Record:
     error: float | None = None
     agreement: float | None = None
     clean_per_image: tuple[float, ...] = ()
+    per_image_select: tuple[float, ...] = ()
     per_attack: Mapping[str, float] = field(default_factory=dict)
     not_applicable: str | None = None
     same_as: str | None = None
@@ -88,8 +96,9 @@ class Record:
         for name in ("accuracy", "error", "agreement"):
             if name != headline and getattr(self, name) is not None:
                 raise InputError(f"a {self.kind} record states its {headline}, not an {name}")
-        if self.clean_per_image and len(self.clean_per_image) != len(self.per_image):
-            raise InputError("clean_per_image and per_image must cover the same images")
+        for name in ("clean_per_image", "per_image_select"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.per_image):
+                raise InputError(f"{name} and per_image must cover the same images")
 
     @property
     def applies(self) -> bool:
@@ -115,7 +124,7 @@ class Record:
         if extra:
             raise InputError(f"record has unknown fields {sorted(extra)}; was it written by another version?")
         kw = dict(d)
-        for key in ("per_image", "clean_per_image"):
+        for key in ("per_image", "clean_per_image", "per_image_select"):
             kw[key] = tuple(float(v) for v in kw.get(key, ()))
         kw["warnings"] = tuple(dict(w) for w in kw.get("warnings", ()))
         return cls(**kw)

@@ -250,8 +250,10 @@ class _Run:
         if not attacks or any(r is None for r in recs):
             return None
         extra = [r for r in self.store.of(variant, seed) if r.kind == "attack" and r.column not in attacks]
-        masks = [list(r.per_image) for r in [*recs, *extra] if r is not None and r.applies]
-        return worst_case(masks) if masks else None
+        applied = [r for r in [*recs, *extra] if r is not None and r.applies]
+        masks = [list(r.per_image) for r in applied]
+        selects = [list(r.per_image_select or r.per_image) for r in applied]
+        return worst_case(masks, selects) if masks else None
 
     def missing(self) -> bool:
         return any(not self.store.has(v, s, c) for s in self.cfg.seeds for v, cols in self.plan.jobs for c in cols)
