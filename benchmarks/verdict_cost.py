@@ -38,7 +38,9 @@ from robustlab.evaluate import run_battery
 model = robustlab.load(sys.argv[1]).eval()
 test = load_dataset("fashion-mnist", "test")
 t0 = time.perf_counter()
-res = run_battery(model, test, "rand", n=int(sys.argv[2]), seed=0, batch_size=100)
+from robustlab.core import ThreatModel
+res = run_battery(model, test, "rand", n=int(sys.argv[2]), seed=0, batch_size=100,
+                  threat=ThreatModel("linf", float(sys.argv[4])))
 seconds = time.perf_counter() - t0
 fwd = sum(a.forward_passes for a in res.per_attack.values())
 print(json.dumps({"seconds": seconds, "robust": res.robust_acc, "clean": res.clean_acc,
@@ -46,9 +48,9 @@ print(json.dumps({"seconds": seconds, "robust": res.robust_acc, "clean": res.cle
 """
 
 
-def _run(src: Path, checkpoint: Path, n: int, threads: int) -> dict[str, float]:
+def _run(src: Path, checkpoint: Path, n: int, threads: int, eps: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint), str(n), str(threads)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint), str(n), str(threads), str(eps)],
                          env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -60,14 +62,15 @@ def main() -> None:
     ap.add_argument("--baseline-src", type=Path, required=True, help="the src folder of the baseline checkout")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eps", type=float, default=4 / 255, help="L-inf radius (the SD study's 4/255)")
     args = ap.parse_args()
     if not args.checkpoint.exists():
         sys.exit(f"no checkpoint at {args.checkpoint}: run `robustlab demo` first or pass --checkpoint")
     if not (args.baseline_src / "robustlab").is_dir():
         sys.exit(f"{args.baseline_src} holds no robustlab package: pass the baseline checkout's src folder")
-    base = _run(args.baseline_src, args.checkpoint, args.n, args.threads)
-    ours = _run(here / "src", args.checkpoint, args.n, args.threads)
-    print(f"rand battery on {args.checkpoint} ({args.n} images, {args.threads} thread(s))")
+    base = _run(args.baseline_src, args.checkpoint, args.n, args.threads, args.eps)
+    ours = _run(here / "src", args.checkpoint, args.n, args.threads, args.eps)
+    print(f"rand battery on {args.checkpoint} ({args.n} images, eps {args.eps:.4g}, {args.threads} thread(s))")
     for name, r in (("baseline", base), ("this checkout", ours)):
         print(f"  {name:14s} {r['seconds']:8.1f} s  clean {100 * r['clean']:.2f}%  robust {100 * r['robust']:.2f}%"
               f"  search forwards {int(r['search_forwards'])}  ({r['src']})")

@@ -86,11 +86,11 @@ def test_the_attack_runs_on_one_path_and_is_judged_on_a_fresh_one():
     result = FixedPathPGD(ThreatModel("linf", eps), steps=5).run(model, x, y)
     draws = model.signs.draws
     # 5 PGD steps and the check of the last iterate on one path, then the verdict's fresh draws
-    # (the clean estimate, the comparison and the final estimate: 32 draws each, 4 x 32)
+    # (the clean estimate, the comparison's two and the final estimate: k = 16 draws each)
     attack_draws, verdict_draws = draws[:6], draws[6:]
     assert all(torch.equal(d, attack_draws[0]) for d in attack_draws)
-    assert len(verdict_draws) == 4 * 32
-    assert sum(not torch.equal(d, attack_draws[0]) for d in verdict_draws) > 100
+    assert len(verdict_draws) == 4 * 16
+    assert sum(not torch.equal(d, attack_draws[0]) for d in verdict_draws) > 50
     assert result.backward_passes == 5 * x.shape[0]
 
 

@@ -32,11 +32,12 @@ def test_ensemble_uses_e_fresh_draws_per_prediction():
     log: list = []
     r = run_battery(model, (x, y), Battery([Spy(T, log)]), ensemble=5, batch_size=40)
     seen = r.per_attack["spy"].seen
-    # k = 32 verdict draws of 5 forwards each: the clean estimate (40 images), the spy's own
-    # forward, the comparison of its points with the incumbents (2 estimates), the final estimate
+    # k = 16 verdict draws of 5 forwards each: the clean estimate (40 images), the spy's own
+    # forward, no comparison (the spy returns the incumbents, the clean inputs, unchanged), and
+    # the final estimate
     k = r.config["verdict_draws"]
-    assert k == 32
-    assert model.images == k * 5 * 40 + seen + 2 * k * 5 * seen + k * 5 * 40
+    assert k == 16
+    assert model.images == k * 5 * 40 + seen + k * 5 * 40
     assert r.config["prediction_draws"] == 5 and r.ensemble == 5
     # with p = 0.8 the 5-draw ensemble is right far more often than a single draw
     single = run_battery(CoinFlip(p=0.8).eval(), (x, y), Battery([Spy(T, [])]), ensemble=1)

@@ -40,7 +40,7 @@ from .checks import (
     randomness_warnings,
     train_mode_warning,
 )
-from .verdict import Badness, Incumbent, Verdict, badness_of
+from .verdict import Badness, Incumbent, IncumbentView, Verdict, badness_of
 
 __all__ = [
     "EOT",
@@ -592,6 +592,8 @@ class RunContext:
             judged by it (see :meth:`incumbent`).
         clean: logits at ``x`` if already known (see :meth:`clean_logits`).
         queries: per-sample query counts a score-based attack reports (it sets them).
+        shared: the incumbent of the run or sequence this attack is part of, if any: its
+            restarts and targets propose to it directly (see :meth:`incumbent`).
     """
 
     model: ModelFn
@@ -603,6 +605,7 @@ class RunContext:
     verdict: Verdict = field(default_factory=Verdict)
     clean: torch.Tensor | None = None
     queries: torch.Tensor | None = None
+    shared: Incumbent | IncumbentView | None = None
 
     @property
     def stochastic(self) -> bool:
@@ -642,10 +645,11 @@ class RunContext:
         top = logits.argmax(dim=1)
         return top == targets if targets is not None else top != y
 
-    def incumbent(self) -> Incumbent:
-        """A fresh incumbent at the clean inputs, judged by :attr:`verdict`: what an attack's
-        restarts and targets propose to (:class:`~robustlab.attacks.gradient.Tracker`)."""
-        return Incumbent(self.x, self.y, self.targets)
+    def incumbent(self) -> Incumbent | IncumbentView:
+        """What an attack's restarts and targets propose to
+        (:class:`~robustlab.attacks.gradient.Tracker`): the run's or sequence's incumbent when
+        there is one (:attr:`shared`), else a fresh one at the clean inputs."""
+        return self.shared if self.shared is not None else Incumbent(self.x, self.y, self.targets)
 
     def subset(self, idx: torch.Tensor) -> RunContext:
         """The context restricted to samples ``idx``."""
@@ -887,10 +891,12 @@ class Attack(abc.ABC):
         point is proposed to an incumbent at the clean input (a clean misclassification stays
         one), then the incumbent is judged on fresh draws (:mod:`~robustlab.attacks.verdict`).
         Ensembles override it (and report their own findings)."""
+        incumbent = Incumbent(ctx.x, ctx.y, ctx.targets)
+        if ctx.model.stochastic:
+            ctx.shared = incumbent
         points = self.perturb(ctx)
         ctx.model.check_points(points)
-        incumbent = ctx.incumbent()
-        incumbent.propose(ctx.model, verdict, torch.arange(points.shape[0], device=points.device), points)
+        incumbent.offer(ctx.model, verdict, torch.arange(points.shape[0], device=points.device), points)
         p_robust, logits = verdict.judge(ctx.model, incumbent.x, ctx.y, ctx.targets)
         ctx.model.check_agrees(p_robust, incumbent.known(ctx.model, verdict).p_correct)
         return incumbent.x, p_robust, logits, []

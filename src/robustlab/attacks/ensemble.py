@@ -95,7 +95,8 @@ class AutoAttack(Attack):
         transfer surrogate), chosen under ``ctx``'s verdict like a direct run's; the outer
         sequence proposes them to its own incumbent, so nesting never changes the rule."""
         out = run_sequence(self.attacks, ctx.model, ctx.x, ctx.y, verdict=ctx.verdict,
-                           generator=lambda i: ctx.generator, shrink=ctx.shrink, final=False)
+                           generator=lambda i: ctx.generator, shrink=ctx.shrink, final=False,
+                           shared=ctx.shared)
         return out.x_adv
 
     def _execute(

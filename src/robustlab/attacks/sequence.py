@@ -22,7 +22,7 @@ import torch
 from ..core.errors import InputError
 from .base import Attack, ModelFn, RunContext
 from .checks import EvalWarning, black_box_warning, probability_rows
-from .verdict import Badness, Incumbent, Verdict, badness_of
+from .verdict import Badness, Incumbent, IncumbentView, Verdict, badness_of
 
 __all__ = ["SequenceResult", "SequenceState", "StageResult", "run_sequence", "sequence_warnings"]
 
@@ -137,6 +137,7 @@ def run_sequence(
     after_attack: Callable[[int, SequenceState], None] | None = None,
     resume: SequenceState | None = None,
     final: bool = True,
+    shared: Incumbent | IncumbentView | None = None,
 ) -> SequenceResult:
     """Run ``attacks`` in order on ``(x, y)`` (untargeted) under the one verdict rule.
 
@@ -158,6 +159,8 @@ def run_sequence(
             per-stage seeds the outcome equals an uninterrupted run's.
         final: estimate the final figure on fresh draws (``False`` for a nested sequence whose
             points an outer one judges: ``p_robust`` is then ``p_select``).
+        shared: the outer run's incumbent for these samples (a nested sequence proposes to it,
+            randomized models only); its points are where the sequence starts.
 
     Raises:
         LateRandomness: when an attack's points show randomness a model found deterministic
@@ -167,7 +170,10 @@ def run_sequence(
         if on_stage is not None:
             on_stage(kind, i)
 
-    if resume is None:
+    if shared is not None:  # nested: the outer run's incumbents are where this one starts
+        known = shared.known(fmodel, verdict)
+        state = SequenceState(known.p_correct, shared.x, known.wrong, known.margin, [], 0)
+    elif resume is None:
         stage("clean", -1)
         samples = verdict.samples(fmodel, x)
         clean = badness_of(samples, y)
@@ -180,7 +186,8 @@ def run_sequence(
                               resume.wrong.to(x.device).clone(), resume.margin.to(x.device).clone(),
                               list(resume.stages), resume.probability_rows)
     draws = verdict.draws if fmodel.stochastic else 1
-    incumbent = Incumbent(state.x_inc, y, badness=Badness(state.wrong, state.margin, draws))
+    incumbent: Incumbent | IncumbentView = (
+        shared if shared is not None else Incumbent(state.x_inc, y, badness=Badness(state.wrong, state.margin, draws)))
     for i in range(len(state.stages), len(attacks)):
         attack = attacks[i]
         idx = (~incumbent.settled()).nonzero().squeeze(1)
@@ -192,16 +199,19 @@ def run_sequence(
             counts = (fmodel.forward_passes, fmodel.backward_passes, fmodel.grad_evaluations,
                       fmodel.zero_grads, fmodel.nonfinite_grads)
             stage("attack", i)
-            ctx = RunContext(model=fmodel, x=x[idx], y=y[idx], targets=None,
-                             generator=generator(i), shrink=shrink, verdict=verdict)
+            before = incumbent.x[idx].clone()
+            ctx = RunContext(model=fmodel, x=x[idx], y=y[idx], targets=None, generator=generator(i),
+                             shrink=shrink, verdict=verdict,
+                             shared=incumbent.view(idx) if fmodel.stochastic else None)
             points = attack.perturb(ctx)
             stage("verdict", i)
             fmodel.check_points(points)
-            replaced = incumbent.propose(fmodel, verdict, idx, points)
-            assert incumbent.badness is not None
+            incumbent.offer(fmodel, verdict, idx, points)
+            known = incumbent.known(fmodel, verdict)
+            replaced = (incumbent.x[idx] != before).flatten(1).any(dim=1)
             seen[idx] = True
-            broken[idx] = replaced & (incumbent.badness.wrong[idx] >= 0.5)
-            record.p_after = incumbent.badness.p_correct.clone()
+            broken[idx] = replaced & (known.wrong[idx] >= 0.5)
+            record.p_after = known.p_correct.clone()
             record.forward_passes = fmodel.forward_passes - counts[0]
             record.backward_passes = fmodel.backward_passes - counts[1]
             record.grad_evaluations = fmodel.grad_evaluations - counts[2]
