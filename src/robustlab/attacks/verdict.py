@@ -54,7 +54,7 @@ import torch
 from ..core.errors import InputError
 
 if TYPE_CHECKING:
-    from .base import ModelFn
+    from .model import ModelFn
 
 __all__ = ["VERDICT_DRAWS", "Badness", "Incumbent", "IncumbentView", "Verdict", "badness_of"]
 

@@ -54,7 +54,6 @@ from ..attacks import (
     run_sequence,
     sequence_warnings,
 )
-from ..attacks.base import DETECTION_BATCH, LateRandomness
 from ..attacks.checks import (
     EvalWarning,
     gradient_warnings,
@@ -63,6 +62,7 @@ from ..attacks.checks import (
     randomness_warnings,
     train_mode_warning,
 )
+from ..attacks.model import DETECTION_BATCH, LateRandomness
 from ..attacks.sequence import SequenceState, StageResult
 from ..attacks.verdict import VERDICT_DRAWS
 from ..core.bpda import BPDA_MODES, BPDAMode
