@@ -29,6 +29,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__
+from .attacks.verdict import VERDICT_DRAWS
 from .core import RobustlabError, ThreatModel
 from .data import DATASETS
 from .defenses.downsampling import METHODS
@@ -656,7 +657,8 @@ def evaluate(
     eps: Annotated[str | None, typer.Option(help="attack radius in [0, 1] pixels, e.g. 0.1 or 8/255 (default: the dataset's for the norm)")] = None,
     norm: Annotated[str | None, typer.Option(help="threat norm: linf or l2 (default: the dataset's, linf)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="re-run the battery; report mean ± std")] = 1,
-    ensemble: Annotated[int, typer.Option(min=1, help="predict by the mean softmax over this many draws")] = 1,
+    ensemble: Annotated[int, typer.Option(min=1, help="one draw of a randomized model = the mean softmax over this many forwards")] = 1,
+    draws: Annotated[int, typer.Option(min=1, help="randomized models: fresh draws per estimate (each comparison and the final figure)")] = VERDICT_DRAWS,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch (also the unit of saved progress)")] = 500,
     seed: Annotated[int, typer.Option(min=0, help="root of every random draw of the evaluation")] = 0,
     root: Annotated[Path | None, typer.Option(help="dataset folder (default: $ROBUSTLAB_DATA or the dataset's own)")] = None,
@@ -726,7 +728,7 @@ def evaluate(
         try:
             result = run_battery(model, test, battery_name, threat=threat, batch_size=batch_size,
                                  battery_options=options,
-                                 repeats=repeats, ensemble=ensemble, seed=seed, device=dev,
+                                 repeats=repeats, ensemble=ensemble, draws=draws, seed=seed, device=dev,
                                  state_dir=state, progress=bar, bpda=bpda,  # type: ignore[arg-type]
                                  name=checkpoint.stem if checkpoint.stem != "model" else None)
         finally:

@@ -23,7 +23,7 @@ from robustlab.evaluate import Battery, ProgressEvent, run_battery
 
 T = ThreatModel("linf", 0.1)
 N = 48
-PROPS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _interval(n: int, draws: int) -> float:
@@ -92,7 +92,7 @@ class _Stop(Exception):
     pass
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), stop=st.integers(0, 5))
 def test_resuming_from_any_stage_gives_the_uninterrupted_result(tmp_path_factory, seed: int, stop: int) -> None:

@@ -57,8 +57,8 @@ class Tracker:
     def fallback(self, ids: torch.Tensor, x: torch.Tensor) -> None:
         """Record a restart's end points (deterministic) or propose its candidates
         (randomized) for samples ``ids``."""
-        if self.incumbent is not None:
-            self.incumbent.propose(self.ctx.model, self.ctx.verdict, ids, x)
+        if self.incumbent is not None:  # rows equal to their incumbent need no judging
+            self.incumbent.offer(self.ctx.model, self.ctx.verdict, ids, x)
             return
         keep = ~self.found[ids]
         if bool(keep.any()):
