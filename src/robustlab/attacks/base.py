@@ -273,8 +273,9 @@ class Attack(abc.ABC):
     :class:`ModelFn` (establishing whether the model is randomized, by the
     :class:`core.randomness.Stochastic` protocol or empirically), lets the subclass search
     (:meth:`_run`), projects the result onto the threat ball and into [0, 1] (and asserts that
-    it is there), and judges it with the :class:`Verdict`, the one rule shared with AutoAttack
-    and the battery runner. It also runs the sanity checks (:mod:`~robustlab.attacks.checks`).
+    it is there), proposes it to an incumbent at the clean input and judges that on fresh
+    draws: the one verdict rule (:mod:`~robustlab.attacks.verdict`) shared with AutoAttack and
+    the battery runner. It also runs the sanity checks (:mod:`~robustlab.attacks.checks`).
 
     Early stopping, one rule for every attack (:meth:`RunContext.confirmed`): an attack keeps
     attacking a sample until the sample is *confirmed* broken or the budget is spent. On a
@@ -282,8 +283,9 @@ class Attack(abc.ABC):
     neither one draw nor the mean softmax over one step's EOT draws (measured: stopping at
     the first point whose EOT-20 mean softmax is wrong leaves points that fool a fresh draw
     about half the time, weaker than running on), so every sample gets the attack's full
-    budget and returns its end point (last iterate, or highest-loss point). Either way the
-    verdict, with fresh draws, decides the result. Runs with ``full_budget=True`` (transfer
+    budget, and each restart proposes its candidates to the incumbent (the iterate most of its
+    step's draws got wrong, and the last or highest-loss one). Either way the verdict, with
+    fresh draws, decides the result. Runs with ``full_budget=True`` (transfer
     attacks, which maximize the loss on the surrogate) never stop early.
 
     The model's train/eval mode is never changed: call ``model.eval()`` first (batch-norm in
@@ -386,7 +388,8 @@ class Attack(abc.ABC):
             targets: target labels for a targeted attack (only attacks with
                 ``supports_targets``); success then means ``argmax == target``.
             generator: source of all randomness (on ``x``'s device).
-            verdict: how the result is judged; default one fresh forward (:class:`Verdict`).
+            verdict: how points are judged (:class:`~robustlab.attacks.verdict.Verdict`; default
+                ``k = 16`` fresh draws on a randomized model, one forward on a deterministic one).
             full_budget: never stop early (maximize the loss for the whole budget).
             train_mode_ok: the model is in training mode on purpose (no warning).
 

@@ -2,17 +2,20 @@
 
 :func:`run_battery` evaluates a model on a dataset with a :class:`~robustlab.evaluate.Battery`
 the way AutoAttack does (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with
-an ensemble of diverse parameter-free attacks", Sec. 4-5): samples misclassified clean count as
-broken from the start, each attack sees only the samples every earlier attack failed to break,
-and a sample is robust only if it survives all of them.
+an ensemble of diverse parameter-free attacks", Sec. 4-5), under the one verdict rule of
+:mod:`robustlab.attacks.verdict`: each sample has an incumbent point (its clean input at first),
+each attack runs on the samples whose incumbent does not yet fool every draw and proposes its
+point, which replaces the incumbent only if it is at least as bad on fresh draws; on a
+deterministic model this is AutoAttack's worst case exactly.
 
 Randomized defenses get the treatment Athalye et al. (2018, "Obfuscated Gradients Give a False
-Sense of Security", Sec. 4.3) and the AutoAttack ``rand`` protocol ask for: when
-:func:`robustlab.core.randomness.is_stochastic` says the model draws randomness (or two forwards
-of one batch differ), the verdict on
-an adversarial input comes from a *fresh* prediction (new draws, never the attack's own logits),
-predictions can average the softmax over ``ensemble`` draws, and ``repeats`` re-runs the whole
-battery with independent randomness to report mean and standard deviation.
+Sense of Security", Sec. 4.3) asks for: when the model draws randomness (its
+:class:`~robustlab.core.randomness.Stochastic` layers, or two forwards that differ on the clean
+batch or at an attack's points), every comparison and the reported figure come from *fresh*
+draws (never the attack's own), the figure is per sample the probability that a draw
+classifies the incumbent correctly, a draw can average the softmax over ``ensemble`` forwards,
+and ``repeats`` re-runs the whole battery with independent randomness to report mean and
+standard deviation.
 
 Randomness is explicit and derived, never taken from the clock or the global RNG: the attack
 generator of every (repeat, batch, attack) and the seeds of the model's random layers at every
