@@ -165,12 +165,6 @@ class ModelFn:
         if self.randomness == "none" and bool(self.random_rows(x).any()):
             raise LateRandomness("the model's outputs at the attacks' points are random")
 
-    def check_agrees(self, first: torch.Tensor, second: torch.Tensor) -> None:
-        """Two verdicts of a model found deterministic at the same points must agree; raise
-        :class:`LateRandomness` when they do not."""
-        if self.randomness == "none" and not torch.equal(first, second):
-            raise LateRandomness("two verdicts at the same points disagree")
-
 
 def _frozen_random(model: nn.Module) -> bool:
     return is_frozen(model) and any(m.stochastic_active for m in stochastic_layers(model))

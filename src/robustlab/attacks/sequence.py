@@ -231,8 +231,6 @@ def run_sequence(
     if final:
         stage("final", -1)
         p_robust, logits = verdict.judge(fmodel, incumbent.x, y)
-        if not fmodel.stochastic:
-            fmodel.check_agrees(p_robust, p_select)
     else:
         p_robust, logits = p_select, x.new_zeros(x.shape[0], 0)
     return SequenceResult(incumbent.x, state.p_clean, p_robust, p_select, logits, state.stages,
