@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from toys import Linear2
 
 from robustlab.analysis import AntiPerturbationResult, anti_perturbation_ratio
 from robustlab.core.errors import InputError
@@ -20,14 +21,9 @@ MARGINS = [s * m for m in (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85,
 EPS_GRID = [0.0, 0.02, 0.05, 0.11, 0.16]
 
 
-class Linear2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(W.clone(), requires_grad=False)
-        self.b = nn.Parameter(torch.tensor(-0.5 * float(W.sum())), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w + self.b
+def _linear2() -> Linear2:
+    """``z = <W, x> - sum(W) / 2``: the margin of each image of :func:`_linear_batch` exactly."""
+    return Linear2(W.view(1, 2, 2), -0.5 * float(W.sum())).requires_grad_(False)
 
 
 def _linear_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,7 +57,7 @@ def test_linear_model_matches_hand_count_on_predictions() -> None:
     x, t, pred = _linear_batch()
     y = pred.clone()
     y[[0, 1, 8]] = 1 - y[[0, 1, 8]]  # three misclassified samples (margins 0.05, -0.05, 0.45)
-    result = _run(Linear2().eval(), x, y)
+    result = _run(_linear2().eval(), x, y)
     expected = _hand_unchanged(t, torch.ones(len(MARGINS), dtype=torch.bool))
     assert list(result.unchanged) == expected == [20, 18, 16, 10, 4]
     assert result.ratios == tuple(u / 20 for u in expected)
@@ -76,7 +72,7 @@ def test_linear_model_attacking_true_labels_spares_misclassified_samples() -> No
     wrong = torch.zeros(len(MARGINS), dtype=torch.bool)
     wrong[[0, 1, 8]] = True
     y[wrong] = 1 - y[wrong]
-    result = _run(Linear2().eval(), x, y, labels="true")
+    result = _run(_linear2().eval(), x, y, labels="true")
     expected = _hand_unchanged(t, ~wrong)
     assert list(result.unchanged) == expected == [20, 20, 18, 13, 7]
 
@@ -136,10 +132,10 @@ def test_bad_inputs(kw: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"eps_grid": [0.1], "steps": 2, "step_size": 0.05, **kw}
     eps_grid = args.pop("eps_grid")
     with pytest.raises(InputError, match=message):
-        anti_perturbation_ratio(Linear2().eval(), x, pred, eps_grid, **args)
+        anti_perturbation_ratio(_linear2().eval(), x, pred, eps_grid, **args)
 
 
 def test_images_outside_unit_range_are_refused() -> None:
     x, _, pred = _linear_batch()
     with pytest.raises(InputError, match=r"must lie in \[0, 1\]"):
-        anti_perturbation_ratio(Linear2(), x * 3, pred, [0.1], steps=2, step_size=0.05)
+        anti_perturbation_ratio(_linear2(), x * 3, pred, [0.1], steps=2, step_size=0.05)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import Linear2
 from typer.testing import CliRunner
 
 from robustlab.analysis.gradients import (
@@ -78,10 +79,9 @@ def test_power_iteration_matches_the_exact_hessian(seed: int) -> None:
 W = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=torch.float64)
 
 
-class Linear2(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ W.to(x.dtype) - 0.5 * float(W.sum())
-        return torch.stack([torch.zeros_like(z), z], dim=1)
+def _linear2() -> Linear2:
+    """``z = <W, x> - sum(W) / 2``: the margin of each image of :func:`_linear_batch` exactly."""
+    return Linear2(W.view(1, 2, 2), -0.5 * float(W.sum()))
 
 
 def _linear_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,7 +95,7 @@ def test_gradient_norm_stats_split_by_pgd() -> None:
     x, y, margins = _linear_batch()
     eps = 0.08  # eps ||w||_1 = 0.4: margins below 0.4 break
     stats = gradient_norm_stats(
-        Linear2().eval(),
+        _linear2().eval(),
         x,
         y,
         ThreatModel("linf", eps),
@@ -123,7 +123,7 @@ def test_robust_accuracy_curve_on_a_linear_model() -> None:
     l1 = W.abs().sum().item()
     eps_values = [0.0, 0.03, 0.07, 0.1, 0.15]
     curve = robust_accuracy_curve(
-        Linear2().eval(), x, y, eps_values, steps=20, generator=torch.Generator().manual_seed(0)
+        _linear2().eval(), x, y, eps_values, steps=20, generator=torch.Generator().manual_seed(0)
     )
     for point, eps in zip(curve, eps_values, strict=True):
         assert point["eps"] == eps
@@ -134,7 +134,7 @@ def test_robust_accuracy_curve_on_a_linear_model() -> None:
 
 def test_input_gradient_is_per_sample() -> None:
     x, y, margins = _linear_batch()
-    grad = input_gradient(Linear2(), x, y).flatten(1)
+    grad = input_gradient(_linear2(), x, y).flatten(1)
     expected = (torch.sigmoid(margins) - y.double())[:, None] * W[None, :]
     assert torch.allclose(grad, expected, rtol=1e-10)
 
@@ -221,7 +221,7 @@ def test_gradient_grid_png(tmp_path) -> None:
     x = torch.rand(3, 1, 6, 6)
     y = torch.tensor([0, 1, 0])
     path = plot_gradient_grid(
-        {"a": Linear2().float(), "b": PixelWeights(torch.ones(1, 1, 2, 2))},
+        {"a": _linear2().float(), "b": PixelWeights(torch.ones(1, 1, 2, 2))},
         x[:, :, :2, :2].contiguous(),
         y,
         tmp_path / "grid.png",

@@ -5,33 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import NoiseInjection  # noqa: F401  (re-exported for the attack tests)
 
 from robustlab.core.bpda import BPDALayer
-from robustlab.core.randomness import Stochastic
 from robustlab.data import load_dataset
-
-
-class NoiseInjection(Stochastic):
-    """Adds Gaussian noise of standard deviation ``std`` on every forward (a toy randomized
-    defense in the style of random-noise-injection defenses)."""
-
-    def __init__(self, std: float) -> None:
-        super().__init__()
-        self.std = std
-
-    @property
-    def stochastic_active(self) -> bool:
-        return self.std > 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.std == 0:
-            return x
-        noise = self.draw(
-            lambda g: torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype),
-            key=tuple(x.shape),
-            device=x.device,
-        )
-        return x + self.std * noise
 
 
 class Quantize(BPDALayer):

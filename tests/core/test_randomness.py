@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from toys import NoiseInjection
 
 from robustlab.core.randomness import (
-    Stochastic,
     frozen,
     is_frozen,
     is_stochastic,
@@ -15,26 +15,6 @@ from robustlab.core.randomness import (
     seeded,
     stochastic_layers,
 )
-
-
-class NoiseInjection(Stochastic):
-    """Toy randomized layer: x + std * N(0, 1)."""
-
-    def __init__(self, std: float) -> None:
-        super().__init__()
-        self.std = std
-
-    @property
-    def stochastic_active(self) -> bool:
-        return self.std > 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        noise = self.draw(
-            lambda g: torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype),
-            key=tuple(x.shape),
-            device=x.device,
-        )
-        return x + self.std * noise
 
 
 def _model(std: float = 0.5) -> nn.Module:

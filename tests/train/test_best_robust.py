@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from toys import Crash, CrashAfter
 
 from robustlab import create_model, load
 from robustlab.attacks import PGD
@@ -29,19 +30,6 @@ class Snapshots(Callback):
 
     def on_epoch_end(self, trainer, epoch, metrics):
         self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-
-
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        if epoch + 1 == self.n:
-            raise _Crash
 
 
 def _data():
@@ -127,7 +115,7 @@ def test_a_resumed_run_remembers_its_best(tmp_path):
     train, held = _data()
     first = BestRobust(held)
     _fake(first, [0.2, 0.5])
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(_model(), "standard", CFG, callbacks=[first, CrashAfter(2)], out_dir=tmp_path).fit(train)
     on_disk, _ = read_checkpoint(tmp_path / BEST_ROBUST_FILE)
     second = BestRobust(held)

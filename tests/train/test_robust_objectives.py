@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import Linear2
 
 from robustlab.attacks import random_point
 from robustlab.core import InputError, ThreatModel
@@ -46,20 +47,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
-class Linear2(nn.Module):
-    """Two-class linear model with logits ``[0, <w, x> + b]``: for label 0 the cross-entropy's
-    input gradient is ``sigmoid(z) * w``, so its sign is ``sign(w)`` everywhere."""
-
-    def __init__(self, w: torch.Tensor, b: float = 0.0) -> None:
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x * self.w).flatten(1).sum(1) + self.b
-        return torch.stack([torch.zeros_like(z), z], dim=1)
 
 
 def _batch(n: int = 8, size: int = 6, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from toys import Crash, CrashAfter
 
 from robustlab import create_model, load
 from robustlab.core import RobustlabError
@@ -16,21 +17,6 @@ from robustlab.train import (
     TrainConfig,
     Trainer,
 )
-
-
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    """Simulates a killed run: dies right after epoch ``n``'s checkpoint is on disk."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        if epoch + 1 == self.n:
-            raise _Crash
 
 
 def _setup(seed=0):
@@ -47,7 +33,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path):
     full = Trainer(model, "standard", CFG, out_dir=tmp_path / "a").fit(data)
 
     data, model = _setup()
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(model, "standard", CFG, out_dir=tmp_path / "b", callbacks=[CrashAfter(1)]).fit(data)
     assert len((tmp_path / "b" / METRICS_FILE).read_text().splitlines()) == 1
     assert not (tmp_path / "b" / MODEL_FILE).exists()
@@ -227,7 +213,7 @@ def test_resume_restores_the_global_rng_dropout_draws(tmp_path):
     data, _ = _setup()
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, schedule="constant", seed=5, augment=False)
     full = Trainer(_DropoutNet(), "standard", cfg, out_dir=tmp_path / "a").fit(data)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(_DropoutNet(), "standard", cfg, out_dir=tmp_path / "b", callbacks=[CrashAfter(2)]).fit(data)
     torch.manual_seed(1234)  # whatever the caller's RNG holds, the state comes from the checkpoint
     resumed = Trainer(_DropoutNet(), "standard", cfg, out_dir=tmp_path / "b").fit(data, resume=True)
@@ -274,7 +260,7 @@ def test_cuda_rng_states_are_saved_and_restored(tmp_path, monkeypatch):
             for d in fake.states:
                 fake.states[d] = torch.tensor([step + 100, d], dtype=torch.uint8)
 
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(model, "standard", cfg, out_dir=tmp_path, callbacks=[Advance(), CrashAfter(1)]).fit(data)
     tensors, _ = read_checkpoint(tmp_path / STATE_FILE)
     last_step = 96 // 32 - 1
@@ -384,7 +370,7 @@ def test_metrics_file_is_replaced_atomically_with_the_umask(tmp_path, monkeypatc
 def test_resume_rewrites_metrics_to_agree_with_the_state(tmp_path):
     data, model = _setup()
     cfg = TrainConfig(epochs=2, batch_size=32, schedule="constant")
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(model, "standard", cfg, out_dir=tmp_path, callbacks=[CrashAfter(1)]).fit(data)
     (tmp_path / METRICS_FILE).write_text('{"epoch": 1, "train_lo')  # a crash's leftovers
     at_start: list[list[int]] = []
@@ -411,7 +397,7 @@ def test_a_state_from_before_pixel_fingerprints_resumes_with_a_warning(tmp_path,
         return {k: v for k, v in real(ds).items() if k in ("name", "split", "n", "sha256")}
 
     monkeypatch.setattr(trainer_module, "data_fingerprint", old_style)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         Trainer(model, "standard", cfg, out_dir=tmp_path, callbacks=[CrashAfter(1)]).fit(data)
     monkeypatch.setattr(trainer_module, "data_fingerprint", real)
     # what the old state recorded is still compared
