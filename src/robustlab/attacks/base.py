@@ -259,12 +259,6 @@ class Pick:
         self.badness.wrong[rows[better]] = new.wrong[better]
         self.badness.margin[rows[better]] = new.margin[better]
 
-    def index(self, keep: torch.Tensor) -> Pick:
-        """The picks of rows ``keep`` only."""
-        out = Pick(self.x[keep])
-        out.badness = self.badness[keep] if self.badness is not None else None
-        return out
-
 
 class Attack(abc.ABC):
     """Base class of every attack: a configured, immutable object run on a model at call time.

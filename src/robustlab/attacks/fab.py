@@ -216,41 +216,28 @@ class FABT(GradientAttack):
         return adv & (best_d[ids] <= self.threat.eps)
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
+        """Every (target, restart) run improves the closest adversarial point of its samples.
+        On a randomized model each run starts its own closest candidate (a point its step's
+        mean softmax calls adversarial), projected into the ball and proposed to the incumbent,
+        so a closer candidate of a later target never overwrites a worse-for-the-model earlier
+        one (:class:`~robustlab.attacks.gradient.Tracker`)."""
         x, y = ctx.x, ctx.y
         clean = ctx.clean_logits()
-        n_classes = clean.shape[1]
-        if ctx.stochastic:
-            return self._run_randomized(ctx, clean)
         best_x = x.clone()
         best_d = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-        settled = ctx.confirmed(ctx.clean_logits(), y, None)
+        settled = ctx.confirmed(clean, y, None)  # never on a randomized model
         best_d[settled] = 0.0
-        for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
-            targets = select_targets(clean, rank)
-            for r in range(self.restarts):
-                idx = (~settled).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                self._attack(ctx, idx, targets, best_x, best_d, settled, random_start=r > 0)
-        return best_x
-
-    def _run_randomized(self, ctx: RunContext, clean: torch.Tensor) -> torch.Tensor:
-        """Each (target, restart) run keeps its own closest candidate (a point its step's mean
-        softmax calls adversarial), projected into the ball and proposed to the incumbent: a
-        closer candidate of a later target never overwrites a worse-for-the-model earlier one
-        (:class:`~robustlab.attacks.gradient.Tracker`)."""
-        x = ctx.x
-        track = Tracker(ctx)
+        track = Tracker(ctx) if ctx.stochastic else None
         for rank in range(2, min(self.n_target_classes + 2, clean.shape[1] + 1)):
             targets = select_targets(clean, rank)
             for r in range(self.restarts):
-                idx = track.open()
+                idx = track.open() if track is not None else (~settled).nonzero().squeeze(1)
                 if idx.numel() == 0:
-                    return track.x
-                run_x = x.clone()
-                run_d = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-                unused = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-                self._attack(ctx, idx, targets, run_x, run_d, unused, random_start=r > 0)
-                got = idx[torch.isfinite(run_d[idx])]
-                track.fallback(got, self._project(x[got], run_x[got]))
-        return track.x
+                    break
+                if track is not None:
+                    best_d[idx] = float("inf")  # this run's own candidates
+                self._attack(ctx, idx, targets, best_x, best_d, settled, random_start=r > 0)
+                if track is not None:
+                    got = idx[torch.isfinite(best_d[idx])]
+                    track.fallback(got, self._project(x[got], best_x[got]))
+        return best_x if track is None else track.x
