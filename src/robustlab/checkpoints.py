@@ -14,7 +14,6 @@ to a function that reads files.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ from torch import nn
 
 from .core import CheckpointError, RobustlabError
 from .core.checkpoint import (
-    checkpoint_key,
+    CheckpointFile,
     dtype_name,
-    read_checkpoint,
+    load_weights,
+    open_checkpoint,
     read_header,
-    read_tensor_specs,
-    require_hmac_tag,
     write_checkpoint,
 )
 
@@ -89,26 +87,15 @@ def save(
     return write_checkpoint(path, dict(model.state_dict()), header)
 
 
-def build_from_recipe(recipe: dict[str, Any]) -> nn.Module:
-    """Rebuild an untrained model from its recipe, conversions included.
-
-    The recipe may set only what :func:`robustlab.models.check_header_recipe` allows.
-
-    Raises:
-        CheckpointError: for a malformed recipe or an option a header may not set.
-    """
+def _build(recipe: dict[str, Any]) -> nn.Module:
+    """Rebuild an untrained model from a recipe already checked by
+    :func:`robustlab.models.check_header_recipe`, conversions included."""
     from .defenses import apply_conversion
-    from .models import check_header_recipe, model_from_recipe
+    from .models import create_model
 
-    if not isinstance(recipe, dict) or "arch" not in recipe:
-        raise CheckpointError("checkpoint recipe is missing the architecture name")
-    check_header_recipe(recipe)
-    base = dict(recipe)
-    conversions = list(base.get("conversions", []))
-    base["conversions"] = []
-    model: nn.Module = model_from_recipe(base)
-    for conv in conversions:
-        model = apply_conversion(model, conv)
+    model: nn.Module = create_model(recipe["arch"], **copy.deepcopy(recipe.get("kwargs", {})))
+    for conversion in recipe.get("conversions", []):
+        model = apply_conversion(model, conversion)
     setattr(model, "robustlab_recipe", copy.deepcopy(recipe))  # noqa: B010
     return model
 
@@ -121,8 +108,8 @@ def _size(n_bytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _check_recipe_against_file(path: Path, recipe: dict[str, Any]) -> None:
-    """Build ``recipe`` on the meta device and compare it with the tensors stored in ``path``
+def _check_recipe_against_file(checkpoint: CheckpointFile, recipe: dict[str, Any]) -> None:
+    """Build ``recipe`` on the meta device and compare it with the tensors the file stores
     (names, shapes, dtypes) before anything real is allocated.
 
     Raises:
@@ -131,12 +118,10 @@ def _check_recipe_against_file(path: Path, recipe: dict[str, Any]) -> None:
     """
     from .models import build_on_meta
 
-    specs = read_tensor_specs(path)
-    stored_values = sum(math.prod(shape) for _, shape in specs.values())
-    stored_bytes = path.stat().st_size
+    path, specs, stored_bytes = checkpoint.path, checkpoint.specs, checkpoint.size
     arch = recipe.get("arch")
     try:
-        skeleton = build_on_meta(lambda: build_from_recipe(recipe), max_tensors=4 * len(specs) + 256)
+        skeleton = build_on_meta(lambda: _build(recipe), max_tensors=4 * len(specs) + 256)
     except CheckpointError as e:
         raise CheckpointError(
             f"{path}: refused, its recipe ({arch!r}) does not fit the file: {e}, while the "
@@ -147,28 +132,28 @@ def _check_recipe_against_file(path: Path, recipe: dict[str, Any]) -> None:
             f"{path}: its recipe ({arch!r}) cannot be built: {type(e).__name__}: {e}"
         ) from e
     expected = skeleton.state_dict()
-    wanted_values = sum(t.numel() for t in expected.values())
-    wanted_bytes = sum(t.numel() * t.element_size() for t in expected.values())
     missing = sorted(set(expected) - set(specs))
     unexpected = sorted(set(specs) - set(expected))
     wrong = [
-        f"{k}: file {specs[k][0]} {list(specs[k][1])}, recipe {dtype_name(t.dtype)} {list(t.shape)}"
+        f"{k}: file {specs[k].dtype} {list(specs[k].shape)}, recipe {dtype_name(t.dtype)} {list(t.shape)}"
         for k, t in expected.items()
         if k in specs and specs[k] != (dtype_name(t.dtype), tuple(t.shape))
     ]
     if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            details.append(f"unexpected tensors {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        details = [
+            f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("missing tensors", missing), ("unexpected tensors", unexpected))
+            if names
+        ]
         if wrong:
             details.append(f"wrong shape or dtype: {'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
+        wanted_values = sum(t.numel() for t in expected.values())
+        wanted_bytes = sum(t.numel() * t.element_size() for t in expected.values())
         raise CheckpointError(
             f"{path}: refused, its recipe ({arch!r}, options {recipe.get('kwargs')}) describes "
             f"{wanted_values:,} values ({_size(wanted_bytes)}) but the file stores "
-            f"{stored_values:,} ({_size(stored_bytes)}): {', '.join(details)}. The header was "
-            "edited or damaged, or the file was written by an incompatible robustlab"
+            f"{checkpoint.stored_values():,} ({_size(stored_bytes)}): {', '.join(details)}. The "
+            "header was edited or damaged, or the file was written by an incompatible robustlab"
         )
     in_state = set(expected)
     extra = sum(b.numel() * b.element_size() for k, b in skeleton.named_buffers() if k not in in_state)
@@ -203,48 +188,25 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn
             may not set, a recipe that does not match the stored tensors, and (with the key
             set) a missing or wrong HMAC tag.
     """
-    path = Path(path)
-    header = read_header(path)
+    checkpoint = open_checkpoint(path)
+    header = checkpoint.require_header()
     if header.get("kind") != "model":
         raise CheckpointError(
-            f"{path} holds a {header.get('kind')!r} state, not a model; training-state files "
-            "are read by Trainer.fit(resume=True)"
+            f"{checkpoint.path} holds a {header.get('kind')!r} state, not a model; training-state "
+            "files are read by Trainer.fit(resume=True)"
         )
-    if checkpoint_key() is not None:
-        require_hmac_tag(path, header)  # before any work on an unauthenticated file
     recipe = header.get("recipe")
     if not isinstance(recipe, dict):
-        raise CheckpointError(f"{path} holds no model recipe in its header")
+        raise CheckpointError(f"{checkpoint.path} holds no model recipe in its header")
     from .models import check_header_recipe
 
     check_header_recipe(recipe)
-    _check_recipe_against_file(path, recipe)
-    tensors, verified = read_checkpoint(path)
-    if verified != header:
-        raise CheckpointError(f"{path} changed while it was being read; load it again")
-    model = build_from_recipe(recipe)
+    _check_recipe_against_file(checkpoint, recipe)
+    tensors = checkpoint.read_tensors()
+    model = _build(recipe)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the recipe's architecture ({e})") from None
+        raise CheckpointError(f"{checkpoint.path}: weights do not match the recipe's architecture ({e})") from None
     model.robustlab_header = header  # type: ignore[assignment]
     return model.to(device).eval()
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
-    """Load bare safetensors weights (a plain ``state_dict`` file) into ``model``."""
-    from .core.checkpoint import _check_path
-
-    p = _check_path(path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{p} is corrupted or not a safetensors file ({e})") from None
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not match the model ({e})") from None
-    return model

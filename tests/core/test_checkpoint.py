@@ -193,11 +193,11 @@ def test_kill_9_in_the_middle_of_a_write_leaves_the_previous_checkpoint(tmp_path
             child.stdout.close()  # type: ignore[union-attr]
         leftovers = [f for f in folder.iterdir() if f.name != final.name]
         # the final name holds a whole checkpoint, never a half-written one
-        specs = ck._raw_safetensors_header(final)
+        opened = ck.open_checkpoint(final)  # refuses tensors that do not fill the file exactly
         with open(final, "rb") as f:
             header_length = int.from_bytes(f.read(8), "little")
-        data_end = max(v["data_offsets"][1] for k, v in specs.items() if k != "__metadata__")
-        assert final.stat().st_size == 8 + header_length + data_end
+        data_end = sum(spec.nbytes for spec in opened.specs.values())
+        assert final.stat().st_size == opened.size == 8 + header_length + data_end
         model = robustlab.load(final)
         assert model.robustlab_header["metrics"]["i"] >= 0
         if any(_size(f) > 0 for f in leftovers):
@@ -206,3 +206,103 @@ def test_kill_9_in_the_middle_of_a_write_leaves_the_previous_checkpoint(tmp_path
             assert all(f.name.startswith(".") for f in leftovers), leftovers
             break
     assert killed_mid_write, "the kill never landed in the middle of a write"
+
+
+# ------------------------------------------------------------- one reader (issue 27)
+
+
+def test_open_checkpoint_parses_the_header_once_and_reads_tensors_on_demand(tmp_path):
+    p = ck.write_checkpoint(tmp_path / "m.safetensors", _tensors(), {"kind": "model", "x": 1})
+    opened = ck.open_checkpoint(p)
+    assert opened.header["x"] == 1 and opened.size == p.stat().st_size
+    assert dict(opened.specs) == {"b": ("I64", (5,)), "w": ("F32", (4, 3)), "empty": ("F32", (0,))}
+    assert opened.stored_values() == 17
+    tensors = opened.read_tensors()
+    from safetensors.torch import load_file
+
+    expected = load_file(str(p))
+    assert list(tensors) == list(expected)  # file order, as safetensors reads it
+    for k, v in expected.items():
+        assert torch.equal(tensors[k], v) and tensors[k].dtype == v.dtype
+
+
+def test_robustlab_load_parses_its_file_once(tmp_path, monkeypatch):
+    import json
+
+    import robustlab
+
+    path = robustlab.save(robustlab.create_model("resnet-mini", in_channels=1, seed=0), tmp_path / "m.safetensors")
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(ck.json, "loads", lambda s, *a, **k: calls.append(len(s)) or real(s, *a, **k))
+    robustlab.load(path)
+    assert len(calls) == 2  # the safetensors header, then the robustlab header inside it
+
+
+def test_a_bare_safetensors_file_has_no_header_and_loads_as_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    net = torch.nn.Linear(3, 2)
+    save_file(dict(net.state_dict()), tmp_path / "w.safetensors")
+    assert ck.open_checkpoint(tmp_path / "w.safetensors").header is None
+    other = torch.nn.Linear(3, 2)
+    assert ck.load_weights(other, tmp_path / "w.safetensors") is other
+    assert torch.equal(other.weight, net.weight)
+    from robustlab.checkpoints import load_weights as via_checkpoints
+    from robustlab.models import load_weights as via_models
+
+    assert via_checkpoints is via_models is ck.load_weights
+
+
+@pytest.mark.parametrize("suffix", sorted(ck.PICKLE_SUFFIXES))
+def test_one_pickle_guard_for_checkpoints_and_weights(tmp_path, suffix):
+    from robustlab.models import create_model
+
+    path = tmp_path / f"w{suffix}"
+    torch.save({"w": torch.zeros(1)}, path)
+    for read in (ck.read_checkpoint, lambda p: create_model("resnet-mini", in_channels=1, weights=p)):
+        with pytest.raises(CheckpointError, match=rf"is a pickle-based torch file \({suffix} suffix\), and robustlab never unpickles"):
+            read(path)
+
+
+def _raw_file(path, table, data=b"", n=None):
+    import json
+    import struct
+
+    blob = json.dumps(table).encode()
+    path.write_bytes(struct.pack("<Q", len(blob) if n is None else n) + blob + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("table", "data", "message"),
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "corrupted tensor table"),  # overlap
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "corrupted tensor table"),  # gap
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "corrupted tensor table"),  # size
+        ({"a": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "corrupted tensor table"),
+        ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "corrupted tensor table"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "not a readable safetensors file"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "not a readable safetensors file"),
+        ({"__metadata__": ["x"]}, b"", "corrupted header"),
+    ],
+)
+def test_a_malformed_tensor_table_is_refused_before_any_tensor_is_read(tmp_path, table, data, message):
+    path = _raw_file(tmp_path / "m.safetensors", table, data)
+    with pytest.raises(CheckpointError, match=message):
+        ck.open_checkpoint(path)
+
+
+def test_a_zero_header_length_is_refused(tmp_path):
+    path = _raw_file(tmp_path / "m.safetensors", {}, b"\0" * 64, n=0)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        ck.open_checkpoint(path)
+
+
+def test_a_file_replaced_between_open_and_read_is_refused(tmp_path):
+    p = ck.write_checkpoint(tmp_path / "m.safetensors", _tensors(), {"kind": "model", "v": 1})
+    opened = ck.open_checkpoint(p)
+    ck.write_checkpoint(p, _tensors(), {"kind": "model", "v": 2})
+    with pytest.raises(CheckpointError, match="changed while it was being read"):
+        opened.read_tensors()

@@ -73,5 +73,5 @@ def test_bad_inputs() -> None:
         oriented_energy(torch.zeros(3, 4))
     with pytest.raises(InputError, match="float images"):
         oriented_energy(torch.zeros(1, 1, 4, 4, dtype=torch.long))
-    with pytest.raises(InputError, match="finite sigma > 0, got 0"):
+    with pytest.raises(InputError, match="sigma must be a finite number > 0, got 0"):
         oriented_energy(torch.zeros(1, 1, 4, 4), sigma=0)

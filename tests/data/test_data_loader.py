@@ -1,4 +1,5 @@
-"""make_loader: batch counts, dtypes, coverage, and bit-identical epochs from a generator state."""
+"""make_loader: batch counts, dtypes, coverage, and bit-identical epochs from a generator state;
+as_tensors: a dataset as one (images, labels) pair, bit for bit what stacking its items gives."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from robustlab.data import (
     PadCrop,
     TensorImageDataset,
     TensorLoader,
+    as_tensors,
     load_dataset,
     make_loader,
 )
@@ -123,3 +125,54 @@ def test_generic_dataset_goes_through_dataloader() -> None:
 def test_bad_loader_arguments(ds: TensorImageDataset, kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         make_loader(ds, **kwargs)
+
+
+def _stacked(data: Dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every call site wrote out by hand before ``as_tensors``."""
+    x = torch.stack([data[i][0] for i in range(start, stop)])
+    return x, torch.tensor([int(data[i][1]) for i in range(start, stop)])
+
+
+@pytest.mark.parametrize("kind", ["float", "uint8", "generic"])
+def test_as_tensors_equals_stacking_the_items_bit_for_bit(ds: TensorImageDataset, kind: str) -> None:
+    data: Dataset = ds
+    if kind == "uint8":
+        data = ds.subset(range(len(ds)))
+        data.images = (data.images * 255).round().to(torch.uint8)
+    elif kind == "generic":
+        data = torch.utils.data.Subset(ds, list(range(len(ds))))
+    for n, start, stop in ((None, 0, 100), (7, 0, 7), (7, 90, 97), (50, 90, 100)):
+        x, y = as_tensors(data, n, start=start)
+        ex, ey = _stacked(data, start, stop)
+        assert x.dtype == ex.dtype == torch.float32 and y.dtype == ey.dtype == torch.int64
+        assert torch.equal(x.view(torch.int32), ex.view(torch.int32)) and torch.equal(y, ey)
+
+
+def test_as_tensors_never_shares_memory_with_the_dataset(ds: TensorImageDataset) -> None:
+    x, y = as_tensors(ds, 4)
+    x.zero_()
+    y.fill_(7)
+    assert ds.images[:4].abs().sum() > 0 and (ds.targets[:4] != 7).any()
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"n": -1}, "n must be an int >= 0"),
+                                                ({"n": True}, "n must be an int >= 0"),
+                                                ({"start": -2}, "start must be an int >= 0")])
+def test_as_tensors_bad_arguments(ds: TensorImageDataset, kwargs: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        as_tensors(ds, **kwargs)
+
+
+@pytest.mark.parametrize(("size", "expected"), [(8, (8, 8)), ((6, 4), (6, 4)), ([6, 4], (6, 4))])
+def test_image_size_pair(size: object, expected: tuple[int, int]) -> None:
+    from robustlab.data.base import image_size_pair
+
+    assert image_size_pair(size) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, True, (4,), (4, 0), (4.0, 4), "44"])
+def test_image_size_pair_refuses(size: object) -> None:
+    from robustlab.data.base import image_size_pair
+
+    with pytest.raises(InputError, match=r"synthetic: image_size must be a positive int or \(height, width\), got"):
+        image_size_pair(size, "synthetic: image_size")  # type: ignore[arg-type]

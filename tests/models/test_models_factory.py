@@ -114,7 +114,7 @@ def test_unknown_option_lists_the_options() -> None:
             r"mean needs one value per input channel \(2\), got \[0.5\]",
         ),
         ({"in_channels": 1, "std": [0.1, 0.2]}, r"std needs one value per input channel \(1\)"),
-        ({"seed": 1.5}, "seed must be an int or None, got 1.5"),
+        ({"seed": 1.5}, "seed must be an int, got 1.5"),
     ],
 )
 def test_bad_arguments(kwargs, message) -> None:

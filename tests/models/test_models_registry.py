@@ -68,3 +68,34 @@ def test_list_models_names_and_pattern() -> None:
 def test_names_are_case_and_underscore_insensitive() -> None:
     model = create_model("ResNet_Mini", in_channels=1)
     assert model.robustlab_recipe["arch"] == "resnet-mini"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_is_features_then_head(name: str) -> None:
+    net = create_model(name, in_channels=MODELS.meta(name)["input_size"][0], seed=0, **CHEAP.get(name, {})).model
+    net.eval()
+    x = _input(name, 2).detach()
+    torch.testing.assert_close(net(x), net.forward_head(net.forward_features(x)), rtol=0, atol=0)
+
+
+def test_forward_features_has_one_home_per_network_form() -> None:
+    from robustlab.models.base import PreActStages
+    from robustlab.models.resnet import MadryResNet, PreActResNet
+    from robustlab.models.vgg import VGG, AlexNet, PooledConvNet
+    from robustlab.models.wrn import WideResNet
+
+    for cls in (PreActResNet, MadryResNet, WideResNet):
+        assert cls.forward_features is PreActStages.forward_features
+    for cls in (VGG, AlexNet):
+        assert cls.forward_features is PooledConvNet.forward_features
+
+
+def test_registered_metadata() -> None:
+    assert MODELS.meta("resnet-mini") == {
+        "description": "small CIFAR-style ResNet for 28x28 (Fashion-MNIST) on a CPU", "input_size": (1, 28, 28)
+    }
+    assert MODELS.meta("wrn-34-10") == {
+        "description": "Wide-ResNet-34-10 (TRADES/AWP CIFAR form)",
+        "paper": "deformable-conv-stochasticity, Sec. 5",
+        "input_size": (3, 32, 32),
+    }

@@ -4,7 +4,16 @@ checkpoint io, and (for honest evaluation) the randomness and BPDA protocols.
 ``core`` imports nothing of robustlab's beyond itself.
 """
 
-from .checks import check_images, check_labels
+from .checks import (
+    check_images,
+    check_int,
+    check_labels,
+    check_number,
+    check_positive_int,
+    check_probability,
+    is_int,
+    is_number,
+)
 from .errors import (
     CheckpointError,
     DataNotFoundError,
@@ -26,5 +35,11 @@ __all__ = [
     "ThreatModel",
     "UnknownNameError",
     "check_images",
+    "check_int",
     "check_labels",
+    "check_number",
+    "check_positive_int",
+    "check_probability",
+    "is_int",
+    "is_number",
 ]

@@ -4,6 +4,13 @@ Nothing here unpickles. A checkpoint is one ``.safetensors`` file whose metadata
 header (format version, model recipe, dataset, training config, metrics, versions) and a SHA-256
 content hash over the tensors and the header, checked on every read.
 
+One reader serves every file: :func:`open_checkpoint` refuses pickles (:func:`refuse_pickle`,
+the one guard), parses the safetensors header once into a :class:`CheckpointFile` (robustlab
+header, tensor table, checked against the file's size) and reads the tensors only when asked
+(:meth:`CheckpointFile.read_tensors`, which verifies the hash), so a caller can check the table
+before anything is allocated. :func:`read_checkpoint`, :func:`read_header` and
+:func:`load_weights` (bare ``state_dict`` files) are short uses of it.
+
 What the hash guarantees: it detects accidental damage (a truncated copy, a flipped bit, a file
 edited by a tool that does not know about the hash). It does not detect deliberate tampering:
 anyone who can edit the file can recompute a plain SHA-256. For authenticity, set the
@@ -19,25 +26,32 @@ intact under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
 import json
+import math
 import os
 import platform
 import secrets
 import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 import torch
+from torch import nn
 
+from .checks import is_int
 from .errors import CheckpointError
 
 FORMAT = "robustlab-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "robustlab"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"}
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar", ".bin"})
+"""File suffixes of pickle-based torch files, refused by name before a byte is read."""
 _MAX_HEADER = 100 * 1024 * 1024
 KEY_ENV = "ROBUSTLAB_CHECKPOINT_KEY"
 """Environment variable holding the HMAC key; unset or empty means no authenticity check."""
@@ -146,25 +160,7 @@ def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
-def _refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{path} looks like a pickle-based torch checkpoint ({path.suffix}); robustlab never "
-            "unpickles files because loading a pickle can run arbitrary code. In the process "
-            "that made the model, save its weights with "
-            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors') instead"
-        )
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= _MAX_HEADER and head[8:9] == b"{":
-            return  # a safetensors file: an 8-byte header length, then a JSON header
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise CheckpointError(
-            f"{path} is a pickle/zip torch file, not a safetensors checkpoint; robustlab never "
-            "unpickles files (it can run arbitrary code). Re-save the weights with safetensors"
-        )
+# ------------------------------------------------------------------------------------ writing
 
 
 def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> Path:
@@ -182,8 +178,8 @@ def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tens
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(), **header}
-    for field in _UNHASHED_FIELDS:
-        full.pop(field, None)
+    for name in _UNHASHED_FIELDS:
+        full.pop(name, None)
     sha = hashlib.sha256()
     key = checkpoint_key()
     tag = hmac.new(key, digestmod=hashlib.sha256) if key else None
@@ -192,18 +188,12 @@ def write_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tens
     if tag is not None:
         full[HMAC_FIELD] = tag.hexdigest()
     meta = {_META_KEY: json.dumps(full, sort_keys=True)}
-    tmp, mode = _new_temp_file(path)
-    try:
+    with _replacing(path) as (tmp, mode):
         save_file(tensors, tmp, metadata=meta)
         # safetensors may replace the file we created by its own (mode 0600); restore ours
         os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -215,18 +205,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     fsynced, renamed over ``path`` and the folder fsynced, so the rename survives a power cut.
     """
     path = Path(path)
-    tmp, _ = _new_temp_file(path)
+    with _replacing(path) as (tmp, _), open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[tuple[Path, int]]:
+    """Yield a new temporary file beside ``path`` and its permission bits; when the block ends,
+    rename it over ``path`` and fsync the folder. If the block fails, the temporary file is
+    removed and ``path`` is untouched."""
+    tmp, mode = _new_temp_file(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp, mode
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def _new_temp_file(path: Path) -> tuple[Path, int]:
@@ -264,40 +262,303 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read only the JSON header of a checkpoint (no tensors, no hash check)."""
-    path = _check_path(path)
-    raw = _raw_safetensors_header(path)
-    return _parse_meta(path, raw.get("__metadata__", {}))
+# ------------------------------------------------------------------------------------ reading
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+"""safetensors dtype names and the torch dtypes they hold."""
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
-def read_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint; return ``(tensors, header)``.
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of ``dtype`` (``torch.float32`` -> ``"F32"``), as
+    :attr:`TensorSpec.dtype` gives it; other dtypes get their torch name."""
+    return _DTYPE_NAMES.get(dtype, str(dtype))
 
-    The SHA-256 content hash is always checked: it catches accidental damage, not an edit by
-    someone who recomputes it. When ``ROBUSTLAB_CHECKPOINT_KEY`` is set, the file must also carry
-    a valid HMAC-SHA256 tag under that key, which only a holder of the key can produce.
+
+class TensorSpec(NamedTuple):
+    """A stored tensor as the file's tensor table describes it."""
+
+    dtype: str
+    """safetensors dtype name, e.g. ``"F32"``."""
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data the tensor takes in the file."""
+        return math.prod(self.shape) * _DTYPES[self.dtype].itemsize
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A safetensors file opened by :func:`open_checkpoint`: its parsed, checked header.
+
+    Attributes:
+        path: the file.
+        header: the robustlab header (recipe, metrics, content hash, ...), or ``None`` for a
+            bare safetensors file (a plain ``state_dict``).
+        specs: every stored tensor's dtype and shape, in file order; the table is checked
+            against the file's size, so :meth:`read_tensors` reads exactly these.
+        size: the file's size in bytes.
+    """
+
+    path: Path
+    header: dict[str, Any] | None
+    specs: Mapping[str, TensorSpec]
+    size: int
+    _head: bytes = field(repr=False)
+    """The length prefix and JSON header exactly as read, to notice a file replaced since."""
+
+    def require_header(self) -> dict[str, Any]:
+        """The robustlab header.
+
+        Raises:
+            CheckpointError: for a bare safetensors file.
+        """
+        if self.header is None:
+            raise CheckpointError(
+                f"{self.path} is a safetensors file but not a robustlab checkpoint (no robustlab "
+                "header); load bare weights with robustlab.checkpoints.load_weights(model, path)"
+            )
+        return self.header
+
+    def stored_values(self) -> int:
+        """The number of values the file stores, over all tensors."""
+        return sum(math.prod(spec.shape) for spec in self.specs.values())
+
+    def read_tensors(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Read every tensor (in file order) and, for a robustlab checkpoint, verify them.
+
+        The SHA-256 content hash is always checked: it catches accidental damage, not an edit
+        by someone who recomputes it. When ``ROBUSTLAB_CHECKPOINT_KEY`` is set, the HMAC-SHA256
+        tag under that key is checked too, which only a holder of the key can produce.
+
+        Raises:
+            CheckpointError: when the file changed since it was opened, or fails its hash or
+                HMAC check.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        with open(self.path, "rb") as f:
+            if f.read(len(self._head)) != self._head or os.fstat(f.fileno()).st_size != self.size:
+                raise CheckpointError(f"{self.path} changed while it was being read; load it again")
+            for name, spec in self.specs.items():
+                raw = torch.empty(spec.nbytes, dtype=torch.uint8)
+                read = f.readinto(raw.numpy()) if spec.nbytes else 0  # type: ignore[arg-type]
+                if read != spec.nbytes:
+                    raise CheckpointError(f"{self.path} changed while it was being read; load it again")
+                tensors[name] = raw.view(_DTYPES[spec.dtype]).reshape(spec.shape)
+        if self.header is not None:
+            _verify(self.path, tensors, self.header)
+        if torch.device(device).type != "cpu":
+            tensors = {k: v.to(device) for k, v in tensors.items()}
+        return tensors
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> CheckpointFile:
+    """Open a safetensors file (a robustlab checkpoint or a bare ``state_dict``) without reading
+    its tensors: refuse pickles, parse and check the header once.
+
+    With ``ROBUSTLAB_CHECKPOINT_KEY`` set, a robustlab checkpoint without an HMAC tag is refused
+    here, before any work on an unauthenticated file.
 
     Raises:
-        CheckpointError: for pickles, truncated or corrupted files, unknown formats, content
-            hash mismatches and (with a key set) missing or wrong HMAC tags, each with a
-            message that says what to do.
+        CheckpointError: for a missing path or a folder, pickle-based torch files (by suffix or
+            content; nothing is unpickled), truncated or corrupted files, unknown formats, and
+            (with the key set) a missing HMAC tag, each with a message that says what to do.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        start = f.read(9)
+        _refuse_pickle(path, start)
+        if len(start) < 9:
+            raise _unreadable(path, f"{size} bytes")
+        (n,) = struct.unpack("<Q", start[:8])
+        if not 0 < n <= _MAX_HEADER or 8 + n > size:
+            raise _unreadable(path, f"header length {n} for a {size}-byte file")
+        blob = start[8:] + f.read(n - 1)
+    try:
+        raw = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} has a corrupted header; restore it or retrain")
+    header = _robustlab_header(path, raw.pop("__metadata__", {}))
+    if header is not None and checkpoint_key() is not None:
+        _require_hmac_tag(path, header)
+    specs = _tensor_table(path, raw, size - 8 - n)
+    return CheckpointFile(path, header, specs, size, start[:8] + blob)
 
-    path = _check_path(path)
-    raw = _raw_safetensors_header(path)
-    header = _parse_meta(path, raw.get("__metadata__", {}))
+
+def read_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a robustlab checkpoint; return ``(tensors, header)``.
+
+    See :meth:`CheckpointFile.read_tensors` for the checks.
+
+    Raises:
+        CheckpointError: as :func:`open_checkpoint`, for a bare safetensors file, and for
+            content hash or HMAC mismatches.
+    """
+    checkpoint = open_checkpoint(path)
+    header = checkpoint.require_header()
+    return checkpoint.read_tensors(device), header
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read only the robustlab header of a checkpoint (no tensors, no hash check)."""
+    return open_checkpoint(path).require_header()
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
+    """Load a safetensors ``state_dict`` file (bare weights, no recipe) into ``net``; return it.
+
+    Names and shapes are compared with the file's tensor table before any tensor is read.
+
+    Args:
+        net: the network the weights belong to.
+        path: a local ``.safetensors`` file; pickle files (``.pt``, ``.pth``, ...) are refused.
+        strict: every key of ``net`` and of the file must match (as ``load_state_dict``).
+
+    Raises:
+        CheckpointError: for pickle files, missing or unreadable files, and key or shape
+            mismatches (naming the first offending keys).
+    """
+    checkpoint = open_checkpoint(path)
+    specs = checkpoint.specs
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(specs))
+    unexpected = sorted(set(specs) - set(expected))
+    if strict and (missing or unexpected):
+        hint = ""
+        if any(k.startswith("model.") for k in unexpected) and {"mean", "std"} & set(unexpected):
+            hint = (
+                "; the file holds a Normalized wrapper's state_dict: save "
+                "model.model.state_dict() (the inner network) instead"
+            )
+        raise CheckpointError(
+            f"{path} does not match the network: missing keys {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}{hint}; full robustlab checkpoints load "
+            "with robustlab.load"
+        )
+    bad = [
+        f"{k}: file {specs[k].shape} vs network {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in specs and specs[k].shape != tuple(v.shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path} has tensors of the wrong shape for this architecture: {'; '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}; check num_classes, in_channels and the options"
+        )
+    net.load_state_dict(checkpoint.read_tensors(), strict=strict)
+    return net
+
+
+def _refuse_pickle(path: Path, start: bytes) -> None:
+    """The one pickle guard: refuse ``path`` by its suffix, or by its first bytes ``start``
+    (a pickle's protocol byte or a zip's ``PK``, what ``torch.save`` writes) unless they open a
+    safetensors header. Never unpickles."""
+    why = f"{path.suffix} suffix" if path.suffix.lower() in PICKLE_SUFFIXES else None
+    if why is None and start:
+        (n,) = struct.unpack("<Q", start[:8].ljust(8, b"\0"))
+        safetensors = len(start) >= 9 and 0 < n <= _MAX_HEADER and start[8:9] == b"{"
+        if not safetensors and (start[:2] == b"PK" or start[:1] == b"\x80"):
+            why = "pickle/zip torch file content"
+    if why is not None:
+        raise CheckpointError(
+            f"{path} is a pickle-based torch file ({why}), and robustlab never unpickles files "
+            "(loading a pickle can run arbitrary code). In a process you trust, re-save the "
+            "weights once with safetensors: "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        )
+
+
+def _unreadable(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable safetensors file ({detail}): it is truncated, corrupted or "
+        "of another format; restore it from a good copy or retrain"
+    )
+
+
+def _robustlab_header(path: Path, meta: Any) -> dict[str, Any] | None:
+    """The robustlab header in the safetensors metadata ``meta``; ``None`` when it has none."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has a corrupted header; restore it or retrain")
+    if _META_KEY not in meta:
+        return None
+    try:
+        header = json.loads(meta[_META_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} has a corrupted robustlab header") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has an unknown header format")
+    version = header.get("format_version")
+    if not is_int(version, high=FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}, newer than this robustlab "
+            f"understands ({FORMAT_VERSION}); upgrade robustlab"
+        )
+    return header
+
+
+def _is_sizes(value: Any, n: int | None = None) -> TypeGuard[list[int]]:
+    return (
+        isinstance(value, list)
+        and (n is None or len(value) == n)
+        and all(is_int(d, 0) for d in value)
+    )
+
+
+def _tensor_table(path: Path, raw: dict[str, Any], data_size: int) -> dict[str, TensorSpec]:
+    """Every tensor's spec, in file order, after checking that the entries are well formed and
+    their data tiles the ``data_size`` bytes after the header exactly (no gap, no overlap)."""
+    entries: list[tuple[int, int, str, TensorSpec]] = []
+    for name, entry in raw.items():
+        get = entry.get if isinstance(entry, dict) else {}.get
+        dtype, shape, offsets = get("dtype"), get("shape"), get("data_offsets")
+        if not (isinstance(dtype, str) and dtype in _DTYPES and _is_sizes(shape) and _is_sizes(offsets, 2)):
+            raise CheckpointError(f"{path} has a corrupted tensor table (entry {name!r})")
+        spec = TensorSpec(dtype, tuple(shape))
+        if offsets[1] - offsets[0] != spec.nbytes:
+            raise CheckpointError(f"{path} has a corrupted tensor table (entry {name!r})")
+        entries.append((offsets[0], offsets[1], name, spec))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    end = 0
+    for begin, stop, name, _ in entries:
+        if begin != end:
+            raise CheckpointError(f"{path} has a corrupted tensor table (entry {name!r})")
+        end = stop
+    if end != data_size:
+        raise _unreadable(path, f"its tensors take {end} bytes, the file holds {data_size}")
+    return {name: spec for _, _, name, spec in entries}
+
+
+def _require_hmac_tag(path: Path, header: dict[str, Any]) -> None:
+    """Refuse a header without an HMAC tag (when ``ROBUSTLAB_CHECKPOINT_KEY`` is set)."""
+    if not isinstance(header.get(HMAC_FIELD), str):
+        raise CheckpointError(
+            f"{path} carries no HMAC tag, but {KEY_ENV} is set, so only checkpoints written "
+            "with that key are accepted: it was written without the key (or the tag was "
+            f"removed). If you trust the file, load it with {KEY_ENV} unset and save it again "
+            "with the key set"
+        )
+
+
+def _verify(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    """Check the content hash and, with ``ROBUSTLAB_CHECKPOINT_KEY`` set, the HMAC tag."""
     key = checkpoint_key()
     if key is not None:
-        require_hmac_tag(path, header)
-    try:
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path} is corrupted or truncated ({e}); restore it from a good copy or retrain"
-        ) from None
+        _require_hmac_tag(path, header)
     sha = hashlib.sha256()
     tag = hmac.new(key, digestmod=hashlib.sha256) if key else None
     _digest([sha] if tag is None else [sha, tag], tensors, header)
@@ -309,121 +570,9 @@ def read_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"{actual[:12]}...): the file was damaged or modified after it was written; restore "
             "it from a good copy or retrain"
         )
-    if tag is not None and not hmac.compare_digest(
-        str(header[HMAC_FIELD]).encode(), tag.hexdigest().encode()
-    ):
+    if tag is not None and not hmac.compare_digest(str(header[HMAC_FIELD]).encode(), tag.hexdigest().encode()):
         raise CheckpointError(
             f"{path} failed its HMAC check under the key in {KEY_ENV}: it was modified after it "
             "was written, or written with another key; do not trust it. Restore it from a copy "
             "you trust, or set the key it was written with"
         )
-    return tensors, header
-
-
-def require_hmac_tag(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
-    """Refuse a header without an HMAC tag (call it when ``ROBUSTLAB_CHECKPOINT_KEY`` is set)."""
-    if not isinstance(header.get(HMAC_FIELD), str):
-        raise CheckpointError(
-            f"{path} carries no HMAC tag, but {KEY_ENV} is set, so only checkpoints written "
-            "with that key are accepted: it was written without the key (or the tag was "
-            f"removed). If you trust the file, load it with {KEY_ENV} unset and save it again "
-            "with the key set"
-        )
-
-
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The safetensors name of ``dtype`` (``torch.float32`` -> ``"F32"``), as
-    :func:`read_tensor_specs` reports it; other dtypes get their torch name."""
-    return _DTYPE_NAMES.get(dtype, str(dtype))
-
-
-def read_tensor_specs(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The dtype (safetensors name, e.g. ``"F32"``) and shape of every stored tensor, read from
-    the file's header alone: no tensor data is read and nothing is verified.
-
-    Raises:
-        CheckpointError: for a file whose tensor table is malformed.
-    """
-    path = _check_path(path)
-    raw = _raw_safetensors_header(path)
-    specs: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, entry in raw.items():
-        if name == "__metadata__":
-            continue
-        dtype = entry.get("dtype") if isinstance(entry, dict) else None
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if (
-            not isinstance(dtype, str)
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise CheckpointError(f"{path} has a corrupted tensor table (entry {name!r})")
-        specs[name] = (dtype, tuple(shape))
-    return specs
-
-
-def _check_path(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
-    _refuse_pickle(path)
-    return path
-
-
-def _raw_safetensors_header(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is truncated ({size} bytes); restore it or retrain")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(
-                f"{path} is not a valid safetensors checkpoint (bad header length {n} for a "
-                f"{size}-byte file): it is truncated, corrupted or of another format"
-            )
-        blob = f.read(n)
-    try:
-        raw = json.loads(blob)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} has a corrupted header; restore it or retrain") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} has a corrupted header; restore it or retrain")
-    return raw
-
-
-def _parse_meta(path: Path, meta: Any) -> dict[str, Any]:
-    if not isinstance(meta, dict) or _META_KEY not in meta:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a robustlab checkpoint (no robustlab header); "
-            "load bare weights with robustlab.checkpoints.load_weights(model, path)"
-        )
-    try:
-        header = json.loads(meta[_META_KEY])
-    except (TypeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} has a corrupted robustlab header") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has an unknown header format")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version!r}, newer than this robustlab "
-            f"understands ({FORMAT_VERSION}); upgrade robustlab"
-        )
-    return header

@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_number
 from .errors import InputError
 
 
@@ -45,8 +46,7 @@ def gaussian_derivative_kernels(
     Raises:
         InputError: for a ``sigma`` that is not finite and positive.
     """
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise InputError(f"the Gaussian derivative filters need a finite sigma > 0, got {sigma!r}")
+    check_number(sigma, "the Gaussian derivative filters' sigma", 0, low_open=True)
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     gauss = torch.exp(-(t**2) / (2 * sigma**2))

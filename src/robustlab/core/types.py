@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .checks import check_number
 from .errors import InputError
 
 Norm = Literal["linf", "l2"]
@@ -24,8 +24,7 @@ class ThreatModel:
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise InputError(f"unknown norm {self.norm!r}; use 'linf' or 'l2'")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise InputError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        check_number(self.eps, "eps", 0)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready description."""

@@ -28,12 +28,15 @@ from .augment import (
 )
 from .base import DataFormatError, DatasetInfo, ImageDataset, TensorImageDataset
 from .fashion_mnist import read_idx
+from .fit import checkpoint_dataset
 from .imagefolder import ImageFolderDataset
-from .loader import DatasetLoader, TensorLoader, make_loader
+from .loader import DatasetLoader, TensorLoader, as_tensors, make_loader
+from .threats import L2_EPS, default_threat, l2_default
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "L2_EPS",
     "Augmentation",
     "Compose",
     "DataFormatError",
@@ -48,8 +51,12 @@ __all__ = [
     "RandomResizedCrop",
     "TensorImageDataset",
     "TensorLoader",
+    "as_tensors",
+    "checkpoint_dataset",
+    "default_threat",
     "get_augmentation",
     "get_info",
+    "l2_default",
     "load_dataset",
     "make_loader",
     "pad_crop",

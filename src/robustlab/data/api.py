@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robustlab.core import InputError, Registry
+from robustlab.core import InputError, Registry, check_int, is_number
 
 from .base import SPLITS, DatasetInfo, ImageDataset
 from .splits import seeded_generator, stratified_select
 
-__all__ = ["DATASETS", "DatasetBuilder", "get_info", "load_dataset", "select_subset"]
+__all__ = ["DATASETS", "DatasetBuilder", "get_info", "load_dataset", "register_dataset", "select_subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 """Registry of dataset builders: fashion-mnist, cifar10, cifar100, imagefolder, digits, synthetic."""
 
 
+def register_dataset(
+    name: str, info: Callable[..., DatasetInfo], load: Callable[..., ImageDataset], description: str
+) -> None:
+    """Register a dataset in :data:`DATASETS` (see :class:`DatasetBuilder` for ``info`` and ``load``)."""
+    DATASETS.register(name, DatasetBuilder(info=info, load=load, description=description))
+
+
 def _builder(name: str, options: dict[str, Any]) -> DatasetBuilder:
     builder = DATASETS.get(name)
     known = builder.options()
@@ -80,7 +87,7 @@ def _builder(name: str, options: dict[str, Any]) -> DatasetBuilder:
 
 
 def _val_count(val_size: int | float, n: int) -> int:
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+    if not is_number(val_size):
         raise InputError(f"val_size must be an int count or a float fraction, got {val_size!r}")
     if isinstance(val_size, float):
         if not 0 < val_size < 1:
@@ -113,8 +120,7 @@ def select_subset(targets: Tensor, n: int, seed: int = 0) -> Tensor:
         seed: an int >= 0.
     """
     total = int(targets.numel())
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be an int >= 1, got {n!r}")
+    check_int(n, "n", 1)
     if n >= total:
         seeded_generator(seed)  # validates the seed
         return torch.arange(total)
@@ -189,7 +195,7 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0:
+    if not is_number(val_size, 0):
         raise InputError(f"val_size must be an int >= 0 or a float in (0, 1), got {val_size!r}")
     if isinstance(val_size, float) and val_size >= 1:
         raise InputError(f"a fractional val_size must lie in (0, 1), got {val_size}")
@@ -198,8 +204,8 @@ def load_dataset(
             "split='val' needs val_size > 0 (an int count or a float fraction of the training "
             "split to hold out); for imagefolder, the root/val folder is split='test'"
         )
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be None or an int >= 1, got {limit!r}")
+    if limit is not None:
+        check_int(limit, "limit", 1)
     seeded_generator(seed)  # validates seed before any file is read
     builder = _builder(name, kwargs)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustlab.core import InputError, Registry
+from robustlab.core import InputError, Registry, check_int, check_probability
 
 from .base import DatasetInfo
 
@@ -62,8 +62,7 @@ def _draw_device(x: Tensor, generator: torch.Generator | None) -> torch.device:
 def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """Flip each image of ``x`` left-right with probability ``p``; returns a new tensor."""
     _check_batch(x)
-    if not 0 <= p <= 1:
-        raise InputError(f"flip probability must lie in [0, 1], got {p}")
+    check_probability(p, "flip probability")
     n = x.shape[0]
     flip = torch.rand(n, generator=generator, device=_draw_device(x, generator)) < p
     flip = flip.to(x.device).view(n, 1, 1, 1)
@@ -79,8 +78,7 @@ def pad_crop(
     the crop with two ``gather`` calls, so the whole batch is cropped at once.
     """
     _check_batch(x)
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise InputError(f"padding must be an int >= 0, got {padding!r}")
+    check_int(padding, "padding", 0)
     if padding == 0:
         return x.clone()
     n, c, h, w = x.shape

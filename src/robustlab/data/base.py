@@ -11,13 +11,13 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from robustlab.core import InputError, ThreatModel
+from robustlab.core import InputError, ThreatModel, check_positive_int, is_int
 from robustlab.core.checkpoint import update_tensor_hash
 from robustlab.core.checks import check_images
 
@@ -68,8 +68,7 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         if len(self.classes) < 1:
             raise InputError(f"dataset {self.name!r} needs at least one class")
-        if self.in_channels < 1:
-            raise InputError(f"in_channels must be >= 1, got {self.in_channels}")
+        check_positive_int(self.in_channels, "in_channels")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise InputError(f"image_size must be (height, width) >= 1, got {self.image_size}")
         for field, values in (("mean", self.mean), ("std", self.std)):
@@ -101,6 +100,21 @@ class DatasetInfo:
             "threat": self.threat.to_dict(),
             "augment": self.augment,
         }
+
+
+_D = TypeVar("_D", bound="ImageDataset")
+
+
+def image_size_pair(image_size: int | Sequence[int], what: str = "image_size") -> tuple[int, int]:
+    """``(height, width)`` from a positive int (a square) or a pair of positive ints.
+
+    Raises:
+        InputError: naming ``what`` and the value.
+    """
+    pair = tuple(image_size) if isinstance(image_size, Sequence) else (image_size, image_size)
+    if len(pair) != 2 or not all(is_int(side, 1) for side in pair):
+        raise InputError(f"{what} must be a positive int or (height, width), got {image_size!r}")
+    return pair  # type: ignore[return-value]
 
 
 class ImageDataset(Dataset[tuple[Tensor, int]]):
@@ -157,12 +171,29 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         raise NotImplementedError
 
-    def subset(self, positions: Tensor | Sequence[int], split: str | None = None) -> ImageDataset:
+    def subset(self: _D, positions: Tensor | Sequence[int], split: str | None = None) -> _D:
         """Return the items at ``positions`` (of this dataset) as a new dataset of the same kind.
 
         ``indices`` of the result still point into the full underlying split; ``options`` are
         carried over.
         """
+        pos = torch.as_tensor(positions, dtype=torch.int64).reshape(-1)
+        n = len(self)
+        if pos.numel() and (int(pos.min()) < -n or int(pos.max()) >= n):
+            raise InputError(f"subset positions must lie in [0, {n - 1}]")
+        pos = pos % max(n, 1)
+        out = self._take(
+            pos,
+            self.targets.index_select(0, pos),
+            split if split is not None else self.split,
+            self.indices.index_select(0, pos),
+        )
+        out.options = dict(getattr(self, "options", {}))
+        return out
+
+    def _take(self: _D, pos: Tensor, targets: Tensor, split: str, indices: Tensor) -> _D:
+        """A new dataset of this kind holding the items at positions ``pos``, with their
+        ``targets`` and ``indices`` (what :meth:`subset` builds on)."""
         raise NotImplementedError
 
     def content_hash(self) -> str:
@@ -191,13 +222,6 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
             f"{type(self).__name__}(name={self.info.name!r}, split={self.split!r}, "
             f"n={len(self)}, classes={self.info.num_classes})"
         )
-
-
-def _positions(positions: Tensor | Sequence[int], n: int) -> Tensor:
-    pos = torch.as_tensor(positions, dtype=torch.int64).reshape(-1)
-    if pos.numel() and (int(pos.min()) < -n or int(pos.max()) >= n):
-        raise InputError(f"subset positions must lie in [0, {n - 1}]")
-    return pos % max(n, 1)
 
 
 class TensorImageDataset(ImageDataset):
@@ -251,17 +275,6 @@ class TensorImageDataset(ImageDataset):
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
         return x, int(self.targets[i])
 
-    def subset(
-        self, positions: Tensor | Sequence[int], split: str | None = None
-    ) -> TensorImageDataset:
-        """Return the items at ``positions`` as a new in-memory dataset (images are copied)."""
-        pos = _positions(positions, len(self))
-        out = TensorImageDataset(
-            self.images.index_select(0, pos),
-            self.targets.index_select(0, pos),
-            self.info,
-            split if split is not None else self.split,
-            self.indices.index_select(0, pos),
-        )
-        out.options = dict(getattr(self, "options", {}))
-        return out
+    def _take(self, pos: Tensor, targets: Tensor, split: str, indices: Tensor) -> TensorImageDataset:
+        """The items at ``pos`` as a new in-memory dataset (images are copied)."""
+        return TensorImageDataset(self.images.index_select(0, pos), targets, self.info, split, indices)

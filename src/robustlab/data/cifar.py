@@ -32,7 +32,7 @@ from robustlab.core import DataNotFoundError, ThreatModel
 
 from ._files import ENV_VAR, candidate_dirs, file_key, looked_in
 from ._safe_pickle import load_restricted
-from .api import DATASETS, DatasetBuilder
+from .api import register_dataset
 from .base import DataFormatError, DatasetInfo, TensorImageDataset
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "load_cifar10", "load_cifar100"]
@@ -73,49 +73,24 @@ class _Layout:
     torchvision_class: str
 
 
-_CIFAR10 = _Layout(
-    name="cifar10",
-    folder="cifar-10-batches-py",
-    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
-    test=("test_batch",),
-    meta="batches.meta",
-    label_key="labels",
-    names_key="label_names",
-    classes=CIFAR10_CLASSES,
-    info=DatasetInfo(
-        name="cifar10",
-        classes=CIFAR10_CLASSES,
-        in_channels=3,
-        image_size=(32, 32),
-        # per-channel mean and (population) std of the 50000 training images in [0, 1]
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        threat=ThreatModel("linf", 8 / 255),
-        augment="cifar",
-    ),
-    torchvision_class="CIFAR10",
-)
+def _layout(
+    name: str, classes: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...], **files: Any
+) -> _Layout:
+    """A CIFAR layout: 3x32x32 images, linf 8/255, the "cifar" augmentation."""
+    info = DatasetInfo(name, classes, 3, (32, 32), mean, std, ThreatModel("linf", 8 / 255), "cifar")
+    return _Layout(name=name, classes=classes, info=info, **files)
 
-_CIFAR100 = _Layout(
-    name="cifar100",
-    folder="cifar-100-python",
-    train=("train",),
-    test=("test",),
-    meta="meta",
-    label_key="fine_labels",
-    names_key="fine_label_names",
-    classes=CIFAR100_CLASSES,
-    info=DatasetInfo(
-        name="cifar100",
-        classes=CIFAR100_CLASSES,
-        in_channels=3,
-        image_size=(32, 32),
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-        threat=ThreatModel("linf", 8 / 255),
-        augment="cifar",
-    ),
-    torchvision_class="CIFAR100",
+
+# mean and std: per channel, (population) std, of the 50000 training images in [0, 1]
+_CIFAR10 = _layout(
+    "cifar10", CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    folder="cifar-10-batches-py", train=tuple(f"data_batch_{i}" for i in range(1, 6)), test=("test_batch",),
+    meta="batches.meta", label_key="labels", names_key="label_names", torchvision_class="CIFAR10",
+)
+_CIFAR100 = _layout(
+    "cifar100", CIFAR100_CLASSES, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    folder="cifar-100-python", train=("train",), test=("test",),
+    meta="meta", label_key="fine_labels", names_key="fine_label_names", torchvision_class="CIFAR100",
 )
 
 
@@ -266,15 +241,5 @@ def _info100(root: str | os.PathLike[str] | None = None) -> DatasetInfo:
     return _CIFAR100.info
 
 
-DATASETS.register(
-    "cifar10",
-    DatasetBuilder(info=_info10, load=load_cifar10, description="CIFAR-10, 10 classes, 3x32x32"),
-)
-DATASETS.register(
-    "cifar100",
-    DatasetBuilder(
-        info=_info100,
-        load=load_cifar100,
-        description="CIFAR-100 (fine labels), 100 classes, 3x32x32",
-    ),
-)
+register_dataset("cifar10", _info10, load_cifar10, "CIFAR-10, 10 classes, 3x32x32")
+register_dataset("cifar100", _info100, load_cifar100, "CIFAR-100 (fine labels), 100 classes, 3x32x32")

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from robustlab.core import DataNotFoundError, ThreatModel
 
-from .api import DATASETS, DatasetBuilder
+from .api import register_dataset
 from .base import DatasetInfo, TensorImageDataset
 from .splits import seeded_generator, stratified_select
 
@@ -68,14 +68,7 @@ def load_digits(
 ) -> TensorImageDataset:
     """Load the full ``"train"`` (1438) or ``"test"`` (359) split; ``root`` is not used."""
     xtr, ytr, xte, yte = _arrays()
-    if split == "train":
-        return TensorImageDataset(xtr, ytr, _INFO, split)
-    return TensorImageDataset(xte, yte, _INFO, split)
+    return TensorImageDataset(*((xtr, ytr) if split == "train" else (xte, yte)), _INFO, split)
 
 
-DATASETS.register(
-    "digits",
-    DatasetBuilder(
-        info=digits_info, load=load_digits, description="scikit-learn 8x8 digits, 10 classes"
-    ),
-)
+register_dataset("digits", digits_info, load_digits, "scikit-learn 8x8 digits, 10 classes")

@@ -23,7 +23,7 @@ from torch import Tensor
 from robustlab.core import DataNotFoundError, ThreatModel
 
 from ._files import ENV_VAR, candidate_dirs, file_key, looked_in
-from .api import DATASETS, DatasetBuilder
+from .api import register_dataset
 from .base import DataFormatError, DatasetInfo, TensorImageDataset
 
 __all__ = [
@@ -212,11 +212,7 @@ def load_fashion_mnist(
     return TensorImageDataset(x, y, _INFO, split)
 
 
-DATASETS.register(
-    "fashion-mnist",
-    DatasetBuilder(
-        info=fashion_mnist_info,
-        load=load_fashion_mnist,
-        description="Fashion-MNIST, 10 classes of 1x28x28 clothing images, from IDX files",
-    ),
+register_dataset(
+    "fashion-mnist", fashion_mnist_info, load_fashion_mnist,
+    "Fashion-MNIST, 10 classes of 1x28x28 clothing images, from IDX files",
 )

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from robustlab.core import DataNotFoundError, InputError, ThreatModel
 
-from .api import DATASETS, DatasetBuilder
-from .base import DataFormatError, DatasetInfo, ImageDataset, _positions
+from .api import register_dataset
+from .base import DataFormatError, DatasetInfo, ImageDataset, image_size_pair
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "imagefolder_info", "load_imagefolder"]
 
@@ -46,18 +46,6 @@ _LAYOUT_FIX = (
     "pass root= to a folder laid out as root/train/<class>/<image> and root/val/<class>/<image> "
     "(ImageNet-100 / Imagenette layout)"
 )
-
-
-def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, Sequence) and len(image_size) == 2:
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise InputError(f"image_size must be an int or (height, width), got {image_size!r}")
-    if min(size) < 1:
-        raise InputError(f"image_size must be >= 1, got {image_size!r}")
-    return size
 
 
 def _root(root: str | os.PathLike[str] | None) -> Path:
@@ -170,20 +158,9 @@ class ImageFolderDataset(ImageDataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return load_image(self.paths[i], self.info.image_size), int(self.targets[i])
 
-    def subset(
-        self, positions: Tensor | Sequence[int], split: str | None = None
-    ) -> ImageFolderDataset:
-        """Return the items at ``positions`` as a new lazily loaded dataset."""
-        pos = _positions(positions, len(self))
-        out = ImageFolderDataset(
-            [self.paths[i] for i in pos.tolist()],
-            self.targets.index_select(0, pos),
-            self.info,
-            split if split is not None else self.split,
-            self.indices.index_select(0, pos),
-        )
-        out.options = dict(getattr(self, "options", {}))
-        return out
+    def _take(self, pos: Tensor, targets: Tensor, split: str, indices: Tensor) -> ImageFolderDataset:
+        """The items at ``pos`` as a new lazily loaded dataset."""
+        return ImageFolderDataset([self.paths[i] for i in pos.tolist()], targets, self.info, split, indices)
 
     def _compute_content_hash(self) -> str:
         """SHA-256 over the output size and every file's length and bytes, in item order.
@@ -221,7 +198,7 @@ def imagefolder_info(
     Raises:
         DataNotFoundError: ``root`` missing or without ``train/<class>/`` folders.
     """
-    size = _image_size(image_size)
+    size = image_size_pair(image_size)
     return _info(_class_names(_root(root)), size)
 
 
@@ -246,7 +223,7 @@ def load_imagefolder(
         DataNotFoundError: missing folders or no images, with the expected layout.
         DataFormatError: the evaluation folder has classes the training folder lacks.
     """
-    size = _image_size(image_size)
+    size = image_size_pair(image_size)
     path = _root(root)
     if download:
         logger.warning("imagefolder cannot download; reading %s as it is", path)
@@ -255,11 +232,7 @@ def load_imagefolder(
     return ImageFolderDataset(paths, labels, _info(classes, size), split)
 
 
-DATASETS.register(
-    "imagefolder",
-    DatasetBuilder(
-        info=imagefolder_info,
-        load=load_imagefolder,
-        description="root/train/<class>/* and root/val/<class>/* (ImageNet-100, Imagenette)",
-    ),
+register_dataset(
+    "imagefolder", imagefolder_info, load_imagefolder,
+    "root/train/<class>/* and root/val/<class>/* (ImageNet-100, Imagenette)",
 )

@@ -1,4 +1,5 @@
-"""Batch iterators: ``make_loader`` yields ``(x, y)`` with x float32 NCHW in [0, 1], y int64.
+"""Batch iterators: ``make_loader`` yields ``(x, y)`` with x float32 NCHW in [0, 1], y int64;
+``as_tensors`` gives a whole dataset (or its first ``n`` items) as one such pair.
 
 In-memory datasets (those with an ``images`` tensor) are batched by indexing that tensor, with no
 per-item Python; lazily loaded datasets go through a ``torch.utils.data.DataLoader``. Shuffling
@@ -17,11 +18,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab.core import InputError
+from robustlab.core import InputError, check_int
 
 from .augment import Augmentation, get_augmentation
 
-__all__ = ["DatasetLoader", "TensorLoader", "make_loader"]
+__all__ = ["DatasetLoader", "TensorLoader", "as_tensors", "make_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +153,8 @@ def make_loader(
             without ``info``.
         UnknownNameError: unknown augmentation name (the message lists the known ones).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InputError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    check_int(batch_size, "batch_size", 1)
+    check_int(num_workers, "num_workers", 0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     aug = get_augmentation(augment, getattr(dataset, "info", None))
@@ -181,3 +180,28 @@ def make_loader(
         drop_last=drop_last,
         num_workers=num_workers,
     )
+
+
+def as_tensors(dataset: Dataset[Any], n: int | None = None, *, start: int = 0) -> tuple[Tensor, Tensor]:
+    """Items ``start, start + 1, ...`` of ``dataset``, at most ``n`` of them (all when ``None``),
+    as one float32 NCHW image tensor and one int64 label tensor, in order.
+
+    The values are those of stacking ``dataset[i]`` item by item, bit for bit; an in-memory
+    dataset (``images`` and ``targets`` tensors) is sliced instead, with no per-item Python
+    (uint8 images divided by 255, as its ``__getitem__`` does). The result never shares memory
+    with the dataset.
+
+    Raises:
+        InputError: for a bad ``n`` or ``start``.
+    """
+    total = len(dataset)  # type: ignore[arg-type]
+    check_int(start, "start", 0)
+    stop = total if n is None else min(total, start + check_int(n, "n", 0))
+    images, targets = getattr(dataset, "images", None), getattr(dataset, "targets", None)
+    if isinstance(images, Tensor) and isinstance(targets, Tensor) and images.shape[0] == total == targets.shape[0]:
+        x = images[start:stop]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
+        return x, targets[start:stop].to(torch.int64, copy=True)
+    items = [dataset[i] for i in range(start, stop)]
+    x = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    return x, torch.as_tensor([int(item[1]) for item in items], dtype=torch.int64)

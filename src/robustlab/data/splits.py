@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustlab.core import InputError
+from robustlab.core import InputError, check_int
 
 __all__ = ["balanced_counts", "proportional_counts", "stratified_select"]
 
@@ -21,8 +21,7 @@ _MASK63 = (1 << 63) - 1
 
 def seeded_generator(seed: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for ``seed``; different ``stream`` values give independent sequences."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an int >= 0, got {seed!r}")
+    check_int(seed, "seed", 0)
     return torch.Generator().manual_seed((seed ^ (stream * _GOLDEN)) & _MASK63)
 
 

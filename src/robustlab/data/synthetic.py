@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustlab.core import InputError, ThreatModel
+from robustlab.core import ThreatModel, check_int
 
-from .api import DATASETS, DatasetBuilder
-from .base import DatasetInfo, TensorImageDataset
+from .api import register_dataset
+from .base import DatasetInfo, TensorImageDataset, image_size_pair
 
 __all__ = ["load_synthetic", "synthetic_info"]
 
@@ -34,25 +34,12 @@ def _check(
     train_size: int,
     test_size: int,
 ) -> tuple[int, int, tuple[int, int], int, int]:
-    def pos_int(name: str, v: object, lo: int = 1) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise InputError(f"synthetic: {name} must be an int >= {lo}, got {v!r}")
-        return v
-
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, Sequence) and len(image_size) == 2:
-        size = (pos_int("image_size[0]", image_size[0]), pos_int("image_size[1]", image_size[1]))
-    else:
-        raise InputError(
-            f"synthetic: image_size must be an int or (height, width), got {image_size!r}"
-        )
     return (
-        pos_int("num_classes", num_classes, 2),
-        pos_int("in_channels", in_channels),
-        (pos_int("image_size", size[0]), pos_int("image_size", size[1])),
-        pos_int("train_size", train_size),
-        pos_int("test_size", test_size),
+        check_int(num_classes, "synthetic: num_classes", 2),
+        check_int(in_channels, "synthetic: in_channels", 1),
+        image_size_pair(image_size, "synthetic: image_size"),
+        check_int(train_size, "synthetic: train_size", 1),
+        check_int(test_size, "synthetic: test_size", 1),
     )
 
 
@@ -131,17 +118,7 @@ def load_synthetic(
     """
     k, c, size, ntr, nte = _check(num_classes, in_channels, image_size, train_size, test_size)
     xtr, ytr, xte, yte = _generate(k, c, size, ntr, nte)
-    info = _info(k, c, size, xtr)
-    if split == "train":
-        return TensorImageDataset(xtr, ytr, info, split)
-    return TensorImageDataset(xte, yte, info, split)
+    return TensorImageDataset(*((xtr, ytr) if split == "train" else (xte, yte)), _info(k, c, size, xtr), split)
 
 
-DATASETS.register(
-    "synthetic",
-    DatasetBuilder(
-        info=synthetic_info,
-        load=load_synthetic,
-        description="deterministic class prototypes + noise, for tests",
-    ),
-)
+register_dataset("synthetic", synthetic_info, load_synthetic, "deterministic class prototypes + noise, for tests")

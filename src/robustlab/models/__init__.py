@@ -7,6 +7,7 @@ Registered architectures (``list_models()``): ``resnet-mini`` (Fashion-MNIST on 
 the knob of the stride-shrinking defense (feature-map-strides paper, Sec. IV-B, Table IV).
 """
 
+from ..core.checkpoint import load_weights
 from . import resnet as _resnet  # noqa: F401  (registers resnet-mini, resnet18, ...)
 from . import vgg as _vgg  # noqa: F401  (registers vgg16, alexnet)
 from . import wrn as _wrn  # noqa: F401  (registers wrn-34-10)
@@ -19,7 +20,6 @@ from .factory import (
     create_model,
     header_options,
     list_models,
-    load_weights,
     model_from_recipe,
 )
 from .normalized import Normalized

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..core import InputError, RobustlabError, UnknownNameError
+from ..core import InputError, RobustlabError, UnknownNameError, is_number
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
@@ -50,12 +50,7 @@ class HeaderOption:
 
 
 def _is_probability(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0.0 <= value < 1.0
-    )
+    return is_number(value, 0.0, 1.0, high_open=True)
 
 
 def _is_bool(value: Any) -> bool:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..core import InputError
-from .layers import check_strides
+from .layers import Activation, check_strides
 
 
 def _get_stride(site: nn.Module) -> int:
@@ -126,9 +126,41 @@ class ResidualStages(StagedNetwork):
         """The first block of each stage."""
         return [stage[0] for stage in self.stages()]
 
+    def _add_head(self, width: int, num_classes: int) -> None:
+        """Add the linear classifier on ``width`` pooled features and initialize every weight
+        (the last step of a constructor)."""
+        self.num_features = width
+        self.linear = nn.Linear(width, num_classes)
+        init_weights(self)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Global pooling (average unless swapped) and the linear classifier."""
         return self.linear(torch.flatten(self.global_pool(features), 1))
+
+
+class PreActStages(ResidualStages):
+    """:class:`ResidualStages` in the pre-activation form: a stem convolution ``conv1``, the
+    stages, and a final BatchNorm ``bn`` and activation ``act`` before global pooling (PreAct
+    ResNet, Wide-ResNet and Madry's ResNet-32). Subclasses end their constructor with
+    :meth:`_add_final`.
+    """
+
+    conv1: nn.Module
+    bn: nn.BatchNorm2d
+    act: nn.Module
+
+    def _add_final(self, bn: nn.BatchNorm2d, activation: str, num_classes: int) -> None:
+        """Add the final ``bn``, the activation and the classifier; initialize every weight."""
+        self.bn = bn
+        self.act = Activation(activation)
+        self._add_head(bn.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, stages and the final BN + activation: the feature map before pooling."""
+        x = self.conv1(x)
+        for stage in self.stages():
+            x = stage(x)
+        return self.act(self.bn(x))  # type: ignore[no-any-return]
 
 
 def init_weights(module: nn.Module) -> None:

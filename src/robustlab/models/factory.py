@@ -12,16 +12,16 @@ import contextlib
 import copy
 import fnmatch
 import inspect
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core import CheckpointError, InputError, RobustlabError, UnknownNameError
+from ..core.checkpoint import load_weights
+from ..core.checks import check_int, check_positive_int, is_int, is_number
 from ._registry import MODELS, ModelBuilder
 from .adapters import (
     ADAPTER_NAME,
@@ -34,8 +34,6 @@ from .adapters import (
     build_torchvision,
 )
 from .normalized import Normalized
-
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar", ".bin"}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -64,8 +62,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int or None, got {seed!r}")
+    check_int(seed, "seed")
     with torch.random.fork_rng(devices=[]):
         # Only the CPU generator: the networks are built on the CPU, and torch.manual_seed
         # would also reseed (and so change) every CUDA generator of the caller.
@@ -133,73 +130,6 @@ def _builder_kwargs(arch: str, builder: ModelBuilder, kwargs: dict[str, Any]) ->
     return resolved
 
 
-def _check_weights_path(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"weights file {path} does not exist; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
-    pickled = path.suffix.lower() in _PICKLE_SUFFIXES
-    if not pickled:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        pickled = head == b"PK" or head[:1] == b"\x80"
-    if pickled:
-        raise CheckpointError(
-            f"{path} is a pickle-based torch file, and robustlab never unpickles files "
-            "(loading a pickle can run arbitrary code). In a process you trust, re-save the "
-            "inner network's weights once with safetensors: "
-            "safetensors.torch.save_file(net.state_dict(), 'weights.safetensors')"
-        )
-
-
-def load_weights(net: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local safetensors file holding ``net``'s full ``state_dict`` (strict).
-
-    Raises:
-        CheckpointError: for pickle files, missing or unreadable files, and key or shape
-            mismatches (naming the first offending keys).
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    _check_weights_path(path)
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({e}); it is truncated, corrupted or "
-            "of another format"
-        ) from None
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        hint = ""
-        if any(k.startswith("model.") for k in unexpected) and {"mean", "std"} & set(unexpected):
-            hint = (
-                "; the file holds a Normalized wrapper's state_dict: save "
-                "model.model.state_dict() (the inner network) instead"
-            )
-        raise CheckpointError(
-            f"{path} does not match the network: missing keys {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}{hint}; full robustlab checkpoints load "
-            "with robustlab.load"
-        )
-    bad = [
-        f"{k}: file {tuple(state[k].shape)} vs network {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if bad:
-        raise CheckpointError(
-            f"{path} has tensors of the wrong shape for this architecture: {'; '.join(bad[:3])}"
-            f"{' ...' if len(bad) > 3 else ''}; check num_classes, in_channels and the options"
-        )
-    net.load_state_dict(state, strict=True)
-
-
 def create_model(
     name: str,
     num_classes: int = 10,
@@ -246,9 +176,8 @@ def create_model(
         RobustlabError: for a ``timm:`` name when timm is not installed.
     """
     arch, builder = _resolve(name)
-    for what, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{what} must be a positive int, got {v!r}")
+    check_positive_int(num_classes, "num_classes")
+    check_positive_int(in_channels, "in_channels")
     mean_l = [0.5] * in_channels if mean is None else [float(v) for v in mean]
     std_l = [0.5] * in_channels if std is None else [float(v) for v in std]
     for what, values in (("mean", mean_l), ("std", std_l)):
@@ -287,13 +216,11 @@ def create_model(
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value, 1)
 
 
 def _is_number_list(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
-    )
+    return isinstance(value, list) and all(is_number(v) for v in value)
 
 
 _COMMON_HEADER_OPTIONS: dict[str, HeaderOption] = {

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import InputError
+from ..core import InputError, is_int
 
 PoolMode = Literal["same", "valid"]
 
@@ -75,9 +75,7 @@ def check_strides(strides: Sequence[int], n_stages: int, arch: str) -> tuple[int
             f"{arch} strides must be a sequence of {n_stages} positive ints, got {strides!r}"
         )
     out = tuple(strides)
-    if len(out) != n_stages or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in out
-    ):
+    if len(out) != n_stages or not all(is_int(s, 1) for s in out):
         raise InputError(
             f"{arch} has {n_stages} stages, so strides must be {n_stages} positive ints, "
             f"got {list(out)}"
@@ -88,9 +86,7 @@ def check_strides(strides: Sequence[int], n_stages: int, arch: str) -> tuple[int
 def check_positive_ints(values: Sequence[int], n: int, what: str, arch: str) -> tuple[int, ...]:
     """Validate ``n`` positive ints (stage widths, blocks per stage)."""
     out = tuple(values)
-    if len(out) != n or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in out
-    ):
+    if len(out) != n or not all(is_int(v, 1) for v in out):
         raise InputError(f"{arch} {what} must be {n} positive ints, got {list(out)}")
     return out
 
@@ -99,15 +95,32 @@ def _set_conv_stride(conv: nn.Conv2d, stride: int) -> None:
     conv.stride = (stride, stride)
 
 
-def _no_projection_error(stride: int) -> InputError:
-    return InputError(
-        f"cannot set stride {stride} in place on a block without a projection shortcut "
-        "(its identity shortcut cannot downsample); rebuild the network with "
-        "create_model(..., strides=...) instead"
-    )
+class _StridedBlock(nn.Module):
+    """A residual block whose stride sits on ``conv1`` and on its projection ``shortcut``
+    (none when the block keeps width and size)."""
+
+    conv1: nn.Conv2d
+    shortcut: nn.Sequential | None
+
+    @property
+    def stride(self) -> int:
+        """The block's downsampling factor; settable in place (stride-shrinking defense)."""
+        return int(self.conv1.stride[0])
+
+    @stride.setter
+    def stride(self, value: int) -> None:
+        if self.shortcut is None and value != 1:
+            raise InputError(
+                f"cannot set stride {value} in place on a block without a projection shortcut "
+                "(its identity shortcut cannot downsample); rebuild the network with "
+                "create_model(..., strides=...) instead"
+            )
+        _set_conv_stride(self.conv1, value)
+        if self.shortcut is not None:
+            _set_conv_stride(self.shortcut[0], value)  # type: ignore[arg-type]
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_StridedBlock):
     """The two-conv residual block of He et al. (2016) in its CIFAR form (post-activation).
 
     A 1x1 projection shortcut (conv + BN) is used when the width or the stride changes.
@@ -131,19 +144,6 @@ class BasicBlock(nn.Module):
                 conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
             )
 
-    @property
-    def stride(self) -> int:
-        """The block's downsampling factor; settable in place (stride-shrinking defense)."""
-        return int(self.conv1.stride[0])
-
-    @stride.setter
-    def stride(self, value: int) -> None:
-        if self.shortcut is None and value != 1:
-            raise _no_projection_error(value)
-        _set_conv_stride(self.conv1, value)
-        if self.shortcut is not None:
-            _set_conv_stride(self.shortcut[0], value)  # type: ignore[arg-type]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual forward pass."""
         out = self.act(self.bn1(self.conv1(x)))
@@ -152,7 +152,7 @@ class BasicBlock(nn.Module):
         return self.act(out + identity)  # type: ignore[no-any-return]
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(_StridedBlock):
     """The pre-activation residual block of He et al. (2016, "Identity mappings").
 
     BN-ReLU precedes each convolution. When the block has a 1x1 projection shortcut, the
@@ -180,19 +180,6 @@ class PreActBlock(nn.Module):
         self.shortcut: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride))
-
-    @property
-    def stride(self) -> int:
-        """The block's downsampling factor; settable in place (stride-shrinking defense)."""
-        return int(self.conv1.stride[0])
-
-    @stride.setter
-    def stride(self, value: int) -> None:
-        if self.shortcut is None and value != 1:
-            raise _no_projection_error(value)
-        _set_conv_stride(self.conv1, value)
-        if self.shortcut is not None:
-            _set_conv_stride(self.shortcut[0], value)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual forward pass."""

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..core import InputError
-from ._registry import MODELS
-from .base import ResidualStages, init_weights
+from ._registry import register_model
+from .base import PreActStages, ResidualStages
 from .layers import (
     Activation,
     BasicBlock,
@@ -75,9 +75,7 @@ class ResNet(ResidualStages):
         self.bn1 = nn.BatchNorm2d(stem)
         self.act = Activation("relu")
         c = self._add_stages(stem, widths, blocks, strides, lambda i, first, cin, w, s: BasicBlock(cin, w, s))
-        self.num_features = c
-        self.linear = nn.Linear(c, num_classes)
-        init_weights(self)
+        self._add_head(c, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: the feature map before global average pooling."""
@@ -87,7 +85,7 @@ class ResNet(ResidualStages):
         return x
 
 
-class PreActResNet(ResidualStages):
+class PreActResNet(PreActStages):
     """A CIFAR-style pre-activation ResNet (He et al., 2016, "Identity mappings").
 
     As in the adversarial-training reference code (Rice et al., 2020), a final BN-ReLU precedes
@@ -116,21 +114,10 @@ class PreActResNet(ResidualStages):
         widths, blocks, strides = _check_stage_config(arch, widths, blocks, strides)
         self.conv1 = conv3x3(in_channels, widths[0])
         c = self._add_stages(widths[0], widths, blocks, strides, lambda i, first, cin, w, s: PreActBlock(cin, w, s))
-        self.bn = nn.BatchNorm2d(c)
-        self.act = Activation("relu")
-        self.num_features = c
-        self.linear = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, stages and the final BN-ReLU: the feature map before pooling."""
-        x = self.conv1(x)
-        for stage in self.stages():
-            x = stage(x)
-        return self.act(self.bn(x))  # type: ignore[no-any-return]
+        self._add_final(nn.BatchNorm2d(c), "relu", num_classes)
 
 
-class MadryResNet(ResidualStages):
+class MadryResNet(PreActStages):
     """The CIFAR-10 ResNet of Madry et al. (2018), ``cifar10_challenge/model.py``.
 
     A 3x3 stem of 16 channels, three stages of :class:`~robustlab.models.layers.MadryUnit`
@@ -167,20 +154,12 @@ class MadryResNet(ResidualStages):
             stem_width, widths, blocks, strides,
             lambda i, first, cin, w, s: MadryUnit(cin, w, s, activate_before_residual=(i == 0 and first)),
         )
-        self.bn = nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
-        self.act = Activation("leaky_relu")
-        self.num_features = c
-        self.linear = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, stages and the final BN + leaky ReLU."""
-        x = self.conv1(x)
-        for stage in self.stages():
-            x = stage(x)
-        return self.act(self.bn(x))  # type: ignore[no-any-return]
+        self._add_final(nn.BatchNorm2d(c, eps=1e-3, momentum=0.1), "leaky_relu", num_classes)
 
 
+@register_model(
+    "resnet-mini", description="small CIFAR-style ResNet for 28x28 (Fashion-MNIST) on a CPU", input_size=(1, 28, 28)
+)
 def resnet_mini(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -208,6 +187,10 @@ def resnet_mini(
     return ResNet(widths, blocks, strides, num_classes, in_channels, arch="resnet-mini")
 
 
+@register_model(
+    "resnet18", description="CIFAR ResNet-18 (stride-1 stem, no max-pool)",
+    paper="feature-map-strides, Sec. IV-B, Table IV",
+)
 def resnet18(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -232,6 +215,7 @@ def resnet18(
     return ResNet(widths, blocks, strides, num_classes, in_channels, arch="resnet18")
 
 
+@register_model("preact-resnet18", description="CIFAR PreAct ResNet-18", paper="feature-map-strides, Table IV")
 def preact_resnet18(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -252,6 +236,9 @@ def preact_resnet18(
     return PreActResNet(widths, blocks, strides, num_classes, in_channels, arch="preact-resnet18")
 
 
+@register_model(
+    "resnet32", description="Madry et al. (2018) CIFAR ResNet-32", paper="sparse-randomized-encoder, Sec. 5"
+)
 def resnet32(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -272,31 +259,3 @@ def resnet32(
     """
     return MadryResNet(widths, blocks, strides, num_classes, in_channels)
 
-
-MODELS.register(
-    "resnet-mini",
-    resnet_mini,
-    description="small CIFAR-style ResNet for 28x28 (Fashion-MNIST) on a CPU",
-    input_size=(1, 28, 28),
-)
-MODELS.register(
-    "resnet18",
-    resnet18,
-    description="CIFAR ResNet-18 (stride-1 stem, no max-pool)",
-    paper="feature-map-strides, Sec. IV-B, Table IV",
-    input_size=(3, 32, 32),
-)
-MODELS.register(
-    "preact-resnet18",
-    preact_resnet18,
-    description="CIFAR PreAct ResNet-18",
-    paper="feature-map-strides, Table IV",
-    input_size=(3, 32, 32),
-)
-MODELS.register(
-    "resnet32",
-    resnet32,
-    description="Madry et al. (2018) CIFAR ResNet-32",
-    paper="sparse-randomized-encoder, Sec. 5",
-    input_size=(3, 32, 32),
-)

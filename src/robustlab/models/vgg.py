@@ -38,8 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..core import InputError
-from ._registry import MODELS
+from ..core import check_probability
+from ._registry import register_model
 from .base import StagedNetwork, init_weights
 from .layers import InputSizeError, PoolMode, StagePool, check_strides
 
@@ -56,8 +56,7 @@ VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
 
 
 def _head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    if not 0.0 <= float(dropout) < 1.0:
-        raise InputError(f"dropout must lie in [0, 1), got {dropout!r}")
+    check_probability(dropout, "dropout", high_open=True)
     return nn.Sequential(
         nn.Dropout(dropout),
         nn.Linear(in_features, 512),
@@ -89,13 +88,13 @@ def _side(features: nn.Sequential, size: int) -> int | None:
     return size
 
 
-def min_input_size(net: VGG | AlexNet) -> int | None:
+def min_input_size(net: PooledConvNet) -> int | None:
     """The smallest square input side ``net`` (its current strides) takes, or None above
     :data:`MAX_CHECKED_SIZE`."""
     return next((n for n in range(1, MAX_CHECKED_SIZE + 1) if _side(net.features, n) is not None), None)
 
 
-def _check_input_size(net: VGG | AlexNet, x: torch.Tensor) -> None:
+def _check_input_size(net: PooledConvNet, x: torch.Tensor) -> None:
     """Refuse an input some pooling window no longer fits in, naming the smallest size."""
     h, w = x.shape[-2:]
     if not (isinstance(h, int) and isinstance(w, int)):  # symbolic shapes (fx tracing)
@@ -115,7 +114,40 @@ def _check_input_size(net: VGG | AlexNet, x: torch.Tensor) -> None:
     )
 
 
-class VGG(StagedNetwork):
+class PooledConvNet(StagedNetwork):
+    """A convolutional part ``features`` whose stages end in strided poolings (or convolutions),
+    then adaptive average pooling to 1x1 and a fully connected head (feature-map-strides paper,
+    Appendix B). Subclasses build ``features`` and end their constructor with :meth:`_add_head`.
+    """
+
+    features: nn.Sequential
+
+    def _add_head(self, width: int, num_classes: int, dropout: float) -> None:
+        """Add the pooling and the head on ``width`` features; initialize every weight."""
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = width
+        self.classifier = _head(width, num_classes, dropout)
+        init_weights(self)
+
+    def min_input_size(self) -> int | None:
+        """The smallest square input side the network takes at its current strides."""
+        return min_input_size(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the feature map before adaptive average pooling.
+
+        Raises:
+            InputSizeError: for an input smaller than :meth:`min_input_size`.
+        """
+        _check_input_size(self, x)
+        return self.features(x)  # type: ignore[no-any-return]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Adaptive average pooling to 1x1 and the fully connected head."""
+        return self.classifier(torch.flatten(self.avgpool(features), 1))  # type: ignore[no-any-return]
+
+
+class VGG(PooledConvNet):
     """VGG with BatchNorm for small images; block ``i`` ends in a max-pool of stride ``s_i``.
 
     Args:
@@ -153,34 +185,14 @@ class VGG(StagedNetwork):
                 c = w
             layers.append(StagePool(s, stride1_pool))
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = c
-        self.classifier = _head(c, num_classes, dropout)
-        init_weights(self)
+        self._add_head(c, num_classes, dropout)
 
     def stage_sites(self) -> list[nn.Module]:
         """The max-pool ending each block."""
         return [m for m in self.features if isinstance(m, StagePool)]
 
-    def min_input_size(self) -> int | None:
-        """The smallest square input side the network takes at its current strides."""
-        return min_input_size(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: the feature map before adaptive average pooling.
-
-        Raises:
-            InputSizeError: for an input smaller than :meth:`min_input_size`.
-        """
-        _check_input_size(self, x)
-        return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Adaptive average pooling to 1x1 and the fully connected head."""
-        return self.classifier(torch.flatten(self.avgpool(features), 1))
-
-
-class AlexNet(StagedNetwork):
+class AlexNet(PooledConvNet):
     """A CIFAR AlexNet with four downsampling points (conv1 stride and three max-pools).
 
     See the module docstring for the layer list (feature-map-strides paper, Appendix B).
@@ -220,33 +232,17 @@ class AlexNet(StagedNetwork):
             nn.ReLU(inplace=True),
             StagePool(s4, stride1_pool),
         )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = 256
-        self.classifier = _head(256, num_classes, dropout)
-        init_weights(self)
+        self._add_head(256, num_classes, dropout)
 
     def stage_sites(self) -> list[nn.Module]:
         """conv1, then the three max-pools."""
         return [self.features[0]] + [m for m in self.features if isinstance(m, StagePool)]
 
-    def min_input_size(self) -> int | None:
-        """The smallest square input side the network takes at its current strides."""
-        return min_input_size(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: the feature map before adaptive average pooling.
-
-        Raises:
-            InputSizeError: for an input smaller than :meth:`min_input_size`.
-        """
-        _check_input_size(self, x)
-        return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Adaptive average pooling to 1x1 and the fully connected head."""
-        return self.classifier(torch.flatten(self.avgpool(features), 1))
-
-
+@register_model(
+    "vgg16", description="CIFAR VGG16 with BatchNorm, adaptive average pooling, FC head",
+    paper="feature-map-strides, Appendix B, Table IV",
+)
 def vgg16(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -267,6 +263,10 @@ def vgg16(
     return VGG(VGG16_BLOCKS, strides, num_classes, in_channels, dropout, stride1_pool)
 
 
+@register_model(
+    "alexnet", description="CIFAR AlexNet, adaptive average pooling, FC head",
+    paper="feature-map-strides, Appendix B, Table IV",
+)
 def alexnet(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -286,18 +286,3 @@ def alexnet(
     """
     return AlexNet(strides, num_classes, in_channels, dropout, stride1_pool)
 
-
-MODELS.register(
-    "vgg16",
-    vgg16,
-    description="CIFAR VGG16 with BatchNorm, adaptive average pooling, FC head",
-    paper="feature-map-strides, Appendix B, Table IV",
-    input_size=(3, 32, 32),
-)
-MODELS.register(
-    "alexnet",
-    alexnet,
-    description="CIFAR AlexNet, adaptive average pooling, FC head",
-    paper="feature-map-strides, Appendix B, Table IV",
-    input_size=(3, 32, 32),
-)

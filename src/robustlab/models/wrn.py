@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from ..core import InputError
-from ._registry import MODELS
-from .base import ResidualStages, init_weights
-from .layers import Activation, PreActBlock, check_strides, conv3x3
+from ..core import InputError, check_positive_int, check_probability, is_int
+from ._registry import register_model
+from .base import PreActStages
+from .layers import PreActBlock, check_strides, conv3x3
 
 
-class WideResNet(ResidualStages):
+class WideResNet(PreActStages):
     """A CIFAR Wide-ResNet: a 16-channel 3x3 stem, three stages of pre-activation blocks of
     widths ``16k, 32k, 64k`` (``k`` = ``widen_factor``), a final BN-ReLU, global average
     pooling and a linear layer. Each stage has ``(depth - 4) / 6`` blocks.
@@ -42,14 +41,12 @@ class WideResNet(ResidualStages):
     ) -> None:
         super().__init__()
         self.arch = f"wrn-{depth}-{widen_factor}"
-        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        if not is_int(depth, 10) or (depth - 4) % 6:
             raise InputError(
                 f"wide-resnet depth must be 6n + 4 with n >= 1 (e.g. 34), got {depth!r}"
             )
-        if not isinstance(widen_factor, int) or widen_factor < 1:
-            raise InputError(f"widen_factor must be a positive int, got {widen_factor!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise InputError(f"dropout must lie in [0, 1), got {dropout!r}")
+        check_positive_int(widen_factor, "widen_factor")
+        check_probability(dropout, "dropout", high_open=True)
         strides = check_strides(strides, 3, self.arch)
         n = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
@@ -57,20 +54,12 @@ class WideResNet(ResidualStages):
         c = self._add_stages(
             16, widths, (n, n, n), strides, lambda i, first, cin, w, s: PreActBlock(cin, w, s, dropout)
         )
-        self.bn = nn.BatchNorm2d(c)
-        self.act = Activation("relu")
-        self.num_features = c
-        self.linear = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, stages and the final BN-ReLU."""
-        x = self.conv1(x)
-        for stage in self.stages():
-            x = stage(x)
-        return self.act(self.bn(x))  # type: ignore[no-any-return]
+        self._add_final(nn.BatchNorm2d(c), "relu", num_classes)
 
 
+@register_model(
+    "wrn-34-10", description="Wide-ResNet-34-10 (TRADES/AWP CIFAR form)", paper="deformable-conv-stochasticity, Sec. 5"
+)
 def wrn_34_10(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -92,11 +81,3 @@ def wrn_34_10(
     """
     return WideResNet(depth, widen_factor, dropout, strides, num_classes, in_channels)
 
-
-MODELS.register(
-    "wrn-34-10",
-    wrn_34_10,
-    description="Wide-ResNet-34-10 (TRADES/AWP CIFAR form)",
-    paper="deformable-conv-stochasticity, Sec. 5",
-    input_size=(3, 32, 32),
-)
