@@ -193,7 +193,7 @@ def test_local_linearity_error() -> None:
         const, x, torch.zeros(4, dtype=torch.long), 0.1, generator=torch.Generator()
     )
     assert torch.equal(zero, torch.zeros(4, dtype=torch.float64))
-    with pytest.raises(InputError, match="samples >= 1"):
+    with pytest.raises(InputError, match="samples must be an int >= 1"):
         local_linearity_error(model, x, y, 0.1, samples=0)
 
 

@@ -103,7 +103,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         ({"poolings": "avg"}, "poolings must be a non-empty sequence"),
         ({"activations": ("tanh",)}, r"unknown activations \['tanh'\]"),
         ({"sizes": (0,)}, "sizes must be a non-empty sequence of positive ints"),
-        ({"samples": 0}, "samples and batch_size must be >= 1"),
+        ({"samples": 0}, "samples must be an int >= 1"),
         ({"noise": -0.1}, "noise must be a finite number >= 0"),
         ({"base": "gauss"}, r"unknown base \['gauss'\]"),
         ({"strides": (1, 2)}, "widths and strides must be equally long"),

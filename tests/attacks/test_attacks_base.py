@@ -6,6 +6,7 @@ import pytest
 import torch
 from attack_toys import NoiseInjection, Quantize
 from torch import nn
+from toys import Linear2
 
 from robustlab.attacks import (
     EOT,
@@ -22,6 +23,7 @@ from robustlab.attacks import (
     project_hyperplane_box,
 )
 from robustlab.core import InputError, ThreatModel, UnknownNameError
+from robustlab.core.randomness import seed_stochastic
 
 LINF = ThreatModel("linf", 0.1)
 
@@ -140,7 +142,28 @@ def test_result_fields_and_pass_counts() -> None:
     assert res.forward_passes == 5 * 8
     with torch.no_grad():
         assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
-    assert res.robust_accuracy == pytest.approx(1 - res.success.float().mean().item())
+
+
+def test_robust_accuracy_is_the_closed_form_worst_case_of_a_linear_model() -> None:
+    # Linear2 (logits [0, z], z = <w, x> + b): the cross-entropy's input gradient has the sign of
+    # -w (label 1) or +w (label 0) everywhere, so 4 steps of 2.5 eps / 4 (2.5 eps of travel from
+    # any start in the ball) end at the ball's worst corner, clipped to [0, 1]. A sample stays
+    # robust iff its margin there keeps its sign (class 1 iff z > 0).
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 4, 4, generator=g)
+    x = torch.rand(200, 3, 4, 4, generator=g)
+    model = Linear2(w, b=-float(w.sum()) / 2).eval()
+    with torch.no_grad():
+        y = (model(x)[:, 1] > 0).long()
+    threat = ThreatModel("linf", 0.03)
+    res = PGD(threat, steps=4, early_stop=False).run(model, x, y, generator=g)
+    label_side = (2 * y - 1).view(-1, 1, 1, 1).float() * w.sign()  # moving along it helps label y
+    worst = (x - threat.eps * label_side).clamp(0, 1)
+    z_worst = (worst * w).flatten(1).sum(1) + model.b
+    robust = torch.where(y == 1, z_worst > 0, z_worst <= 0)
+    assert 0.2 < robust.double().mean() < 0.8  # the toy is not degenerate
+    assert torch.equal(res.success, ~robust)
+    assert res.robust_accuracy == pytest.approx(robust.double().mean().item())
 
 
 def test_targeted_success_means_hitting_the_target() -> None:
@@ -184,15 +207,18 @@ def test_eot_on_a_deterministic_model_equals_the_plain_gradient() -> None:
 
 def test_eot_averages_fresh_draws_of_a_stochastic_model() -> None:
     x, y = _data(4)
-    torch.manual_seed(0)
     model = nn.Sequential(NoiseInjection(0.5), _toy())
     fm = ModelFn(model)
     assert fm.stochastic
+    seed_stochastic(model, 7)
     est = EOT(8)(fm, x, _objective(y))
     assert fm.forward_passes == fm.backward_passes == 8 * 4
-    singles = [Gradient()(ModelFn(model), x, _objective(y)).grad for _ in range(2)]
-    assert not torch.equal(singles[0], singles[1])
-    assert est.grad.shape == x.shape
+    # the peer: the same 8 draws (the noise layer seeded alike), one plain gradient each
+    seed_stochastic(model, 7)
+    singles = [Gradient()(ModelFn(model), x, _objective(y)) for _ in range(8)]
+    assert not torch.equal(singles[0].grad, singles[1].grad)  # the draws differ
+    torch.testing.assert_close(est.grad, torch.stack([s.grad for s in singles]).mean(0))
+    torch.testing.assert_close(est.loss, torch.stack([s.loss for s in singles]).mean(0))
 
 
 def test_normalized_eot_averages_unit_gradients() -> None:
@@ -207,7 +233,7 @@ def test_normalized_eot_averages_unit_gradients() -> None:
 
 
 def test_eot_needs_positive_n() -> None:
-    with pytest.raises(InputError, match="EOT needs n >= 1"):
+    with pytest.raises(InputError, match=r"EOT n \(draws\) must be an int >= 1"):
         EOT(0)
 
 
@@ -303,9 +329,15 @@ def test_hyperplane_box_projection_goes_to_the_corner_when_unreachable() -> None
 
 
 def test_every_registered_attack_is_sealed() -> None:
-    from robustlab.attacks import ATTACKS, FGSM, Square
+    from robustlab.attacks import ATTACKS
 
-    for attack in (FGSM(LINF), Square(LINF, 10), create_attack("apgd-ce", LINF)):
+    options = {"transfer": {"surrogate": _toy()}}
+    names = ATTACKS.names()
+    assert len(names) >= 14  # the registry is not empty by accident
+    for name in names:
+        threat = LINF if "linf" in ATTACKS.meta(name)["norms"] else ThreatModel("l2", 0.5)
+        attack = create_attack(name, threat, **options.get(name, {}))
         with pytest.raises(AttributeError, match="configured once"):
             attack.foo = 1  # type: ignore[attr-defined]
-    assert "fgsm" in ATTACKS
+        with pytest.raises(AttributeError, match="configured once"):
+            attack.threat = threat

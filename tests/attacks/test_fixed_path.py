@@ -58,12 +58,21 @@ def _toy_batch(n: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return 0.5 + 0.6 * eps * sign * torch.ones(n, 3, 4, 4), y
 
 
-def test_the_papers_protocol_reports_more_robustness_than_eot_pgd_on_shared_gradient_paths():
-    eps = 0.05
-    threat = ThreatModel("linf", eps)
-    x, y = _toy_batch(200, eps)
+EPS = 0.05
+THREAT = ThreatModel("linf", EPS)
+
+
+def _seeded_toy(n: int, seed: int) -> tuple[SharedGradientToy, torch.Tensor, torch.Tensor]:
+    """The toy, its random layer seeded with ``seed``, and ``n`` images at radius ``EPS``."""
+    x, y = _toy_batch(n, EPS)
     model = SharedGradientToy().eval()
-    seed_stochastic(model, 0)
+    seed_stochastic(model, seed)
+    return model, x, y
+
+
+def test_the_papers_protocol_reports_more_robustness_than_eot_pgd_on_shared_gradient_paths():
+    threat = THREAT
+    model, x, y = _seeded_toy(200, 0)
     verdict = Verdict(draws=1)
     paper = FixedPathPGD(threat, steps=20).run(
         model, x, y, generator=torch.Generator().manual_seed(0), verdict=verdict
@@ -79,11 +88,8 @@ def test_the_papers_protocol_reports_more_robustness_than_eot_pgd_on_shared_grad
 
 
 def test_the_attack_runs_on_one_path_and_is_judged_on_a_fresh_one():
-    eps = 0.05
-    x, y = _toy_batch(6, eps)
-    model = SharedGradientToy().eval()
-    seed_stochastic(model, 1)
-    result = FixedPathPGD(ThreatModel("linf", eps), steps=5).run(model, x, y)
+    model, x, y = _seeded_toy(6, 1)
+    result = FixedPathPGD(THREAT, steps=5).run(model, x, y)
     draws = model.signs.draws
     # 5 PGD steps and the check of the last iterate on one path, then the verdict's fresh draws
     # (the clean estimate, the comparison's two and the final estimate: k = 16 draws each)
@@ -112,7 +118,7 @@ def test_registered_and_the_dcs_paper_battery():
         and only.steps == 20
         and only.step_size == pytest.approx(2 / 255)
     )
-    with pytest.raises(InputError, match="steps must be >= 1"):
+    with pytest.raises(InputError, match="steps must be an int >= 1"):
         FixedPathPGD(threat, steps=0)
 
 
@@ -135,11 +141,8 @@ def test_it_needs_a_module_and_never_imports_defenses():
 def test_dcs_paper_battery_through_the_runner_reports_more_than_an_eot_battery():
     from robustlab.evaluate import Battery, run_battery
 
-    eps = 0.05
-    threat = ThreatModel("linf", eps)
-    x, y = _toy_batch(40, eps)
-    model = SharedGradientToy().eval()
-    seed_stochastic(model, 3)
+    threat = THREAT
+    model, x, y = _seeded_toy(40, 3)
     paper = run_battery(model, (x, y), create_battery("dcs-paper", threat), batch_size=500)
     eot = Battery([PGD(threat, steps=10, grad=EOT(10))], name="eot-pgd")  # DLR needs 3 classes
     rand = run_battery(model, (x, y), eot, batch_size=500)

@@ -71,9 +71,9 @@ def test_presets_follow_the_paper() -> None:
     ("changes", "message"),
     [
         ({"atoms": 0}, "atoms must be a positive int"),
-        ({"lam": -1.0}, "lam must be a positive number"),
+        ({"lam": -1.0}, "lam must be a finite number > 0"),
         ({"stride": 1.5}, "stride must be a positive int"),
-        ({"max_patches": 0}, "max_patches must be a positive int or None"),
+        ({"max_patches": 0}, "max_patches must be a positive int"),
     ],
 )
 def test_bad_settings_raise(changes: dict, message: str) -> None:

@@ -102,6 +102,11 @@ def test_a_run_repeats_bit_for_bit_and_the_seed_matters():
     a2 = run_battery(net, (x, y), b, seed=3, batch_size=16)
     assert a1.to_dict()["masks"] == a2.to_dict()["masks"] and a1.robust_acc == a2.robust_acc
     assert a1.config == a2.config
+    # another seed draws other PGD random starts: near the boundary some samples change verdict
+    # (measured: 1 of 64 with seed 4, 2 with seed 5); the images and the battery are the same
+    others = [run_battery(net, (x, y), b, seed=s, batch_size=16) for s in (4, 5)]
+    assert all(o.indices == a1.indices and o.clean_acc == a1.clean_acc for o in others)
+    assert any(not torch.equal(o.robust, a1.robust) for o in others)
 
 
 def test_result_is_json_ready_and_round_trips():
@@ -188,7 +193,7 @@ def test_bad_inputs_are_clear_errors():
     b = Battery([FGSM(T)])
     with pytest.raises(InputError, match=r"n=11 samples were asked for.*only 10"):
         run_battery(net, (x, y), b, n=11)
-    with pytest.raises(InputError, match="n must be None or an int >= 1"):
+    with pytest.raises(InputError, match="n must be an int >= 1"):
         run_battery(net, (x, y), b, n=0)
     with pytest.raises(InputError, match="batch_size must be an int >= 1"):
         run_battery(net, (x, y), b, batch_size=0)

@@ -72,7 +72,7 @@ def test_ensemble_predict_averages_softmax():
     model = CoinFlip(p=0.9).eval()
     x, y = _coin_data(100)
     assert (ensemble_predict(model, x, 9) == y).float().mean() > 0.97
-    with pytest.raises(ValueError, match="draws must be >= 1"):
+    with pytest.raises(ValueError, match="draws must be an int >= 1"):
         ensemble_predict(model, x, 0)
 
 

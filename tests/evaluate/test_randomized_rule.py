@@ -64,6 +64,27 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def toy_batch(toy: type, seed: int, images=None):  # type: ignore[no-untyped-def]
+    """``toy`` in eval mode (built after seeding the global generator: the toys draw from it)
+    with ``N`` images (``toy_images`` at its pixels, or ``images(N, seed)``) and their labels."""
+    torch.manual_seed(seed)
+    model = toy().eval()
+    x = toy_images(N, seed, toy.pixels) if images is None else images(N, seed)
+    return model, x, labels(N)
+
+
+def truth_zero_toy(toy: type, seed: int, images=None):  # type: ignore[no-untyped-def]
+    """:func:`toy_batch`, after checking that the truth is 0 (:func:`assert_truth_zero`)."""
+    model, x, y = toy_batch(toy, seed, images)
+    assert_truth_zero(model, x, y)
+    return model, x, y
+
+
+def battery_robust_acc(model, x, y, battery, seed: int) -> float:  # type: ignore[no-untyped-def]
+    """The reported robust accuracy of ``battery`` on the ``N`` images."""
+    return run_battery(model, (x, y), battery, threat=THREAT, n=N, seed=seed).robust_acc
+
+
 def rand_battery(steps: int, eot: int) -> Battery:
     """The ``rand`` battery's attacks (APGD-CE, APGD-DLR, both with EOT) at a small budget."""
     return Battery(
@@ -76,10 +97,7 @@ def rand_battery(steps: int, eot: int) -> Battery:
 
 @SEEDS
 def test_path1_a_later_target_keeps_an_earlier_targets_success(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = TargetTrap().eval()
-    x, y = toy_images(N, seed, TargetTrap.pixels), labels(N)
-    assert_truth_zero(model, x, y)
+    model, x, y = truth_zero_toy(TargetTrap, seed)
     result = APGDT(THREAT, 10, n_target_classes=3).run(model, x, y, generator=generator(seed))
     assert_near_truth(result.robust_accuracy, 0.0, "APGD-T, 3 targets")
 
@@ -87,10 +105,7 @@ def test_path1_a_later_target_keeps_an_earlier_targets_success(seed: int) -> Non
 @SEEDS
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
 def test_path1_a_later_restart_keeps_an_earlier_restarts_success(seed: int, attack: str) -> None:
-    torch.manual_seed(seed)
-    model = RestartTrap().eval()
-    x, y = toy_images(N, seed, RestartTrap.pixels), labels(N)
-    assert_truth_zero(model, x, y)
+    model, x, y = truth_zero_toy(RestartTrap, seed)
     # a restart wins with probability ~0.6, so five lose together on ~1% of the samples
     runner = PGD(THREAT, 20, restarts=5) if attack == "pgd" else APGD(THREAT, 10, restarts=5)
     result = runner.run(model, x, y, generator=generator(seed))
@@ -99,73 +114,58 @@ def test_path1_a_later_restart_keeps_an_earlier_restarts_success(seed: int, atta
 
 @SEEDS
 def test_path2_eot_keeps_the_point_that_fools_the_most_draws(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = Jackpot().eval()
-    x, y = toy_images(N, seed, Jackpot.pixels), labels(N)
-    assert_truth_zero(model, x, y)
-    result = run_battery(model, (x, y), rand_battery(20, 8), threat=THREAT, n=N, seed=seed)
-    assert_near_truth(result.robust_acc, 0.0, "rand battery (steps 20, EOT 8)")
+    model, x, y = truth_zero_toy(Jackpot, seed)
+    reported = battery_robust_acc(model, x, y, rand_battery(20, 8), seed)
+    assert_near_truth(reported, 0.0, "rand battery (steps 20, EOT 8)")
 
 
-def assert_every_frozen_draw_breakable(
-    model: FrozenSwitch, x: torch.Tensor, y: torch.Tensor
-) -> None:
-    """Whichever draw is frozen, the point made for it lies in the ball and that draw
-    misclassifies it: truth 0 inside ``frozen``."""
+def frozen_switch_batch(seed: int) -> tuple[FrozenSwitch, torch.Tensor, torch.Tensor]:
+    """:func:`toy_batch` of :class:`FrozenSwitch`, after checking that whichever draw is frozen,
+    the point made for it lies in the ball and that draw misclassifies it: truth 0 inside
+    ``frozen``."""
+    model, x, y = toy_batch(FrozenSwitch, seed)
     for code in model.outcomes(x.shape[0]):
         corner = model.corner(x, code)
         assert float((corner - x).abs().max()) <= EPS
         assert bool((model.logits(corner, code).argmax(dim=1) != y).all())
+    return model, x, y
 
 
 @SEEDS
 def test_path3_a_frozen_draw_is_attacked_and_judged_as_one_function_quick(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = FrozenSwitch().eval()
-    x, y = toy_images(N, seed, FrozenSwitch.pixels), labels(N)
-    assert_every_frozen_draw_breakable(model, x, y)
+    model, x, y = frozen_switch_batch(seed)
     with frozen(model):
-        result = run_battery(model, (x, y), "quick", threat=THREAT, n=N, seed=seed)
-    assert_near_truth(result.robust_acc, 0.0, "quick on a frozen model")
+        reported = battery_robust_acc(model, x, y, "quick", seed)
+    assert_near_truth(reported, 0.0, "quick on a frozen model")
 
 
 @SEEDS
 def test_path3_a_frozen_draw_is_attacked_and_judged_as_one_function_fabt(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = FrozenSwitch().eval()
-    x, y = toy_images(N, seed, FrozenSwitch.pixels), labels(N)
-    assert_every_frozen_draw_breakable(model, x, y)
+    model, x, y = frozen_switch_batch(seed)
     with frozen(model):
         result = FABT(THREAT, 10, n_target_classes=2).run(model, x, y, generator=generator(seed))
     assert_near_truth(result.robust_accuracy, 0.0, "FAB-T (2 targets) on a frozen model")
 
 
 @SEEDS
-def test_path4_randomness_near_the_boundary_only_is_randomness(seed: int) -> None:
-    torch.manual_seed(seed)  # the toy draws from the global generator
-    model = BoundaryNoise().eval()
-    x, y = toy_images(N, seed, BoundaryNoise.pixels), labels(N)
-    assert_truth_zero(model, x, y)
-    result = run_battery(model, (x, y), "quick", threat=THREAT, n=N, seed=seed)
-    assert_near_truth(result.robust_acc, 0.0, "quick")
-
-
-@SEEDS
-def test_path5_one_outlier_row_does_not_hide_the_batchs_noise(seed: int) -> None:
-    torch.manual_seed(seed)  # the toy draws from the global generator
-    model = Outlier().eval()
-    x, y = outlier_images(N, seed), labels(N)
-    assert_truth_zero(model, x, y)
-    result = run_battery(model, (x, y), "quick", threat=THREAT, n=N, seed=seed)
-    assert_near_truth(result.robust_acc, 0.0, "quick, one row with logits 1e8")
+@pytest.mark.parametrize(
+    ("toy", "images", "what"),
+    [
+        (BoundaryNoise, None, "quick"),  # path 4: randomness near the boundary only
+        (Outlier, outlier_images, "quick, one row with logits 1e8"),  # path 5
+    ],
+    ids=["path4-randomness-near-the-boundary-only", "path5-one-outlier-row"],
+)
+def test_path4_5_randomness_the_probe_could_miss_is_randomness(seed: int, toy, images, what) -> None:  # type: ignore[no-untyped-def]
+    """Path 4: a toy random only near the boundary; path 5: one row whose logits of 1e8 must
+    not hide the batch's noise."""
+    model, x, y = truth_zero_toy(toy, seed, images)
+    assert_near_truth(battery_robust_acc(model, x, y, "quick", seed), 0.0, what)
 
 
 @SEEDS
 def test_path7_autoattack_rand_nested_in_a_battery_is_not_judged_again(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = NestedTrap().eval()
-    x, y = toy_images(N, seed, NestedTrap.pixels), labels(N)
-    assert_truth_zero(model, x, y)
+    model, x, y = truth_zero_toy(NestedTrap, seed)
     autoattack = AutoAttack(THREAT, "rand", steps=20, eot=8)
     direct = autoattack.run(model, x, y, generator=generator(seed)).robust_accuracy
     nested = run_battery(model, (x, y), Battery([autoattack]), threat=THREAT, n=N, seed=seed)
@@ -177,27 +177,22 @@ def test_path7_autoattack_rand_nested_in_a_battery_is_not_judged_again(seed: int
 
 @SEEDS
 def test_path8_noise_alone_does_not_lower_the_number(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = CoinRate().eval()
-    x, y = coin_images(N, seed), labels(N)
+    model, x, y = toy_batch(CoinRate, seed, coin_images)
     rate = model.rate(x)
     # no attack power: the rate is the same at both ends of every pixel's range in the ball
     assert torch.equal(model.rate((x + EPS).clamp(0, 1)), rate)
     assert torch.equal(model.rate((x - EPS).clamp(0, 1)), rate)
     truth = float(rate.double().mean())
     assert truth == pytest.approx(0.85)
-    result = run_battery(model, (x, y), rand_battery(10, 4), threat=THREAT, n=N, seed=seed)
-    assert_near_truth(result.robust_acc, truth, "rand battery (steps 10, EOT 4)")
+    reported = battery_robust_acc(model, x, y, rand_battery(10, 4), seed)
+    assert_near_truth(reported, truth, "rand battery (steps 10, EOT 4)")
 
 
 @SEEDS
 def test_square_eot_compares_a_candidate_with_a_fresh_estimate_of_the_current_point(
     seed: int,
 ) -> None:
-    torch.manual_seed(seed)
-    model = SquareTrap().eval()
-    x, y = toy_images(N, seed, SquareTrap.pixels), labels(N)
-    assert_truth_zero(model, x, y)
+    model, x, y = truth_zero_toy(SquareTrap, seed)
     square = Square(THREAT, 200, p_init=0.1, eot=4)
     result = square.run(model, x, y, generator=generator(seed))
     assert_near_truth(result.robust_accuracy, 0.0, "Square (200 queries, EOT 4)")

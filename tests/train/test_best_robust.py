@@ -131,7 +131,7 @@ def test_bad_held_out_splits():
         BestRobust((torch.rand(3, 1, 4, 4), torch.zeros(2, dtype=torch.long)))
     with pytest.raises(InputError, match="empty"):
         BestRobust((torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)))
-    with pytest.raises(InputError, match="every >= 1"):
+    with pytest.raises(InputError, match="every must be an int >= 1"):
         BestRobust((torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)), every=0)
 
 

@@ -264,11 +264,11 @@ def test_registered_and_config_round_trips() -> None:
 def test_bad_settings() -> None:
     with pytest.raises(InputError, match="alignment must be one of cosine, batch-mse, got 'l2'"):
         EdgeAlign(alignment="l2")
-    with pytest.raises(InputError, match="gradnorm needs a finite eps >= 0, got -1"):
+    with pytest.raises(InputError, match="gradnorm eps must be a finite number >= 0, got -1"):
         GradNorm(eps=-1)
-    with pytest.raises(InputError, match="warmup_epochs >= 0"):
+    with pytest.raises(InputError, match="warmup_epochs must be an int >= 0"):
         GradNorm(warmup_epochs=-2)
-    with pytest.raises(InputError, match="sigma > 0"):
+    with pytest.raises(InputError, match="sigma must be a finite number > 0"):
         GradNorm(sigma=0.0)
 
 

@@ -77,7 +77,7 @@ def test_gsat_is_registered_and_configurable():
         "step_size": 2 / 255,
         "craft_in_eval": True,
     }
-    with pytest.raises(InputError, match="gsat needs steps >= 1"):
+    with pytest.raises(InputError, match="gsat steps must be an int >= 1"):
         GSAT(steps=0)
 
 

@@ -42,7 +42,7 @@ def test_same_generator_same_examples_and_mode_is_restored():
 
 
 def test_bad_settings():
-    with pytest.raises(InputError, match="steps >= 1"):
+    with pytest.raises(InputError, match="steps must be an int >= 1"):
         PGDAT(steps=0)
     with pytest.raises(InputError, match="eps must be a finite number"):
         PGDAT(eps=-0.1)

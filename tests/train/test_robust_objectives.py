@@ -117,13 +117,32 @@ def test_mart_rcm_drops_the_log_and_swaps_the_kl_on_the_same_example():
     assert MARTRCM().lam == 5.0 and MARTRCM().name == "mart-rcm"
 
 
-def test_mart_objective_is_its_loss_on_the_two_forwards():
+def test_mart_objective_is_the_papers_loss_on_a_noise_started_pgd_written_out():
     model = TinyNet().eval()  # eval: forwards do not depend on the batch, so they can be repeated
     x, y = _batch()
-    obj = MART(steps=2, craft_in_eval=True)
-    x_adv = obj.craft(model, x, y, _gen())
-    expected = obj.loss_from_logits(model(x), model(x_adv), y)
-    assert torch.allclose(obj(model, x, y, _gen()).loss, expected)
+    eps, steps, lam = 0.1, 2, 6.0
+    # the attack, written out: x + 0.001 N(0, I) from the generator, then `steps` signed
+    # cross-entropy ascent steps of 2.5 eps / steps, each projected onto the ball and [0, 1]
+    g = _gen()
+
+    def project(z: torch.Tensor) -> torch.Tensor:
+        return (x + (z - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+    x_adv = project(x + 0.001 * torch.randn(x.shape, generator=g))
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = project(x_adv.detach() + 2.5 * eps / steps * grad.sign())
+    # MART (Wang et al. 2020, Sec. 3), written out per sample and averaged
+    with torch.no_grad():
+        p_nat, p_adv = model(x).softmax(1), model(x_adv).softmax(1)
+    top_wrong = p_adv.scatter(1, y.unsqueeze(1), 0.0).amax(1)
+    kl = (p_nat * (p_nat.log() - p_adv.log())).sum(1)
+    p_true = p_nat.gather(1, y.unsqueeze(1)).squeeze(1)
+    p_adv_true = p_adv.gather(1, y.unsqueeze(1)).squeeze(1)
+    expected = (-p_adv_true.log() - (1 - top_wrong).log() + lam * kl * (1 - p_true)).mean()
+    got = MART(eps=eps, steps=steps, lam=lam, craft_in_eval=True)(model, x, y, _gen()).loss
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_fast_at_steps_one_and_a_quarter_eps_from_a_uniform_start_and_stays_in_the_ball():
@@ -330,17 +349,17 @@ def test_trainer_tells_epoch_dependent_objectives_the_epoch():
 
 
 def test_bad_settings_name_the_problem():
-    with pytest.raises(InputError, match="trades needs a finite beta >= 0, got -1"):
+    with pytest.raises(InputError, match="trades beta must be a finite number >= 0, got -1"):
         TRADES(beta=-1.0)
-    with pytest.raises(InputError, match="mart needs steps >= 1, got 0"):
+    with pytest.raises(InputError, match="mart steps must be an int >= 1, got 0"):
         MART(steps=0)
-    with pytest.raises(InputError, match="fat needs an integer tau milestone >= 0, got -2"):
+    with pytest.raises(InputError, match="fat tau milestone must be an int >= 0, got -2"):
         FAT(tau_milestones=(-2,))
     with pytest.raises(InputError, match="awp's base must be one of pgd-at, trades, got 'mart'"):
         AWP(base="mart")
     with pytest.raises(InputError, match="beta applies to awp's base 'trades' only"):
         AWP(beta=6.0)
-    with pytest.raises(InputError, match="awp needs a finite gamma >= 0"):
+    with pytest.raises(InputError, match="awp gamma must be a finite number >= 0"):
         AWP(gamma=-0.1)
     with pytest.raises(InputError, match="eps must be a finite number"):
         FastAT(eps=float("nan"))

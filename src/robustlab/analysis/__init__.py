@@ -28,90 +28,25 @@ autoencoder image grid (App. 8.8, Fig. 9).
 This package imports ``core`` and ``attacks`` only (the house plan).
 """
 
-from .anti_perturbation import AntiPerturbationResult, anti_perturbation_ratio
-from .cost import Cost, cost
-from .dcs import (
-    KernelPathLayer,
-    NBounds,
-    gradient_cosine,
-    lemma1_upper_bound,
-    lemma1_upper_bound_tight,
-    lemma2_lower_bound,
-    n_bounds,
-    position_classes,
-    split_gradient_similarity,
-)
-from .gradients import (
-    GeometryStats,
-    GradientNormStats,
-    analyze_gradients,
-    geometry_stats,
-    gradient_norm_stats,
-    hessian_top_eigenvalue,
-    local_linearity_error,
-    plot_gradient_grid,
-    robust_accuracy_curve,
-    saliency_edge_correlation,
-)
-from .sparse import (
-    PatchCorrelations,
-    atom_filter_correlations,
-    autoencoder_grid,
-    corrupted_patch_fraction,
-    plot_correlation_histogram,
-    plot_corrupted_fraction_histogram,
-)
-from .toy import (
-    ACTIVATIONS,
-    BASES,
-    FIG8_INITS,
-    INITS,
-    POOLINGS,
-    TOY_WIDTHS,
-    ToyRecord,
-    plot_toy_disturbance,
-    toy_cnn,
-    toy_disturbance,
-)
+from . import anti_perturbation as _anti_perturbation
+from . import cost as _cost
+from . import dcs as _dcs
+from . import gradients as _gradients
+from . import sparse as _sparse
+from . import toy as _toy
+from .anti_perturbation import *  # noqa: F403
+from .cost import *  # noqa: F403
+from .dcs import *  # noqa: F403
+from .gradients import *  # noqa: F403
+from .sparse import *  # noqa: F403
+from .toy import *  # noqa: F403
 
+# every analysis module's public names, listed once, in its own ``__all__``
 __all__ = [
-    "ACTIVATIONS",
-    "BASES",
-    "FIG8_INITS",
-    "INITS",
-    "POOLINGS",
-    "TOY_WIDTHS",
-    "AntiPerturbationResult",
-    "Cost",
-    "KernelPathLayer",
-    "NBounds",
-    "GeometryStats",
-    "GradientNormStats",
-    "ToyRecord",
-    "analyze_gradients",
-    "anti_perturbation_ratio",
-    "cost",
-    "gradient_cosine",
-    "lemma1_upper_bound",
-    "lemma1_upper_bound_tight",
-    "lemma2_lower_bound",
-    "n_bounds",
-    "position_classes",
-    "split_gradient_similarity",
-    "geometry_stats",
-    "gradient_norm_stats",
-    "hessian_top_eigenvalue",
-    "local_linearity_error",
-    "plot_gradient_grid",
-    "robust_accuracy_curve",
-    "saliency_edge_correlation",
-    "plot_toy_disturbance",
-    "toy_cnn",
-    "toy_disturbance",
-    "PatchCorrelations",
-    "atom_filter_correlations",
-    "autoencoder_grid",
-    "corrupted_patch_fraction",
-    "plot_correlation_histogram",
-    "plot_corrupted_fraction_histogram",
+    *_anti_perturbation.__all__,
+    *_cost.__all__,
+    *_dcs.__all__,
+    *_gradients.__all__,
+    *_sparse.__all__,
+    *_toy.__all__,
 ]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..attacks import PGD, EvalWarning, Verdict, merge_warnings, model_fn
-from ..core.checks import check_images, check_labels
+from ..core.checks import check_images, check_int, check_labels
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 
@@ -148,8 +148,7 @@ def anti_perturbation_ratio(
         raise InputError(f"labels must be 'predicted' or 'true', got {labels!r}")
     if isinstance(eps_grid, (int, float)) or len(eps_grid) == 0:
         raise InputError(f"eps_grid must be a non-empty sequence of radii, got {eps_grid!r}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", 1)
     threats = [ThreatModel(norm, float(eps)) for eps in eps_grid]  # validates norm and radii
     step_sizes = [_step_size(step_size, t.eps) for t in threats]
     attacks = [

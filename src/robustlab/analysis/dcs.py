@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import logits_of
-from ..core import InputError
+from ..core import InputError, check_number
 from ..core.randomness import frozen, resample
 
 __all__ = [
@@ -207,12 +207,7 @@ def split_gradient_similarity(
 
 # ------------------------------------------------------------------------------------ bounds
 def _check(what: str, value: float, minimum: float = 0.0, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        raise InputError(
-            f"{what} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}"
-        )
-    return float(value)
+    return check_number(value, what, minimum, low_open=strict)
 
 
 def lemma1_upper_bound(stride: int, eps_c: float) -> float:

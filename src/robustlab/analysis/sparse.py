@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.checks import check_images
+from ..core.checks import check_images, check_int, check_positive_int
 from ..core.errors import InputError
 from ..core.randomness import frozen, resample
+from .figures import pyplot, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover - documentation only
     from ..defenses.sparse_encoder import SparseEncoder  # noqa: F401
@@ -51,12 +52,6 @@ __all__ = [
 Criterion = Literal["toppled", "code"]
 CORRUPTION_CRITERIA: tuple[str, ...] = ("toppled", "code")
 """What makes a patch "corrupted" in :func:`corrupted_patch_fraction`."""
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 def _kernels(value: object, what: str, shape_name: str) -> torch.Tensor:
@@ -205,9 +200,9 @@ def atom_filter_correlations(
                 f"{what} have {k.shape[1]} input channel(s) but the images have {channels}; "
                 f"shapes {tuple(k.shape)} and {tuple(x.shape)}"
             )
-    stride = _positive_int(stride, "stride")
+    stride = check_positive_int(stride, "stride")
     if max_patches is not None:
-        max_patches = _positive_int(max_patches, "max_patches")
+        max_patches = check_positive_int(max_patches, "max_patches")
     win_h, win_w = max(d.shape[2], f.shape[2]), max(d.shape[3], f.shape[3])
     if x.shape[2] < win_h or x.shape[3] < win_w:
         raise InputError(
@@ -256,7 +251,7 @@ def _figure_size(figsize: tuple[float, float], dpi: int) -> tuple[tuple[float, f
         or not all(isinstance(s, (int, float)) and s > 0 for s in figsize)
     ):
         raise InputError(f"figsize must be two positive inches (width, height), got {figsize!r}")
-    return (float(figsize[0]), float(figsize[1])), _positive_int(dpi, "dpi")
+    return (float(figsize[0]), float(figsize[1])), check_positive_int(dpi, "dpi")
 
 
 def _values_1d(value: object, what: str) -> torch.Tensor:
@@ -292,13 +287,9 @@ def plot_correlation_histogram(
         InputError: when ``a`` or ``b`` is not a non-empty finite 1-D tensor, or on bad sizes.
     """
     va, vb = _values_1d(a, "a"), _values_1d(b, "b")
-    bins = _positive_int(bins, "bins")
+    bins = check_positive_int(bins, "bins")
     size, dpi = _figure_size(figsize, dpi)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=size, dpi=dpi)
     for ax, values, label in zip(axes, (va, vb), labels, strict=True):
         ax.hist(values.numpy(), bins=bins, color="tab:blue")
@@ -306,11 +297,7 @@ def plot_correlation_histogram(
         ax.set_xlabel("normalized correlation / activation", fontsize=8)
         ax.set_ylabel("count", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi)
 
 
 def _check_encoder(encoder: object, needs: tuple[str, ...]) -> None:
@@ -385,7 +372,7 @@ def corrupted_patch_fraction(
     if criterion not in CORRUPTION_CRITERIA:
         raise InputError(f"unknown criterion {criterion!r}; use one of {list(CORRUPTION_CRITERIA)}")
     if draws is not None:
-        draws = _positive_int(draws, "draws")
+        draws = check_positive_int(draws, "draws")
     elif criterion == "code":
         raise InputError("criterion='code' has no closed form; pass draws (e.g. draws=32)")
     _check_encoder(encoder, ("project", "top_t", "dropout_p") + (("sparse_code",) if draws else ()))
@@ -459,13 +446,9 @@ def plot_corrupted_fraction_histogram(
         if float(vv.min()) < 0 or float(vv.max()) > 1:
             raise InputError(f"series[{name!r}] must hold fractions in [0, 1]")
         values[str(name)] = vv
-    bins = _positive_int(bins, "bins")
+    bins = check_positive_int(bins, "bins")
     size, dpi = _figure_size(figsize, dpi)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=size, dpi=dpi)
     for name, vv in values.items():
         ax.hist(vv.numpy(), bins=bins, range=(0.0, 1.0), alpha=0.5, label=name)
@@ -474,11 +457,7 @@ def plot_corrupted_fraction_histogram(
     ax.set_ylabel("images", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi)
 
 
 @torch.no_grad()
@@ -531,9 +510,8 @@ def autoencoder_grid(
             raise InputError(
                 f"adversarial must have the images' shape {tuple(images.shape)}, got {tuple(adversarial.shape)}"
             )
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise InputError(f"pad must be a non-negative int, got {pad!r}")
-    scale = _positive_int(scale, "scale")
+    check_int(pad, "pad", 0)
+    scale = check_positive_int(scale, "scale")
     with frozen(front_end):
         batches = [images] if adversarial is None else [images, adversarial]
         rows = []

@@ -50,7 +50,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.checks import check_int, check_number
 from ..core.errors import InputError
+from .figures import pyplot, save_figure
 
 __all__ = [
     "ACTIVATIONS",
@@ -294,10 +296,9 @@ def toy_disturbance(
     _check_choice("base", [base], BASES)
     if isinstance(sizes, int) or not sizes or min(int(s) for s in sizes) < 1:
         raise InputError(f"sizes must be a non-empty sequence of positive ints, got {sizes!r}")
-    if samples < 1 or batch_size < 1:
-        raise InputError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise InputError(f"noise must be a finite number >= 0, got {noise!r}")
+    check_int(samples, "samples", 1)
+    check_int(batch_size, "batch_size", 1)
+    check_number(noise, "noise", 0)
     generator = torch.Generator() if generator is None else generator
     if generator.device.type != "cpu":
         raise InputError(f"the toy experiment runs on the CPU; pass a CPU generator, got {generator.device}")
@@ -348,11 +349,7 @@ def plot_toy_disturbance(records: Sequence[ToyRecord], path: str | Path) -> Path
     """
     if not records:
         raise InputError("no toy records to plot; run toy_disturbance first")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     activations = [a for a in ACTIVATIONS if any(r.activation == a for r in records)]
     columns = [
         (p, i)
@@ -384,8 +381,4 @@ def plot_toy_disturbance(records: Sequence[ToyRecord], path: str | Path) -> Path
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, 110)

@@ -19,7 +19,7 @@ classifies it correctly, estimated on new draws. The early stop follows one rule
 result.
 """
 
-from .apgd import APGD, APGDT, apgd_checkpoints
+from .apgd import APGD, APGDT, apgd_ce, apgd_checkpoints, apgd_dlr
 from .base import (
     EOT,
     Attack,
@@ -42,35 +42,16 @@ from .base import (
     random_point,
 )
 from .checks import EvalWarning, merge_warnings
-from .ensemble import AutoAttack, Transfer, transfer_factory
+from .ensemble import AutoAttack, Transfer, autoattack_rand, transfer_factory
 from .fab import FABT, project_hyperplane_box
 from .fixed_path import FixedPathPGD
 from .gradient import FGSM, MIFGSM, PGD, GradientAttack, Tracker
 from .losses import LOSSES, LossFn, ce_loss, cw_loss, dlr_loss, get_loss
 from .minimal import CWL2, DeepFool
-from .registry import ATTACKS, apgd_ce, apgd_dlr, autoattack_rand, create_attack
+from .registry import ATTACKS, create_attack, register_attack
 from .sequence import SequenceResult, StageResult, run_sequence, sequence_warnings
 from .square import Square, square_p_schedule
 from .verdict import VERDICT_DRAWS, Badness, Incumbent, Verdict, badness_of
-
-_ENTRIES = (  # name, constructor, paper, kind, norms
-    ("fgsm", FGSM, "Goodfellow et al. 2015", "gradient", FGSM.norms),
-    ("pgd", PGD, "Madry et al. 2018", "gradient", PGD.norms),
-    ("mifgsm", MIFGSM, "Dong et al. 2018", "gradient", MIFGSM.norms),
-    ("apgd-ce", apgd_ce, "Croce & Hein 2020, Sec. 3", "gradient", APGD.norms),
-    ("apgd-dlr", apgd_dlr, "Croce & Hein 2020, Sec. 3.2", "gradient", APGD.norms),
-    ("apgd-t", APGDT, "Croce & Hein 2020, Sec. 3.2", "gradient", APGDT.norms),
-    ("fab-t", FABT, "Croce & Hein 2020 (FAB, ICML)", "gradient", FABT.norms),
-    ("square", Square, "Andriushchenko et al. 2020", "score", Square.norms),
-    ("autoattack", AutoAttack, "Croce & Hein 2020, Sec. 4", "ensemble", AutoAttack.norms),
-    ("autoattack-rand", autoattack_rand, "Croce & Hein 2020", "ensemble", AutoAttack.norms),
-    ("deepfool", DeepFool, "Moosavi-Dezfooli et al. 2016", "gradient", DeepFool.norms),
-    ("cw-l2", CWL2, "Carlini & Wagner 2017", "gradient", CWL2.norms),
-    ("transfer", transfer_factory, "Papernot et al. 2017", "transfer", ("linf", "l2")),
-    ("fixed-path-pgd", FixedPathPGD, "deformable-conv-stochasticity, Alg. 2", "gradient", FixedPathPGD.norms),
-)
-for _name, _ctor, _paper, _kind, _norms in _ENTRIES:
-    ATTACKS.register(_name, _ctor, paper=_paper, kind=_kind, norms=_norms)
 
 __all__ = [
     "APGD",
@@ -128,6 +109,7 @@ __all__ = [
     "project",
     "project_hyperplane_box",
     "random_point",
+    "register_attack",
     "run_sequence",
     "sequence_warnings",
     "square_p_schedule",

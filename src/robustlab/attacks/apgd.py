@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..core.bpda import BPDAMode
+from ..core.checks import check_int
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 from .base import (
@@ -19,12 +20,13 @@ from .base import (
     RunContext,
     batch_view,
     random_point,
-    select_targets,
+    runner_up_targets,
 )
 from .gradient import GradientAttack, Tracker
 from .losses import LossFn, dlr_loss
+from .registry import register_attack
 
-__all__ = ["APGD", "APGDT", "apgd_checkpoints"]
+__all__ = ["APGD", "APGDT", "apgd_ce", "apgd_checkpoints", "apgd_dlr"]
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -196,10 +198,7 @@ class APGD(GradientAttack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, loss=loss, grad=grad, bpda=bpda)
-        if steps < 1 or restarts < 1:
-            raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
+        self.steps, self.restarts = self._budget(steps, restarts)
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.early_stop = bool(early_stop)
@@ -283,6 +282,19 @@ class APGD(GradientAttack):
         return track.x
 
 
+@register_attack("apgd-ce", "Croce & Hein 2020, Sec. 3", builds=APGD)
+def apgd_ce(threat: ThreatModel, steps: int = 100, **kwargs: Any) -> APGD:
+    """APGD with the cross-entropy loss (Croce & Hein, 2020, Sec. 3)."""
+    return APGD(threat, steps, loss="ce", **kwargs)
+
+
+@register_attack("apgd-dlr", "Croce & Hein 2020, Sec. 3.2", builds=APGD)
+def apgd_dlr(threat: ThreatModel, steps: int = 100, **kwargs: Any) -> APGD:
+    """APGD with the DLR loss (Croce & Hein, 2020, Sec. 3.2)."""
+    return APGD(threat, steps, loss="dlr", **kwargs)
+
+
+@register_attack("apgd-t", "Croce & Hein 2020, Sec. 3.2")
 class APGDT(APGD):
     """Targeted APGD with the targeted DLR loss (Croce & Hein, 2020, Sec. 3.2 and 4).
 
@@ -302,33 +314,15 @@ class APGDT(APGD):
     supports_targets = False
 
     def __init__(
-        self,
-        threat: ThreatModel,
-        steps: int = 100,
-        *,
-        n_target_classes: int = 9,
-        restarts: int = 1,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        early_stop: bool = True,
-        grad: GradientEstimator | None = None,
-        bpda: BPDAMode | None = None,
+        self, threat: ThreatModel, steps: int = 100, *, n_target_classes: int = 9, restarts: int = 1,
+        rho: float = 0.75, momentum: float = 0.75, early_stop: bool = True,
+        grad: GradientEstimator | None = None, bpda: BPDAMode | None = None,
     ) -> None:
-        super().__init__(
-            threat,
-            steps,
-            restarts=restarts,
-            loss=dlr_loss,
-            rho=rho,
-            momentum=momentum,
-            early_stop=early_stop,
-            grad=grad,
-            bpda=bpda,
-        )
+        # APGD's settings with the targeted DLR loss
+        super().__init__(threat, steps, restarts=restarts, loss=dlr_loss, rho=rho, momentum=momentum,
+                         early_stop=early_stop, grad=grad, bpda=bpda)
         self._loss_name = "dlr-targeted"
-        if n_target_classes < 1:
-            raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
-        self.n_target_classes = int(n_target_classes)
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", 1)
 
     def _run(self, ctx: RunContext) -> torch.Tensor:
         track = self._clean(ctx, None)
@@ -338,8 +332,7 @@ class APGDT(APGD):
             raise InputError(
                 f"APGD-T uses the targeted DLR loss, which needs >= 4 classes, got {n_classes}"
             )
-        for rank in range(2, min(self.n_target_classes + 2, n_classes + 1)):
-            targets = select_targets(clean, rank)
+        for targets in runner_up_targets(clean, self.n_target_classes):
             for _ in range(self.restarts):
                 idx = track.open()
                 if idx.numel() == 0:

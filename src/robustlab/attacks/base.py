@@ -24,7 +24,7 @@ import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,6 +81,7 @@ __all__ = [
     "model_fn",
     "project",
     "random_point",
+    "runner_up_targets",
     "select_targets",
 ]
 
@@ -506,3 +507,10 @@ def select_targets(logits: torch.Tensor, rank: int) -> torch.Tensor:
     the classes with the 2nd, 3rd, ... highest clean logit.
     """
     return logits.topk(rank, dim=1).indices[:, rank - 1]
+
+
+def runner_up_targets(logits: torch.Tensor, count: int) -> Iterator[torch.Tensor]:
+    """The target classes of APGD-T and FAB-T, in order: :func:`select_targets` at ranks 2, 3,
+    ..., ``count`` of them, or as many as there are other classes."""
+    for rank in range(2, min(count + 2, logits.shape[1] + 1)):
+        yield select_targets(logits, rank)

@@ -16,14 +16,16 @@ from .apgd import APGD, APGDT
 from .base import EOT, Attack, RunContext, Verdict, model_fn
 from .checks import EvalWarning, probability_warning
 from .fab import FABT
+from .registry import register_attack
 from .sequence import run_sequence, sequence_warnings
 from .square import AUTOATTACK_SQUARE, Square
 
-__all__ = ["AutoAttack", "Transfer"]
+__all__ = ["AutoAttack", "Transfer", "autoattack_rand", "transfer_factory"]
 
 logger = logging.getLogger(__name__)
 
 
+@register_attack("autoattack", "Croce & Hein 2020, Sec. 4")
 class AutoAttack(Attack):
     """AutoAttack (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an
     ensemble of diverse parameter-free attacks", ICML, Sec. 4).
@@ -117,6 +119,12 @@ class AutoAttack(Attack):
         return out.x_adv, out.p_robust, out.logits, [*found, *([prob] if prob else [])]
 
 
+@register_attack("autoattack-rand", "Croce & Hein 2020", builds=AutoAttack)
+def autoattack_rand(threat: ThreatModel, **kwargs: Any) -> Attack:
+    """AutoAttack's version for randomized defenses: APGD-CE and APGD-DLR with EOT over 20 draws."""
+    return AutoAttack(threat, "rand", **kwargs)
+
+
 class Transfer(Attack):
     """A transfer attack: craft on a surrogate model, evaluate on the target (Papernot et al.,
     2017, "Practical Black-Box Attacks against Machine Learning"; Athalye et al., 2018, Sec. 5).
@@ -159,6 +167,7 @@ class Transfer(Attack):
         return self.attack.perturb(inner)
 
 
+@register_attack("transfer", "Papernot et al. 2017", builds=Transfer)
 def transfer_factory(
     threat: ThreatModel,
     surrogate: nn.Module | Callable[[torch.Tensor], Any] | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.errors import InputError
+from ..core.checks import check_int
 from ..core.geometry import batch_view
 from .model import ModelFn
 
@@ -119,8 +119,7 @@ class EOT(GradientEstimator):
     skip_deterministic: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            raise InputError(f"EOT needs n >= 1 draws, got {self.n!r}")
+        check_int(self.n, "EOT n (draws)", 1)
 
     def draws(self, fmodel: ModelFn) -> int:
         return self.n if (fmodel.stochastic or not self.skip_deterministic) else 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..core.bpda import BPDAMode
-from ..core.errors import InputError
+from ..core.checks import check_int
 from ..core.types import ThreatModel
 from .base import (
     GradEstimate,
@@ -16,9 +16,10 @@ from .base import (
     batch_view,
     lp_norm,
     random_point,
-    select_targets,
+    runner_up_targets,
 )
 from .gradient import GradientAttack, Tracker
+from .registry import register_attack
 
 __all__ = ["FABT", "project_hyperplane_box"]
 
@@ -72,6 +73,7 @@ def project_hyperplane_box(
     return direction * mag
 
 
+@register_attack("fab-t", "Croce & Hein 2020 (FAB, ICML)")
 class FABT(GradientAttack):
     """Targeted FAB (Croce & Hein, 2020, ICML, Alg. 1 with one target; AutoAttack's FAB-T).
 
@@ -119,11 +121,9 @@ class FABT(GradientAttack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, loss="cw", grad=grad, bpda=bpda)
-        if steps < 1 or restarts < 1 or n_target_classes < 1:
-            raise InputError("steps, restarts and n_target_classes must be >= 1")
-        self.steps = int(steps)
-        self.n_target_classes = int(n_target_classes)
-        self.restarts = int(restarts)
+        self.steps = check_int(steps, "steps", 1)
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", 1)
+        self.restarts = check_int(restarts, "restarts", 1)
         self.alpha_max = float(alpha_max)
         self.eta = float(eta)
         self.beta = float(beta)
@@ -228,8 +228,7 @@ class FABT(GradientAttack):
         settled = ctx.confirmed(clean, y, None)  # never on a randomized model
         best_d[settled] = 0.0
         track = Tracker(ctx) if ctx.stochastic else None
-        for rank in range(2, min(self.n_target_classes + 2, clean.shape[1] + 1)):
-            targets = select_targets(clean, rank)
+        for targets in runner_up_targets(clean, self.n_target_classes):
             for r in range(self.restarts):
                 idx = track.open() if track is not None else (~settled).nonzero().squeeze(1)
                 if idx.numel() == 0:

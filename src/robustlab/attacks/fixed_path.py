@@ -21,16 +21,19 @@ import torch
 from torch import nn
 
 from ..core.bpda import BPDAMode
+from ..core.checks import check_int
 from ..core.errors import InputError
 from ..core.randomness import frozen, resample
 from ..core.types import ThreatModel
 from .base import Attack, ModelFn, RunContext
 from .gradient import PGD
 from .losses import LossFn
+from .registry import register_attack
 
 __all__ = ["FixedPathPGD"]
 
 
+@register_attack("fixed-path-pgd", "deformable-conv-stochasticity, Alg. 2")
 class FixedPathPGD(Attack):
     """PGD on one frozen random path, judged on a fresh path (the DCS paper's Algorithm 2).
 
@@ -58,9 +61,7 @@ class FixedPathPGD(Attack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, bpda=bpda)
-        if not isinstance(steps, int) or steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps!r}")
-        self.steps = steps
+        self.steps = check_int(steps, "steps", 1)
         self.step_size = threat.eps / 4 if step_size is None else float(step_size)
         self.random_start = bool(random_start)
         self._pgd = PGD(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.bpda import BPDAMode
+from ..core.checks import check_int
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 from .base import (
@@ -21,6 +22,7 @@ from .base import (
     random_point,
 )
 from .losses import LossFn, get_loss
+from .registry import register_attack
 
 __all__ = ["FGSM", "MIFGSM", "PGD", "GradientAttack", "Tracker"]
 
@@ -125,6 +127,11 @@ class GradientAttack(Attack):
         loss = self._loss
         return self._grad(fmodel, x, lambda z: loss(z, y, targets))
 
+    @staticmethod
+    def _budget(steps: int, restarts: int) -> tuple[int, int]:
+        """``(steps, restarts)`` of an iterative attack: iterations per run and runs, both >= 1."""
+        return check_int(steps, "steps", 1), check_int(restarts, "restarts", 1)
+
     def _ascent_step(self, g: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         """The steepest-ascent step of length ``alpha`` (per sample when a tensor) in the
         threat norm."""
@@ -134,6 +141,7 @@ class GradientAttack(Attack):
         return g / batch_view(lp_norm(g, "l2").clamp_min(1e-12), g) * a
 
 
+@register_attack("fgsm", "Goodfellow et al. 2015")
 class FGSM(GradientAttack):
     """Fast Gradient Sign Method (Goodfellow et al., 2015, "Explaining and Harnessing
     Adversarial Examples", Sec. 4): one step of size eps along the gradient's sign (L-inf) or
@@ -148,6 +156,7 @@ class FGSM(GradientAttack):
         return self._project(ctx.x, ctx.x + self._ascent_step(est.grad, self.threat.eps))
 
 
+@register_attack("pgd", "Madry et al. 2018")
 class PGD(GradientAttack):
     """Projected Gradient Descent (Madry et al., 2018, "Towards Deep Learning Models Resistant
     to Adversarial Attacks", Sec. 2.1 and 5).
@@ -190,12 +199,9 @@ class PGD(GradientAttack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, loss=loss, grad=grad, bpda=bpda)
-        if steps < 1 or restarts < 1:
-            raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-        self.steps = int(steps)
+        self.steps, self.restarts = self._budget(steps, restarts)
         self.step_size = 2.5 * threat.eps / steps if step_size is None else float(step_size)
         self.random_start = bool(random_start)
-        self.restarts = int(restarts)
         self.early_stop = bool(early_stop)
 
     def _init_state(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -249,6 +255,7 @@ class PGD(GradientAttack):
         return track.x
 
 
+@register_attack("mifgsm", "Dong et al. 2018")
 class MIFGSM(PGD):
     """Momentum Iterative FGSM (Dong et al., 2018, "Boosting Adversarial Attacks with Momentum",
     Sec. 3.1, Alg. 1): ``g <- mu * g + grad / ||grad||_1``, step ``alpha * sign(g)`` with

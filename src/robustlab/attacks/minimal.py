@@ -11,10 +11,11 @@ from collections.abc import Callable
 import torch
 
 from ..core.bpda import BPDAMode
-from ..core.errors import InputError
+from ..core.checks import check_int, check_number
 from ..core.types import ThreatModel
 from .base import GradientEstimator, RunContext, batch_view, lp_norm
 from .gradient import GradientAttack, Tracker
+from .registry import register_attack
 
 __all__ = ["CWL2", "DeepFool"]
 
@@ -28,6 +29,7 @@ def _class_gap(cls: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], t
     return lambda z: _pick(z, cls) - _pick(z, y)
 
 
+@register_attack("deepfool", "Moosavi-Dezfooli et al. 2016")
 class DeepFool(GradientAttack):
     """DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, 2016, "DeepFool: a simple and accurate
     method to fool deep neural networks", CVPR, Alg. 2; the Lp version of Sec. 3.3).
@@ -59,8 +61,8 @@ class DeepFool(GradientAttack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, grad=grad, bpda=bpda)
-        if steps < 1 or candidates < 2:
-            raise InputError("DeepFool needs steps >= 1 and candidates >= 2")
+        check_int(steps, "DeepFool steps", 1)
+        check_int(candidates, "DeepFool candidates", 2)
         self.steps = int(steps)
         self.overshoot = float(overshoot)
         self.candidates = int(candidates)
@@ -114,6 +116,7 @@ class DeepFool(GradientAttack):
         return track.x
 
 
+@register_attack("cw-l2", "Carlini & Wagner 2017")
 class CWL2(GradientAttack):
     """Carlini-Wagner L2 attack (Carlini & Wagner, 2017, "Towards Evaluating the Robustness of
     Neural Networks", IEEE S&P, Sec. VI.A).
@@ -150,8 +153,9 @@ class CWL2(GradientAttack):
         bpda: BPDAMode | None = None,
     ) -> None:
         super().__init__(threat, loss="cw", grad=grad, bpda=bpda)
-        if steps < 1 or search_steps < 1 or c <= 0:
-            raise InputError("CW-L2 needs steps >= 1, search_steps >= 1 and c > 0")
+        check_int(steps, "CW-L2 steps", 1)
+        check_int(search_steps, "CW-L2 search_steps", 1)
+        check_number(c, "CW-L2 c", 0, low_open=True)
         self.steps = int(steps)
         self.c = float(c)
         self.search_steps = int(search_steps)

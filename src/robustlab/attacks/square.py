@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from ..core.errors import InputError
+from ..core.checks import check_int, check_number
 from ..core.types import ThreatModel
 from .base import Attack, Ball, ModelFn, RunContext, batch_view, lp_norm
 from .gradient import Tracker
+from .registry import register_attack
 
 __all__ = ["AUTOATTACK_SQUARE", "Square", "square_p_schedule"]
 
@@ -83,6 +84,7 @@ def _pseudo_gaussian(s: int, device: torch.device, dtype: torch.dtype) -> torch.
     return m / m.norm().clamp_min(1e-12)
 
 
+@register_attack("square", "Andriushchenko et al. 2020")
 class Square(Attack):
     """Square Attack (Andriushchenko et al., 2020), L-inf (Alg. 1-2) and L2 (Alg. 3).
 
@@ -135,14 +137,10 @@ class Square(Attack):
         rescale_schedule: bool = True,
     ) -> None:
         super().__init__(threat)
-        if n_queries < 1 or restarts < 1 or eot < 1:
-            raise InputError("n_queries, restarts and eot must be >= 1")
-        if not 0 < p_init <= 1:
-            raise InputError(f"p_init must lie in (0, 1], got {p_init}")
-        self.n_queries = int(n_queries)
-        self.p_init = float(p_init)
-        self.restarts = int(restarts)
-        self.eot = int(eot)
+        self.n_queries = check_int(n_queries, "n_queries", 1)
+        self.p_init = check_number(p_init, "p_init", 0, 1, low_open=True)
+        self.restarts = check_int(restarts, "restarts", 1)
+        self.eot = check_int(eot, "eot", 1)
         self.rescale_schedule = bool(rescale_schedule)
 
     @property

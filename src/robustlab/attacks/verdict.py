@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..core.errors import InputError
+from ..core.checks import check_int
 
 if TYPE_CHECKING:
     from .model import ModelFn
@@ -137,9 +137,7 @@ class Verdict:
 
     def __post_init__(self) -> None:
         for name in ("draws", "ensemble", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"the verdict needs {name} >= 1, got {value!r}")
+            check_int(getattr(self, name), f"the verdict's {name}", 1)
 
     def config(self) -> dict[str, int]:
         """The settings, JSON-ready (part of every result's configuration)."""

@@ -24,8 +24,8 @@ Choices where the paper is silent, and how they are made here:
   replaced ``k0 x k0`` kernel with padding ``p`` (Sec. 4.1: "varying padding to fit the demand of
   output dimension").
 
-Efficiency: a dense masked ``k x k`` convolution costs ``k^2`` taps per output; the default
-implementation gathers the ``n`` sampled taps of the padded input into an
+Efficiency (the two kernels live in :mod:`robustlab.defenses.dcs_conv`): a dense masked
+``k x k`` convolution costs ``k^2`` taps per output; the default implementation gathers the ``n`` sampled taps of the padded input into an
 ``(N, C * n, H_out, W_out)`` tensor and applies one ``1 x 1`` convolution (``n`` taps per output).
 ``implementation="dense"`` is the masked dense convolution (the reference; also what ``auto``
 picks when ``n > k^2 / 8``). ``benchmarks/dcs_layer.py`` measures the two: on a 2-core CPU at
@@ -48,12 +48,12 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..core import InputError
+from ..core import InputError, check_int, check_positive_int, is_int
 from ..core.randomness import Stochastic
 from . import CONVERSIONS, record_conversion
+from .dcs_conv import gather_conv, masked_dense_conv, position_mask
 
 Redraw = Literal["forward", "batch"]
 Implementation = Literal["auto", "gather", "dense"]
@@ -135,22 +135,14 @@ class RandomKernelConv2d(Stochastic):
             (out_channels, "out_channels"),
             (groups, "groups"),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"RandomKernelConv2d needs a positive int {what}, got {value!r}")
+            check_positive_int(value, f"RandomKernelConv2d {what}")
         if in_channels % groups or out_channels % groups:
             raise InputError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                 f"divisible by groups ({groups})"
             )
-        if (
-            not isinstance(kernel_size, int)
-            or isinstance(kernel_size, bool)
-            or not 1 <= kernel_size <= MAX_KERNEL_SIZE
-        ):
-            raise InputError(
-                f"kernel_size must be an int in [1, {MAX_KERNEL_SIZE}], got {kernel_size!r}"
-            )
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= kernel_size**2:
+        check_int(kernel_size, "kernel_size", 1, MAX_KERNEL_SIZE)
+        if not is_int(n, 1, kernel_size**2):
             raise InputError(f"n must be an int in [1, k * k = {kernel_size**2}], got {n!r}")
         if redraw not in REDRAWS:
             raise InputError(f"unknown redraw {redraw!r}; use one of {', '.join(REDRAWS)}")
@@ -372,194 +364,8 @@ class RandomKernelConv2d(Stochastic):
                 if positions.shape[0] > 1 or 8 * positions.shape[1] <= self.kernel_size**2
                 else "dense"
             )
-        if impl == "dense":
-            return masked_dense_conv(
-                x,
-                self.weight,
-                self.bias,
-                positions,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups,
-            )
-        return gather_conv(
-            x,
-            self.weight,
-            self.bias,
-            positions,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
-
-
-def _out_size(
-    x: torch.Tensor,
-    k: int,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> tuple[int, int]:
-    ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (k - 1) - 1) // stride[0] + 1
-    wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (k - 1) - 1) // stride[1] + 1
-    if ho < 1 or wo < 1:
-        raise InputError(
-            f"input {tuple(x.shape[2:])} is too small for a {k}x{k} kernel with padding {padding}"
-        )
-    return ho, wo
-
-
-def _strided_view(
-    t: torch.Tensor, start: tuple[int, int], stride: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    top, left = start
-    return t[
-        :,
-        :,
-        top : top + (size[0] - 1) * stride[0] + 1 : stride[0],
-        left : left + (size[1] - 1) * stride[1] + 1 : stride[1],
-    ]
-
-
-class _GatherTaps(torch.autograd.Function):
-    """Stack the strided views of the zero-padded input at ``m`` window offsets:
-    ``(N, C, m, H_out, W_out)``. The backward adds each tap's gradient into one padded buffer
-    (autograd on the plain views would allocate one input-sized zero tensor per tap); it is made
-    of differentiable operations, so double backward works."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        starts: list[tuple[int, int]],
-        padding: tuple[int, int],
-        stride: tuple[int, int],
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if max(padding) else x
-        ctx.starts, ctx.padding, ctx.stride, ctx.size = starts, padding, stride, size
-        ctx.padded_shape = tuple(xp.shape)
-        return torch.stack([_strided_view(xp, s, stride, size) for s in starts], dim=2)
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, None, None, None, None]:  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        buffer = grad.new_zeros(ctx.padded_shape)
-        for j, start in enumerate(ctx.starts):
-            view = _strided_view(buffer, start, ctx.stride, ctx.size)
-            view += grad[:, :, j]
-        ph, pw = ctx.padding
-        h, w = ctx.padded_shape[2] - 2 * ph, ctx.padded_shape[3] - 2 * pw
-        return buffer[:, :, ph : ph + h, pw : pw + w], None, None, None, None
-
-
-def gather_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    positions: torch.Tensor,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-) -> torch.Tensor:
-    """Convolution of ``x`` with ``weight`` restricted to the window ``positions`` (DCS, Eq. 5),
-    computed from the ``m`` taps only.
-
-    Shared positions ``(1, m)`` (read on the host, so they should live on the CPU): the padded
-    input's strided views at the ``m`` offsets are stacked into ``(N, C_in * m, H_out, W_out)``
-    and multiplied by the ``m`` weight taps with one ``1 x 1`` convolution (one GEMM; the stack,
-    ``m`` output-sized copies of the input, is what the backward pass keeps; the input gradient
-    is accumulated tap by tap in one buffer). Per-sample positions ``(N, m)``: a
-    per-sample gather of the taps into ``(N, m, H_out, W_out, C_in)`` and one ``einsum``.
-    """
-    k = weight.shape[-1]
-    ho, wo = _out_size(x, k, stride, padding, dilation)
-    n_batch, c_in = x.shape[:2]
-    c_out = weight.shape[0]
-    if positions.shape[0] == 1:
-        taps_at = [
-            divmod(int(pos), k) for pos in positions[0].tolist()
-        ]  # CPU positions: no device sync
-        starts = [(r * dilation[0], c * dilation[1]) for r, c in taps_at]
-        stacked = _GatherTaps.apply(x, starts, padding, stride, (ho, wo))  # (N, C_in, m, ho, wo)
-        stacked = stacked.reshape(n_batch, c_in * len(starts), ho, wo)
-        flat = [r * k + c for r, c in taps_at]
-        w = weight.flatten(2)[:, :, flat].reshape(c_out, (c_in // groups) * len(starts), 1, 1)
-        return F.conv2d(stacked, w, bias, groups=groups)
-    if positions.shape[0] != n_batch:
-        raise InputError(
-            f"per-sample positions for {positions.shape[0]} samples, the batch has {n_batch}"
-        )
-    positions = positions.to(x.device)
-    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if max(padding) else x
-    m = positions.shape[1]
-    r = torch.div(positions, k, rounding_mode="floor")
-    c = positions - r * k
-    # (N, m, ho) and (N, m, wo)
-    rows = r.unsqueeze(-1) * dilation[0] + torch.arange(ho, device=x.device) * stride[0]
-    cols = c.unsqueeze(-1) * dilation[1] + torch.arange(wo, device=x.device) * stride[1]
-    xt = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C_in)
-    b = torch.arange(n_batch, device=x.device).view(n_batch, 1, 1, 1)
-    taps = xt[b, rows[:, :, :, None], cols[:, :, None, :]]  # (N, m, ho, wo, C_in)
-    taps = taps.reshape(n_batch, m, ho, wo, groups, c_in // groups)
-    w = weight.flatten(2)[:, :, positions]  # (C_out, C_in/g, N, m)
-    w = w.reshape(groups, c_out // groups, c_in // groups, n_batch, m)
-    out = torch.einsum("nmhwgc,gocnm->ngohw", taps, w).reshape(n_batch, c_out, ho, wo)
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
-
-
-def position_mask(positions: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``(M, k, k)`` 0/1 float mask ``M`` of Sec. 3.1 that passes ``positions`` ``(M, m)``."""
-    mask = torch.zeros(positions.shape[0], k * k, device=positions.device)
-    mask.scatter_(1, positions, 1.0)
-    return mask.view(-1, k, k)
-
-
-def masked_dense_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    positions: torch.Tensor,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-) -> torch.Tensor:
-    """The reference DCS convolution: the dense ``k x k`` convolution with the masked kernel
-    ``K = M * \\mathcal{K}`` (Sec. 3.1). Per-sample positions run as one grouped convolution
-    over the batch."""
-    k = weight.shape[-1]
-    mask = position_mask(positions.to(weight.device), k).to(weight.dtype)  # (M, k, k)
-    if positions.shape[0] == 1:
-        return F.conv2d(x, weight * mask[0], bias, stride, padding, dilation, groups)
-    n_batch, c_in, h, w = x.shape
-    if positions.shape[0] != n_batch:
-        raise InputError(
-            f"per-sample positions for {positions.shape[0]} samples, the batch has {n_batch}"
-        )
-    # one masked kernel per sample: (N * C_out, C_in / groups, k, k)
-    kernels = (weight.unsqueeze(0) * mask[:, None, None]).reshape(-1, *weight.shape[1:])
-    out = F.conv2d(
-        x.reshape(1, n_batch * c_in, h, w),
-        kernels,
-        None,
-        stride,
-        padding,
-        dilation,
-        groups * n_batch,
-    )
-    out = out.view(n_batch, weight.shape[0], *out.shape[2:])
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
+        conv = masked_dense_conv if impl == "dense" else gather_conv
+        return conv(x, self.weight, self.bias, positions, self.stride, self.padding, self.dilation, self.groups)
 
 
 def dcs_layers(model: nn.Module) -> list[RandomKernelConv2d]:
@@ -760,16 +566,8 @@ def _replay(
             f"a recorded dcs conversion names its layers as a list of module names, got {layers!r}"
         )
     recipe = getattr(model, "robustlab_recipe", None)
-    out = convert_dcs(
-        model,
-        list(layers),
-        k=k,
-        n=n,
-        redraw=redraw,
-        per_sample=per_sample,
-        implementation=implementation,
-        inplace=True,
-    )
+    out = convert_dcs(model, list(layers), k=k, n=n, redraw=redraw, per_sample=per_sample,
+                      implementation=implementation, inplace=True)
     if recipe is not None:
         setattr(out, "robustlab_recipe", recipe)  # noqa: B010  (plain attribute)
     return out

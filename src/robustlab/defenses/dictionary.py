@@ -19,7 +19,6 @@ tensor's shape is checked against them before any tensor data is read.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import CheckpointError, InputError, check_images
-from ..core.checkpoint import read_checkpoint, read_header, read_tensor_specs, write_checkpoint
+from ..core import (
+    CheckpointError,
+    InputError,
+    check_images,
+    check_int,
+    check_number,
+    check_positive_int,
+)
+from ..core.checkpoint import open_checkpoint, write_checkpoint
 
 __all__ = [
     "CIFAR10_DICTIONARY",
@@ -82,17 +88,11 @@ class DictionarySettings:
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "stride", "atoms", "channels", "max_iter", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"DictionarySettings.{name} must be a positive int, got {value!r}")
-        if self.max_patches is not None and (
-            not isinstance(self.max_patches, int) or isinstance(self.max_patches, bool) or self.max_patches < 1
-        ):
-            raise InputError(f"DictionarySettings.max_patches must be a positive int or None, got {self.max_patches!r}")
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not (self.lam > 0 and math.isfinite(self.lam)):
-            raise InputError(f"DictionarySettings.lam must be a positive number, got {self.lam!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InputError(f"DictionarySettings.seed must be a non-negative int, got {self.seed!r}")
+            check_positive_int(getattr(self, name), f"DictionarySettings.{name}")
+        if self.max_patches is not None:
+            check_positive_int(self.max_patches, "DictionarySettings.max_patches")
+        check_number(self.lam, "DictionarySettings.lam", 0, low_open=True)
+        check_int(self.seed, "DictionarySettings.seed", 0)
 
     @property
     def dim(self) -> int:
@@ -146,8 +146,8 @@ def extract_patches(images: torch.Tensor, patch_size: int, stride: int) -> torch
     ``patches @ atoms.flatten(1).T`` equals the encoder's convolution.
     """
     check_images(images)
-    if patch_size < 1 or stride < 1:
-        raise InputError(f"patch_size and stride must be positive, got {patch_size} and {stride}")
+    check_positive_int(patch_size, "patch_size")
+    check_positive_int(stride, "stride")
     if images.shape[-1] < patch_size or images.shape[-2] < patch_size:
         raise InputError(
             f"patches of {patch_size}x{patch_size} do not fit images of shape {tuple(images.shape)}"
@@ -247,15 +247,15 @@ def load_dictionary(path: str | os.PathLike[str]) -> tuple[torch.Tensor, Diction
             shape disagrees with them, or any failure of the checkpoint's own checks.
     """
     path = Path(path)
-    header = read_header(path)
+    checkpoint = open_checkpoint(path)
+    header = checkpoint.require_header()
     if header.get("kind") != _KIND:
         raise CheckpointError(f"{path} is not a sparse-encoder dictionary (kind {header.get('kind')!r})")
     settings = _settings_from_header(path, header.get("dictionary"))
     expected = (settings.atoms, settings.channels, settings.patch_size, settings.patch_size)
-    specs = read_tensor_specs(path)
+    specs = dict(checkpoint.specs)
     if set(specs) != {_TENSOR} or specs[_TENSOR] != ("F32", expected):
         raise CheckpointError(
             f"{path} should hold one F32 tensor {_TENSOR!r} of shape {expected}, got {specs}"
         )
-    tensors, _ = read_checkpoint(path)
-    return tensors[_TENSOR], settings
+    return checkpoint.read_tensors()[_TENSOR], settings

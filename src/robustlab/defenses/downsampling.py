@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..core import InputError, Registry
+from ..core import InputError, Registry, check_number, is_int
 from ..core.randomness import Stochastic
 from . import CONVERSIONS, record_conversion
 from .stochastic_downsampling import SharedJitter, StochasticDownsample
@@ -86,8 +86,7 @@ class AddNoise(Stochastic):
 
     def __init__(self, std: float = 0.15, distribution: str = "normal") -> None:
         super().__init__()
-        if not std >= 0:
-            raise InputError(f"AddNoise std must be >= 0, got {std!r}")
+        check_number(std, "AddNoise std", 0)
         if distribution not in ("normal", "uniform"):
             raise InputError(f"unknown noise distribution {distribution!r}; use normal or uniform")
         self.std = float(std)
@@ -134,7 +133,7 @@ class BlurPool(nn.Module):
     def __init__(self, stride: int | tuple[int, int] = 2, filter_size: int = 3) -> None:
         super().__init__()
         self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
+        if not is_int(filter_size, 1, MAX_FILTER_SIZE):
             raise InputError(
                 f"filter_size must be an int in [1, {MAX_FILTER_SIZE}] (Zhang uses 1 to 7), got {filter_size!r}")
         row = torch.tensor([math.comb(filter_size - 1, k) for k in range(filter_size)], dtype=torch.float32)
@@ -212,6 +211,11 @@ class Downsampled(nn.Module):
 
 DownsamplerFactory = Callable[..., nn.Module]
 DOWNSAMPLERS: Registry[DownsamplerFactory] = Registry("downsampling method")
+"""The downsamplers, each registered with ``options``: the keyword options its factory takes
+(:func:`method_options` answers for every method of :data:`METHODS`, ``addnoise`` included)."""
+
+SD_OPTIONS = ("spp", "jitter", "normal_std", "reduction", "per_sample", "deterministic")
+NOISE_OPTIONS = ("std", "distribution")
 
 
 def _sd(stride: tuple[int, int], *, spp: int = 2, jitter: str = "uniform", normal_std: float = 1.0,
@@ -261,14 +265,29 @@ def _asap(stride: tuple[int, int], *, placement: str = "after") -> nn.Module:
     return FLCPool(stride, window=True)
 
 
-DOWNSAMPLERS.register("sd", _sd, paper="stochastic-downsampling, Sec. 3, Eq. 3")
-DOWNSAMPLERS.register("sd+addnoise", _sd_addnoise, paper="stochastic-downsampling, Table 1")
-DOWNSAMPLERS.register("avgpool", _avgpool, paper="stochastic-downsampling, Sec. 3")
-DOWNSAMPLERS.register("dropout-avgpool", _dropout_avgpool, paper="stochastic-downsampling, Sec. 3")
-DOWNSAMPLERS.register("blurpool", _blurpool, paper="Zhang 2019")
-DOWNSAMPLERS.register("flc", _flc, paper="Grabinski et al. 2022")
-DOWNSAMPLERS.register("asap", _asap, paper="Grabinski et al. 2023")
+DOWNSAMPLERS.register("sd", _sd, paper="stochastic-downsampling, Sec. 3, Eq. 3", options=SD_OPTIONS)
+DOWNSAMPLERS.register("sd+addnoise", _sd_addnoise, paper="stochastic-downsampling, Table 1",
+                      options=SD_OPTIONS + NOISE_OPTIONS)
+DOWNSAMPLERS.register("avgpool", _avgpool, paper="stochastic-downsampling, Sec. 3", options=())
+DOWNSAMPLERS.register("dropout-avgpool", _dropout_avgpool, paper="stochastic-downsampling, Sec. 3", options=("p",))
+DOWNSAMPLERS.register("blurpool", _blurpool, paper="Zhang 2019", options=("filter_size", "placement"))
+DOWNSAMPLERS.register("flc", _flc, paper="Grabinski et al. 2022", options=("placement",))
+DOWNSAMPLERS.register("asap", _asap, paper="Grabinski et al. 2023", options=("placement",))
 METHODS = ("sd", "sd+addnoise", "addnoise", "avgpool", "dropout-avgpool", "blurpool", "flc", "asap")
+SHARED_JITTER_METHODS = ("sd", "sd+addnoise")
+"""The methods whose layers can share a jitter draw (``shortcut_jitter="shared"``)."""
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """The options ``convert_downsampling(model, method, **options)`` takes, as registered
+    (``addnoise`` keeps the strided convolution, so it is no downsampler: :data:`NOISE_OPTIONS`).
+
+    Raises:
+        UnknownNameError: for an unknown method, listing the registered ones.
+    """
+    if method == "addnoise":
+        return NOISE_OPTIONS
+    return tuple(DOWNSAMPLERS.meta(method)["options"])
 
 
 def _stride(module: nn.Module) -> tuple[int, int]:
@@ -447,12 +466,12 @@ def convert_downsampling(
         except TypeError as e:
             raise InputError(f"bad option for downsampling method {method!r}: {e}") from None
     else:
-        unknown = set(options) - {"std", "distribution"}
+        unknown = set(options) - set(NOISE_OPTIONS)
         if unknown:
             raise InputError(f"addnoise takes std= and distribution=, not {sorted(unknown)}")
     if shortcut_jitter not in SHORTCUT_JITTER:
         raise InputError(f"shortcut_jitter must be 'independent' (the default) or 'shared', got {shortcut_jitter!r}")
-    if shortcut_jitter == "shared" and method not in ("sd", "sd+addnoise"):
+    if shortcut_jitter == "shared" and method not in SHARED_JITTER_METHODS:
         raise InputError(f"shortcut_jitter='shared' applies to sd and sd+addnoise, not {method!r}")
     out = model if inplace else copy.deepcopy(model)
     targets = _targets(out, include_pooling)
@@ -526,7 +545,10 @@ __all__ = [
     "BLURPOOL_PLACEMENTS",
     "DOWNSAMPLERS",
     "METHODS",
+    "NOISE_OPTIONS",
     "PLACEMENTS",
+    "SD_OPTIONS",
+    "SHARED_JITTER_METHODS",
     "SHORTCUT_JITTER",
     "AddNoise",
     "BlurPool",
@@ -534,4 +556,5 @@ __all__ = [
     "FLCPool",
     "convert_downsampling",
     "deterministic_twin",
+    "method_options",
 ]

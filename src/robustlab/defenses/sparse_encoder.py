@@ -33,12 +33,10 @@ identity, inside ``bpda(model, "smooth")`` the derivative of Eq. 10 (Eq. 9), sha
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ..core import InputError, check_images
+from ..core import InputError, check_images, check_positive_int, is_number
 from ..core.bpda import BPDALayer
 from ..core.randomness import Stochastic
 
@@ -46,10 +44,9 @@ __all__ = ["SparseEncoder", "TernaryQuantizer"]
 
 
 def _number(value: object, what: str, low: float, high: float | None = None, *, open_high: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value):
         raise InputError(f"{what} must be a finite number, got {value!r}")
-    ok = value >= low and (high is None or (value < high if open_high else value <= high))
-    if not ok:
+    if not is_number(value, low, high, high_open=open_high):
         bound = "" if high is None else (f" and < {high}" if open_high else f" and <= {high}")
         raise InputError(f"{what} must be >= {low}{bound}, got {value!r}")
     return float(value)
@@ -152,10 +149,8 @@ class SparseEncoder(Stochastic):
         if dictionary.shape[2] != dictionary.shape[3]:
             raise InputError(f"dictionary atoms must be square n x n patches, got {tuple(dictionary.shape)}")
         atoms_count = dictionary.shape[0]
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise InputError(f"stride must be a positive int, got {stride!r}")
-        if isinstance(top_t, bool) or not isinstance(top_t, int) or top_t < 1:
-            raise InputError(f"top_t must be a positive int, got {top_t!r}")
+        check_positive_int(stride, "stride")
+        check_positive_int(top_t, "top_t")
         if top_t > atoms_count:
             raise InputError(f"top_t={top_t} exceeds the dictionary's L={atoms_count} atoms; use top_t <= {atoms_count}")
         self.dropout_p = _number(dropout_p, "dropout_p", 0.0, 1.0, open_high=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import InputError, check_images
+from ..core import InputError, check_images, check_positive_int
 from ..core.bpda import BPDABlock
 from . import CONVERSIONS, record_conversion
 from .sparse_encoder import SparseEncoder
@@ -31,12 +31,6 @@ __all__ = ["Ensemble", "FrontEndMode", "SparseAutoencoder", "SparseDecoder", "Sp
 
 FrontEndMode = Literal["nominal", "unsupervised"]
 _MODES = ("nominal", "unsupervised")
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 class SparseDecoder(nn.Module):
@@ -89,14 +83,14 @@ class SparseDecoder(nn.Module):
         hidden: tuple[int, int] = (64, 32),
     ) -> None:
         super().__init__()
-        self.atoms = _positive_int(atoms, "atoms")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.image_size = _positive_int(image_size, "image_size")
-        self.patch_size = _positive_int(patch_size, "patch_size")
-        self.stride = _positive_int(stride, "stride")
+        self.atoms = check_positive_int(atoms, "atoms")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.image_size = check_positive_int(image_size, "image_size")
+        self.patch_size = check_positive_int(patch_size, "patch_size")
+        self.stride = check_positive_int(stride, "stride")
         if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
             raise InputError(f"hidden must be two channel widths, got {hidden!r}")
-        first, second = (_positive_int(h, "hidden width") for h in hidden)
+        first, second = (check_positive_int(h, "hidden width") for h in hidden)
         self.hidden = (first, second)
         self.up = nn.ConvTranspose2d(self.atoms, first, kernel_size=self.patch_size, stride=self.stride)
         self.mid = nn.ConvTranspose2d(first, second, kernel_size=3, padding=1)
@@ -240,7 +234,7 @@ class Ensemble(nn.Module):
     def __init__(self, model: nn.Module, draws: int) -> None:
         super().__init__()
         self.model = model
-        self.draws = _positive_int(draws, "draws")
+        self.draws = check_positive_int(draws, "draws")
 
     def extra_repr(self) -> str:
         return f"draws={self.draws}"
@@ -257,7 +251,7 @@ _MAX_WIDTH = 8_192
 
 
 def _bounded_int(value: object, what: str, high: int) -> int:
-    n = _positive_int(value, what)
+    n = check_positive_int(value, what)
     if n > high:
         raise InputError(f"{what} must be at most {high}, got {n}")
     return n

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..core import InputError
+from ..core import InputError, check_number, check_positive_int
 from ..core.randomness import Stochastic
 
 Jitter = Literal["uniform", "normal"]
@@ -199,14 +199,12 @@ class StochasticDownsample(Stochastic):
             factor = 2
         self.factor = _pair(factor, "factor")
         self.size = _pair(size, "size")
-        if not isinstance(spp, int) or spp < 1:
-            raise InputError(f"spp must be a positive int, got {spp!r}")
+        check_positive_int(spp, "spp")
         if jitter not in _JITTERS:
             raise InputError(f"unknown jitter {jitter!r}; use one of {', '.join(_JITTERS)}")
         if reduction not in _REDUCTIONS:
             raise InputError(f"unknown reduction {reduction!r}; use one of {', '.join(_REDUCTIONS)}")
-        if not normal_std >= 0:
-            raise InputError(f"normal_std must be >= 0, got {normal_std!r}")
+        check_number(normal_std, "normal_std", 0)
         self.spp = spp
         self.jitter = jitter
         self.normal_std = float(normal_std)

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import InputError
+from ..core import InputError, is_int
 from ..models import Normalized
 from ..models.base import StagedNetwork
 from ..models.layers import BasicBlock, PreActBlock, conv1x1
@@ -94,9 +94,7 @@ def parse_strides(strides: str | Sequence[int]) -> tuple[int, ...]:
         values = list(strides)
     else:
         raise InputError(f"strides must be a pattern such as '1-1-2-2' or a list of ints, got {strides!r}")
-    if not values or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_STRIDE for v in values
-    ):
+    if not values or not all(is_int(v, 1, MAX_STRIDE) for v in values):
         raise InputError(f"every stride must be an int in [1, {MAX_STRIDE}], got {strides!r}")
     return tuple(values)
 
@@ -308,7 +306,7 @@ class UpsampleInput(nn.Module):
 
     def __init__(self, scale: int = 2, mode: str = "nearest") -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        if not is_int(scale, 1, MAX_SCALE):
             raise InputError(f"upsampling scale must be an int in [1, {MAX_SCALE}] (the paper uses 2 and 3), "
                              f"got {scale!r}")
         if mode not in UPSAMPLE_MODES:

@@ -24,7 +24,8 @@ from torch import nn
 from ..core.errors import InputError
 from ..core.randomness import seed_stochastic
 from ..data.corruptions import NAMES, SEVERITIES, corrupt, corruption_seed
-from .runner import _model_device, _Samples, ensemble_predict
+from .runner import _model_device, ensemble_predict
+from .samples import Samples
 
 __all__ = ["CorruptionResult", "evaluate_corruptions"]
 
@@ -117,7 +118,7 @@ def evaluate_corruptions(
         device: where to run; default the model's device.
         progress: called as ``progress(corruption, severity)`` after each one.
     """
-    samples = _Samples(data, n, seed)
+    samples = Samples(data, n, seed)
     total = samples.n
     if device is None:
         device = _model_device(model)

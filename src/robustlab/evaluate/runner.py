@@ -31,30 +31,24 @@ the deterministic class-balanced subset ``load_dataset(..., limit=n, seed=seed)`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
-import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import (
-    ModelFn,
-    Verdict,
     logits_of,
     merge_warnings,
     model_fn,
-    run_sequence,
     sequence_warnings,
 )
 from ..attacks.checks import (
@@ -66,19 +60,17 @@ from ..attacks.checks import (
     train_mode_warning,
 )
 from ..attacks.model import DETECTION_BATCH, LateRandomness
-from ..attacks.sequence import SequenceState, StageResult
 from ..attacks.verdict import VERDICT_DRAWS
 from ..core.bpda import BPDA_MODES, BPDAMode
-from ..core.bpda import bpda as bpda_context
 from ..core.checkpoint import content_hash
-from ..core.checks import check_images, check_labels
+from ..core.checks import check_int
 from ..core.errors import InputError
-from ..core.randomness import is_frozen, seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
-from ..data import select_subset
 from .battery import Battery, create_battery, jsonable
 from .fingerprint import behaviour_key
+from .job import Job, ProgressCallback, ProgressEvent, derive_seed
 from .result import AttackSummary, EvalResult, indices_hash, mean_std
+from .samples import Samples
 from .state import EvalState
 
 __all__ = [
@@ -101,50 +93,6 @@ STATE_DIR_NAME = "eval-state"
 """The evaluation-state folder's name inside a run folder (``runs/<name>/eval-state``)."""
 FINGERPRINT_PROBE = 16
 """Images of the first batch whose outputs, with fixed randomness, are part of the state key."""
-_LAYER_SEED_BITS = 40  # seed_stochastic multiplies by ~2**20; keep the product below 2**63
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """What :func:`run_battery` reports to its ``progress`` callback.
-
-    Attributes:
-        kind: ``"start"`` (once, before any work; ``completed`` counts batches restored from a
-            saved state), ``"attack"`` (an attack finished on a batch), ``"saved"`` (the batch
-            in progress was saved after ``attack``, mid-batch: on time, or on an interrupt),
-            ``"batch"`` (a batch finished and its state was saved) or ``"end"`` (once, after
-            the last batch).
-        completed: batches finished so far, over all repeats.
-        total: batches in the whole run (``repeats * batches``).
-        repeat: the current repeat (0-based).
-        batch: the current batch (0-based).
-        attack: the label of the attack that finished (``"attack"`` events), or of the last
-            attack the saved state holds for the batch (``"saved"`` events).
-        robust: samples of the current batch still robust after this stage.
-        size: samples in the current batch.
-    """
-
-    kind: Literal["start", "attack", "saved", "batch", "end"]
-    completed: int
-    total: int
-    repeat: int = 0
-    batch: int = 0
-    attack: str | None = None
-    robust: int = 0
-    size: int = 0
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-"""``progress(event)``; the CLI turns events into a rich progress bar. Library code never prints."""
-
-
-def derive_seed(seed: int, *parts: int | str, bits: int = 63) -> int:
-    """A seed in ``[0, 2**bits)`` derived from ``seed`` and a path of ``parts`` (SHA-256).
-
-    Different paths give independent seeds; the same path always gives the same one.
-    """
-    blob = json.dumps([int(seed), *parts], separators=(",", ":")).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << bits) - 1)
 
 
 def model_hash(model: nn.Module) -> str:
@@ -185,8 +133,7 @@ def ensemble_predict(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch
     the expectation over the defense's randomness (the ensemble prediction of the randomized
     defenses' papers). With one draw it is the plain argmax of the logits.
     """
-    if draws < 1:
-        raise InputError(f"draws must be >= 1, got {draws}")
+    check_int(draws, "draws", 1)
     if draws == 1:
         return logits_of(model(x)).argmax(dim=1)
     probs: torch.Tensor | None = None
@@ -195,10 +142,6 @@ def ensemble_predict(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch
         probs = p if probs is None else probs + p
     assert probs is not None
     return probs.argmax(dim=1)
-
-
-def _select(targets: torch.Tensor, n: int, seed: int | None) -> torch.Tensor:
-    return torch.arange(n) if seed is None else select_subset(targets, n, seed)
 
 
 def state_dir_for(run_folder: str | os.PathLike[str]) -> Path:
@@ -211,126 +154,12 @@ def state_dir_for(run_folder: str | os.PathLike[str]) -> Path:
     return Path(run_folder) / STATE_DIR_NAME
 
 
-class _Samples:
-    """The ``n`` samples of a dataset or of ``(x, y)`` tensors the selection rule picks
-    (:func:`robustlab.data.select_subset` with ``seed``; the first ``n`` with ``seed=None``, as
-    the corruption evaluation still does), served by position."""
-
-    def __init__(self, data: Any, n: int | None, seed: int | None) -> None:
-        if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-            x, y = data
-            check_images(x, "x")
-            check_labels(y, x.shape[0])
-            total = int(x.shape[0])
-            self.name = "tensors"
-            self.split: str | None = None
-            self.threat: ThreatModel | None = None
-            n = self._check_n(n, total)
-            positions = _select(y, n, seed)
-            if n < total:
-                x, y = x[positions], y[positions]
-            self._x: torch.Tensor | None = x
-            self._y: torch.Tensor | None = y
-            self._dataset: Any = None
-            self.indices = [int(i) for i in positions.tolist()]
-            self.fingerprint = content_hash({"x": x, "y": y}, {})
-        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-            self._x = self._y = None
-            total = len(data)
-            info = getattr(data, "info", None)
-            self.name = str(getattr(info, "name", type(data).__name__))
-            split = getattr(data, "split", None)
-            self.split = str(split) if split is not None else None
-            threat = getattr(info, "threat", None)
-            self.threat = threat if isinstance(threat, ThreatModel) else None
-            n = self._check_n(n, total)
-            targets = getattr(data, "targets", None)
-            if n < total and seed is None:
-                positions = torch.arange(n)
-            elif n < total:
-                if not (isinstance(targets, torch.Tensor) and targets.numel() == total):
-                    targets = torch.as_tensor([int(data[i][1]) for i in range(total)], dtype=torch.long)
-                positions = _select(targets, n, seed)
-            else:
-                positions = torch.arange(total)
-            base = getattr(data, "indices", None)
-            if isinstance(base, torch.Tensor) and base.numel() == total:
-                self.indices = [int(i) for i in base[positions].tolist()]
-            else:
-                self.indices = [int(i) for i in positions.tolist()]
-            if n < total:
-                subset = getattr(data, "subset", None)
-                data = subset(positions) if callable(subset) else torch.utils.data.Subset(data, positions.tolist())
-            self._dataset = data
-            content = getattr(data, "content_hash", None)
-            self.fingerprint = str(content()) if callable(content) else ""
-        else:
-            raise InputError(
-                f"data must be a dataset (e.g. robustlab.data.load_dataset(...)) or an (x, y) "
-                f"pair of tensors, got {type(data).__name__}"
-            )
-        self.n = n
-
-    def _check_n(self, n: int | None, total: int) -> int:
-        if n is None:
-            n = total
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InputError(f"n must be None or an int >= 1, got {n!r}")
-        if total == 0:
-            raise InputError(f"the dataset {self.name!r} is empty")
-        if n > total:
-            raise InputError(
-                f"n={n} samples were asked for, but the {self.name!r} data holds only {total}; "
-                f"pass n <= {total} (or n=None for all)"
-            )
-        return n
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready identity of the data (part of the state key and the result config)."""
-        d: dict[str, Any] = {"name": self.name, "split": self.split}
-        if self.fingerprint:
-            d["fingerprint"] = self.fingerprint
-        return d
-
-    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels of positions ``[start, stop)``."""
-        if self._x is not None and self._y is not None:
-            return self._x[start:stop], self._y[start:stop].long()
-        ds = self._dataset
-        images = getattr(ds, "images", None)
-        targets = getattr(ds, "targets", None)
-        if (
-            isinstance(images, torch.Tensor)
-            and isinstance(targets, torch.Tensor)
-            and images.shape[0] == len(ds) == targets.shape[0]
-        ):
-            x = images[start:stop]
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            return x, targets[start:stop].long()
-        items = [ds[i] for i in range(start, stop)]
-        x = torch.stack([torch.as_tensor(it[0]) for it in items]).float()
-        y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-        return x, y
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def _seed_layers(model: nn.Module, seed: int) -> None:
-    # a frozen model keeps its one draw for the whole evaluation (seeding would clear it)
-    if stochastic_layers(model) and not is_frozen(model):
-        seed_stochastic(model, seed)
 
 
 def run_battery(
@@ -436,15 +265,15 @@ def run_battery(
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    repeats = _check_int("repeats", repeats, 1)
-    ensemble = _check_int("ensemble", ensemble, 1)
-    seed = _check_int("seed", seed, 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    repeats = check_int(repeats, "repeats", 1)
+    ensemble = check_int(ensemble, "ensemble", 1)
+    seed = check_int(seed, "seed", 0)
     if bpda is not None and bpda not in BPDA_MODES:
         raise InputError(f"unknown BPDA mode {bpda!r}; use 'identity', 'smooth', 'bypass' or None")
     if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval >= 0:
         raise InputError(f"save_interval must be a number of seconds >= 0, got {save_interval!r}")
-    samples = _Samples(data, n, seed)
+    samples = Samples(data, n, seed)
     if isinstance(battery, str):
         threat = threat if threat is not None else samples.threat
         if threat is None:
@@ -467,7 +296,7 @@ def run_battery(
             "statistics and dropout would be active; call model.eval() first, or pass "
             "train_mode_ok=True if training mode is what you mean to evaluate"
         )
-    draws = _check_int("draws", draws, 1)
+    draws = check_int(draws, "draws", 1)
     mhash = model_hash(model)
     recipe = getattr(model, "robustlab_recipe", None)
     header = getattr(model, "robustlab_header", None)
@@ -513,7 +342,7 @@ def run_battery(
     randomness = model_fn(model, probe_x).randomness
     if isinstance(header, Mapping) and header.get("content_hash"):
         config["checkpoint_hash"] = str(header["content_hash"])
-    job = _Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
+    job = Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
                save_interval, progress)
     try:
         state = job.run(randomness)
@@ -522,170 +351,6 @@ def run_battery(
         job.config["late_randomness"] = True
         state = job.run("detected", fresh=True)
     return _result(state, battery, samples, name or model_name(model), recipe, job.config)
-
-
-class _Job:
-    """One battery evaluation in progress: its state, its saves and its progress events."""
-
-    def __init__(self, model: nn.Module, samples: _Samples, battery: Battery, config: dict[str, Any],
-                 key: str, folder: Path | None, dev: torch.device, seed: int, batch_size: int,
-                 bpda: BPDAMode | None, save_interval: float, progress: ProgressCallback | None) -> None:
-        self.model, self.samples, self.battery, self.config = model, samples, battery, config
-        self.key, self.folder, self.dev, self.seed = key, folder, dev, seed
-        self.batch_size, self.bpda, self.save_interval, self.progress = batch_size, bpda, save_interval, progress
-
-    def report(self, event: ProgressEvent) -> None:
-        if self.progress is not None:
-            self.progress(event)
-
-    def run(self, randomness: str, fresh: bool = False) -> EvalState:
-        """Evaluate every (repeat, batch) not yet done; ``fresh`` ignores a saved state."""
-        samples, battery, config = self.samples, self.battery, self.config
-        config["stochastic"] = randomness in ("protocol", "detected")
-        config["randomness"] = randomness
-        repeats, batch_size = int(config["repeats"]), self.batch_size
-        batches = (samples.n + batch_size - 1) // batch_size
-        state = EvalState.new(self.key, config, repeats, len(battery.labels), samples.n, batches)
-        if self.folder is not None and not fresh:
-            loaded = EvalState.load(self.folder, state)
-            if loaded is not None:  # a resumed run keeps the rule it was started under
-                state = loaded
-                randomness = str(loaded.config.get("randomness", randomness))
-                config["randomness"] = randomness
-                config["stochastic"] = randomness in ("protocol", "detected")
-                if loaded.config.get("late_randomness"):
-                    config["late_randomness"] = True
-        return self._loop(state, randomness)
-
-    def _loop(self, state: EvalState, randomness: str) -> EvalState:
-        model, samples, battery, config, dev, seed = (self.model, self.samples, self.battery,
-                                                      self.config, self.dev, self.seed)
-        stochastic = randomness in ("protocol", "detected")
-        config["prediction_draws"] = config["ensemble"] if stochastic else 1
-        config["verdict_draws"] = config["draws"] if stochastic else 1
-        state.config = config
-        repeats, n_total, batch_size = int(config["repeats"]), samples.n, self.batch_size
-        batches = (n_total + batch_size - 1) // batch_size
-        labels = battery.labels
-        total = repeats * batches
-        completed = int(state.done.sum())
-        verdict = Verdict(draws=int(config["draws"]), ensemble=int(config["ensemble"]), batch_size=batch_size)
-        fmodel = ModelFn(model, randomness)
-        folder = self.folder
-        # the wall-clock bookkeeping of saves: time is added to state.seconds when it is saved
-        clock = {"mark": time.perf_counter(), "saved": time.monotonic()}
-        # True while after_attack writes a stage into ``state``: an interrupt then finds it torn
-        writing = [False]
-        unsaved = [False]
-
-        def save() -> None:
-            now = time.perf_counter()
-            state.seconds += now - clock["mark"]
-            clock["mark"] = now
-            if folder is not None:
-                state.save(folder)
-            clock["saved"] = time.monotonic()
-            unsaved[0] = False
-
-        self.report(ProgressEvent("start", completed, total))
-        try:
-            with bpda_context(model, self.bpda) if self.bpda is not None else contextlib.nullcontext():
-                for r in range(repeats):
-                    for b in range(batches):
-                        if bool(state.done[r, b]):
-                            continue
-                        lo, hi = b * batch_size, min(n_total, (b + 1) * batch_size)
-                        x, y = samples.batch(lo, hi)
-                        x, y = x.to(dev), y.to(dev)
-                        clock["mark"] = time.perf_counter()
-                        start = int(state.attacks_done[r, b])
-                        resume = None
-                        if start > 0:
-                            resume = SequenceState(
-                                p_clean=state.p_clean[r, lo:hi].to(dev, x.dtype),
-                                x_inc=state.pending_x.to(dev, x.dtype),
-                                wrong=state.pending_wrong.to(dev),
-                                margin=state.pending_margin.to(dev),
-                                stages=[StageResult(seen=state.seen[r, i, lo:hi].to(dev),
-                                                    broken=state.success[r, i, lo:hi].to(dev),
-                                                    p_after=state.p_after[r, i, lo:hi].to(dev))
-                                        for i in range(start)],
-                                probability_rows=0,
-                            )
-
-                        def on_stage(kind: str, i: int, r: int = r, b: int = b) -> None:
-                            if kind in ("clean", "final"):
-                                parts: tuple[int | str, ...] = (kind,)
-                            elif kind == "attack":
-                                parts = ("attack", i, "model")
-                            else:
-                                parts = ("attack", i, "predict")
-                            _seed_layers(model, derive_seed(seed, "repeat", r, "batch", b, *parts,
-                                                            bits=_LAYER_SEED_BITS))
-
-                        def generator(i: int, r: int = r, b: int = b) -> torch.Generator:
-                            gen = torch.Generator(device=dev)
-                            gen.manual_seed(derive_seed(seed, "repeat", r, "batch", b, "attack", i))
-                            return gen
-
-                        def after_attack(i: int, seq: SequenceState, r: int = r, b: int = b, lo: int = lo,
-                                         hi: int = hi, first: int = start, fresh: bool = resume is None,
-                                         done: int = completed) -> None:
-                            stage = seq.stages[i]
-                            writing[0] = True
-                            if i == first and fresh:
-                                state.p_clean[r, lo:hi] = seq.p_clean.cpu().double()
-                                state.clean[r, lo:hi] = (seq.p_clean >= 0.5).cpu()
-                                state.probability_rows[r] += torch.tensor([seq.probability_rows, hi - lo])
-                            state.robust[r, lo:hi] = seq.robust.cpu()
-                            state.success[r, i, lo:hi] = stage.broken.cpu()
-                            state.seen[r, i, lo:hi] = stage.seen.cpu()
-                            state.p_after[r, i, lo:hi] = stage.p_after.cpu().double()
-                            state.pending_x = seq.x_inc.detach().cpu()
-                            state.pending_wrong = seq.wrong.detach().cpu()
-                            state.pending_margin = seq.margin.detach().cpu()
-                            state.attack_seconds[r, i] += stage.seconds
-                            state.forward[r, i] += stage.forward_passes
-                            state.backward[r, i] += stage.backward_passes
-                            state.gradients[r, i] += torch.tensor(
-                                [stage.grad_evaluations, stage.zero_grads, stage.nonfinite_grads])
-                            state.attacks_done[r, b] = i + 1
-                            writing[0] = False
-                            unsaved[0] = True
-                            more = i + 1 < len(labels)
-                            if folder is not None and more and time.monotonic() - clock["saved"] >= self.save_interval:
-                                save()
-                                self.report(ProgressEvent("saved", done, total, r, b, labels[i],
-                                                          int(seq.robust.sum()), hi - lo))
-                            self.report(ProgressEvent("attack", done, total, r, b, labels[i],
-                                                      int(seq.robust.sum()), hi - lo))
-
-                        out = run_sequence(
-                            battery.attacks, fmodel, x, y, verdict=verdict, generator=generator,
-                            on_stage=on_stage, after_attack=after_attack, resume=resume,
-                        )
-                        state.p_robust[r, lo:hi] = out.p_robust.cpu().double()
-                        state.p_select[r, lo:hi] = out.p_select.cpu().double()
-                        state.robust[r, lo:hi] = out.robust.cpu()
-                        state.pending_x = state.pending_wrong = state.pending_margin = torch.zeros(0)
-                        state.done[r, b] = True
-                        save()
-                        completed += 1
-                        self.report(ProgressEvent("batch", completed, total, r, b, None,
-                                                  int(out.robust.sum()), hi - lo))
-        except KeyboardInterrupt:
-            # keep what the finished attacks did (a stage half-written when the interrupt came is
-            # not saved: the previous save stands)
-            if folder is not None and unsaved[0] and not writing[0]:
-                save()
-                r_b = (state.attacks_done > 0) & ~state.done
-                if bool(r_b.any()):
-                    r, b = (int(v) for v in r_b.nonzero()[0])
-                    k = int(state.attacks_done[r, b])
-                    self.report(ProgressEvent("saved", completed, total, r, b, labels[k - 1]))
-            raise
-        self.report(ProgressEvent("end", completed, total))
-        return state
 
 
 def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> list[EvalWarning]:
@@ -713,7 +378,7 @@ def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> 
 def _result(
     state: EvalState,
     battery: Battery,
-    samples: _Samples,
+    samples: Samples,
     name: str,
     recipe: Any,
     config: dict[str, Any],

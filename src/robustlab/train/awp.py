@@ -21,7 +21,6 @@ consequence: weight decay (and AdamW's decoupled decay) is computed at ``w``, no
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..core import InputError
+from ..core import InputError, check_int, check_number
 from .objectives import OBJECTIVES, ObjectiveOutput
 from .robust import PGDAT, TRADES, EpochClock, attack_mode
 
@@ -81,10 +80,8 @@ class AWP:
             object.__setattr__(self, "gamma", gamma)
         if self.warmup is None:
             object.__setattr__(self, "warmup", warmup)
-        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0):
-            raise InputError(f"awp needs a finite gamma >= 0, got {self.gamma!r}")
-        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
-            raise InputError(f"awp needs an integer warmup >= 0, got {self.warmup!r}")
+        check_number(self.gamma, "awp gamma", 0)
+        check_int(self.warmup, "awp warmup", 0)
         threat = {"eps": self.eps, "norm": self.norm, "steps": self.steps, "step_size": self.step_size,
                   "craft_in_eval": self.craft_in_eval}
         inner: PGDAT | TRADES

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..attacks import PGD
 from ..checkpoints import save
-from ..core import InputError, ThreatModel
+from ..core import InputError, ThreatModel, check_int
 from ..core.checkpoint import read_checkpoint
 from ..data import ImageDataset, make_loader
 
@@ -145,8 +145,8 @@ class BestRobust(Callback):
         seed: int = 0,
         filename: str = BEST_ROBUST_FILE,
     ) -> None:
-        if every < 1 or batch_size < 1:
-            raise InputError(f"best-robust needs every >= 1 and batch_size >= 1, got {every} and {batch_size}")
+        check_int(every, "best-robust every", 1)
+        check_int(batch_size, "best-robust batch_size", 1)
         if isinstance(data, tuple):
             x, y = data
             if x.shape[0] != y.shape[0]:

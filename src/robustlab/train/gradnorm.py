@@ -25,18 +25,17 @@ then averaged over the batch, like the cross-entropy.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import InputError
+from ..core import InputError, check_int, check_number
 from ..core.filters import oriented_energy
 from ..models import Normalized
-from .objectives import OBJECTIVES, ObjectiveOutput
+from .objectives import OBJECTIVES, ObjectiveOutput, objective_config
 from .robust import EpochClock
 
 ALIGNMENTS = ("cosine", "batch-mse")
@@ -46,11 +45,7 @@ ALIGNMENTS = ("cosine", "batch-mse")
 def _check(
     owner: str, what: str, value: Any, minimum: float = 0.0, *, strict: bool = False
 ) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        sign = ">" if strict else ">="
-        raise InputError(f"{owner} needs a finite {what} {sign} {minimum:g}, got {value!r}")
+    check_number(value, f"{owner} {what}", minimum, low_open=strict)
 
 
 def input_std(model: nn.Module) -> torch.Tensor | None:
@@ -74,9 +69,39 @@ def normalized_input_gradient(
     return grad if std is None else grad * std.to(grad.dtype)
 
 
+class InputGradientObjective:
+    """What :class:`GradNorm` and :class:`EdgeAlign` share: the loss of the clean batch, computed
+    with the input requiring grad and grad mode on, so the loss may hold input gradients taken
+    with ``create_graph=True`` (double backpropagation). A subclass (a frozen dataclass) writes
+    :meth:`loss`; ``config()`` lists every constructor field."""
+
+    name: str
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The loss given the input ``x`` (requiring grad) and its ``logits = model(x)``."""
+        raise NotImplementedError
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """:meth:`loss` on one clean batch; the logits returned are the clean ones."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            loss = self.loss(model, x, logits, y, generator)
+        return ObjectiveOutput(loss, logits)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready description (every constructor field)."""
+        return objective_config(self)
+
+
 @OBJECTIVES.register("gradnorm", paper="gradient-norm thesis, Sec. 4, Eq. 4.1")
 @dataclass(frozen=True)
-class GradNorm:
+class GradNorm(InputGradientObjective):
     """Gradient norm regularization (thesis Sec. 4, Eq. 4.1; Simon-Gabriel et al. 2019, Eq. 4):
 
         L = lambda_CE CE(f(x), y) + w(e) lambda_GN (eps / sigma) mean_i ||grad_{x_n} CE_i||_1
@@ -116,14 +141,7 @@ class GradNorm:
         _check(self.name, "eps", self.eps)
         _check(self.name, "lambda_ce", self.lambda_ce)
         _check(self.name, "lambda_gn", self.lambda_gn)
-        if (
-            isinstance(self.warmup_epochs, bool)
-            or not isinstance(self.warmup_epochs, int)
-            or self.warmup_epochs < 0
-        ):
-            raise InputError(
-                f"gradnorm needs an integer warmup_epochs >= 0, got {self.warmup_epochs!r}"
-            )
+        check_int(self.warmup_epochs, "gradnorm warmup_epochs", 0)
         if self.sigma is not None:
             _check(self.name, "sigma", self.sigma, strict=True)
 
@@ -153,34 +171,17 @@ class GradNorm:
             scaled = grad_n / self.sigma
         return self.eps * scaled.abs().flatten(1).sum(dim=1).mean()
 
-    def __call__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> ObjectiveOutput:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """Eq. 4.1 on one batch (no random draws)."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x)
-            per_sample = F.cross_entropy(logits, y, reduction="none")
-            loss = self.lambda_ce * per_sample.mean()
-            weight = self.current_lambda_gn
-            if weight > 0:
-                loss = loss + weight * self.penalty(model, x, per_sample)
-        return ObjectiveOutput(loss, logits)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-ready description (every constructor field)."""
-        return {
-            "name": self.name,
-            "eps": self.eps,
-            "lambda_ce": self.lambda_ce,
-            "lambda_gn": self.lambda_gn,
-            "warmup_epochs": self.warmup_epochs,
-            "sigma": self.sigma,
-        }
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        loss = self.lambda_ce * per_sample.mean()
+        weight = self.current_lambda_gn
+        if weight > 0:
+            loss = loss + weight * self.penalty(model, x, per_sample)
+        return loss
 
 
 def sample_classes(
@@ -211,7 +212,7 @@ def batch_mse_alignment(grad: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
 
 @OBJECTIVES.register("edge-align", paper="gradient-norm thesis, Sec. 5, Eq. 5.1-5.2")
 @dataclass(frozen=True)
-class EdgeAlign:
+class EdgeAlign(InputGradientObjective):
     """Edge alignment of class gradients (thesis Sec. 5, Eq. 5.1-5.2):
 
         L = lambda_CE CE(f(x), y) + lambda_edge L_align(grad_x f(x)_t, edge(x)),
@@ -251,7 +252,7 @@ class EdgeAlign:
     lambda_ce: float = 1.0
     lambda_edge: float = 1.0
     temperature: float = 0.5
-    alignment: str = "cosine"
+    alignment: Literal["cosine", "batch-mse"] = "cosine"
     sigma: float = 1.0
     magnitude: bool = False
     name: str = "edge-align"
@@ -274,44 +275,27 @@ class EdgeAlign:
             return cosine_alignment(grad, teacher)
         return batch_mse_alignment(grad, teacher)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> ObjectiveOutput:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """Eq. 5.1-5.2 on one batch; the classes are drawn from ``generator``."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x)
-            loss = self.lambda_ce * F.cross_entropy(logits, y)
-            if self.lambda_edge > 0:
-                t = sample_classes(logits, self.temperature, generator)
-                selected = logits.gather(1, t.unsqueeze(1)).sum()
-                (grad,) = torch.autograd.grad(selected, x, create_graph=True)
-                with torch.no_grad():
-                    teacher = oriented_energy(x.detach(), self.sigma)
-                loss = loss + self.lambda_edge * self.alignment_loss(grad, teacher.to(grad.dtype))
-        return ObjectiveOutput(loss, logits)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-ready description (every constructor field)."""
-        return {
-            "name": self.name,
-            "lambda_ce": self.lambda_ce,
-            "lambda_edge": self.lambda_edge,
-            "temperature": self.temperature,
-            "alignment": self.alignment,
-            "sigma": self.sigma,
-            "magnitude": self.magnitude,
-        }
+        loss = self.lambda_ce * F.cross_entropy(logits, y)
+        if self.lambda_edge > 0:
+            t = sample_classes(logits, self.temperature, generator)
+            selected = logits.gather(1, t.unsqueeze(1)).sum()
+            (grad,) = torch.autograd.grad(selected, x, create_graph=True)
+            with torch.no_grad():
+                teacher = oriented_energy(x.detach(), self.sigma)
+            loss = loss + self.lambda_edge * self.alignment_loss(grad, teacher.to(grad.dtype))
+        return loss
 
 
 __all__ = [
     "ALIGNMENTS",
     "EdgeAlign",
     "GradNorm",
+    "InputGradientObjective",
     "batch_mse_alignment",
     "cosine_alignment",
     "input_std",

@@ -51,9 +51,6 @@ class GSAT(PGDSettings):
 
     name: str = "gsat"
 
-    def __post_init__(self) -> None:
-        self._validate()
-
     def attack_path(
         self,
         model: nn.Module,
@@ -81,11 +78,7 @@ class GSAT(PGDSettings):
         return x_adv, attacked
 
     def __call__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        generator: torch.Generator | None = None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
     ) -> ObjectiveOutput:
         """Craft on one path, then train on a resampled path that excludes the attacked points."""
         x_adv, attacked = self.attack_path(model, x, y, generator)

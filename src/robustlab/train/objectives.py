@@ -7,6 +7,7 @@ registry.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +47,18 @@ class Objective(Protocol):
 
 
 OBJECTIVES: Registry[type] = Registry("objective")
+
+
+def objective_config(objective: Any) -> dict[str, Any]:
+    """The ``config()`` of a dataclass objective: its ``name``, then every other constructor
+    field in declaration order (tuples as lists), so ``create_objective(**config)`` rebuilds it."""
+    fields = [f for f in dataclasses.fields(objective) if f.init and f.name != "name"]
+    return {"name": objective.name,
+            **{f.name: _jsonable(getattr(objective, f.name)) for f in fields}}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 @OBJECTIVES.register("standard")

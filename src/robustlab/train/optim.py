@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core import InputError, Registry
+from ..core import Registry, check_number
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("sgd", torch.optim.SGD)
@@ -40,8 +40,7 @@ def create_optimizer(
     weight_decay: float = 5e-4,
 ) -> torch.optim.Optimizer:
     """Create the named optimizer with the usual robust-training settings."""
-    if lr <= 0:
-        raise InputError(f"learning rate must be > 0, got {lr}")
+    check_number(lr, "learning rate", 0, low_open=True)
     cls = OPTIMIZERS.get(name)
     if cls is torch.optim.SGD:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import save
-from ..core import InputError, RobustlabError
+from ..core import InputError, RobustlabError, check_int, check_number, is_number
 from ..core.checkpoint import (
     flatten_state,
     read_checkpoint,
@@ -82,13 +82,10 @@ class TrainConfig:
     updated), as the gradient-norm thesis does to isolate the activation's effect (Sec. 4.3)."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InputError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+        check_int(self.epochs, "epochs", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_number(self.lr, "lr", 0, low_open=True)
+        if self.ema_decay is not None and not is_number(self.ema_decay, 0, 1, low_open=True, high_open=True):
             raise InputError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
