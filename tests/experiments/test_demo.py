@@ -1,9 +1,102 @@
-"""The demo pipeline end to end on tiny data (the real run is ``make demo``)."""
+"""The demo pipeline: which studies it runs and how, read from their recipes, the report's text,
+and the whole demo end to end on tiny data (the real run is ``make demo``)."""
 
 import json
 
+import pytest
+
+from robustlab.core import Registry
+from robustlab.core.errors import UnknownNameError
 from robustlab.evaluate import Ledger
-from robustlab.experiments import DemoConfig, run_demo, study_config
+from robustlab.experiments import STUDIES, DemoConfig, DemoPart, Study, run_demo, study_config
+from robustlab.experiments import demo as demo_module
+from robustlab.experiments.demo import _write_report, demo_studies, study_key
+
+# what the demo report said of each study before its recipe declared it (the quick profiles, on
+# the demo's dataset and model): the sentences must not change
+BEFORE = {
+    "sd-study": ("Stochastic Downsampling study",
+                 "The standard model above is the baseline; every method replaces its strided convolutions and is "
+                 "finetuned 5 epochs. The paper's protocol: L-inf eps = 0.01569 (4/255), PGD as in its Sec. 4.1, plus "
+                 "the adaptive attacks it lacks (EOT, transfer from the deterministic twin)."),
+    "strides-study": ("Feature-map strides study",
+                      "TRADES-trained models with the original strides and the shrunk ones (feature maps twice as "
+                      "large before the average pooling), L-inf eps = 0.1."),
+    "sparse-study": ("Sparse randomized encoder study",
+                     "The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, "
+                     "ternary quantization) with a decoder in front of the classifier, under the paper's attack modes "
+                     "(W-NFGA, W-AIGA, PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected "
+                     "margin), L-inf eps = 0.1; the PGD-AT model above is its adversarial-training baseline."),
+    "dcs-study": ("Deformable convolution with stochasticity study",
+                  "resnet-mini's second convolution becomes a DCS layer (k = 5, n = 2 positions per forward), trained "
+                  "with GSAT and with plain PGD-AT; the same checkpoints under the paper's protocol (attack one sampled "
+                  "path, resample, infer) and under the honest one (EOT over the kernel distribution, AutoAttack "
+                  "`rand`, Square on the expected margin, transfer from the PGD-AT model above, its baseline), L-inf "
+                  "eps = 0.1."),
+    "gradnorm-study": ("Gradient-norm regularization study",
+                       "resnet-mini with its activations swapped (ReLU, GELU), trained from scratch with GradNorm (Eq. "
+                       "4.1, double backprop) and with PGD-3 AT, plus a natural and an EdgeAlign GELU model, all with "
+                       "the thesis' AdamW recipe; L-inf eps = 0.1."),
+}
+
+
+def test_the_demo_runs_the_studies_its_recipes_declare_in_their_order():
+    studies = demo_studies()
+    assert [s.name for s in studies] == list(BEFORE)
+    parts = {s.name: s.demo for s in studies}
+    assert {n: p.baseline for n, p in parts.items()} == {"sd-study": "standard", "strides-study": None,
+                                                         "sparse-study": "pgd-at", "dcs-study": "pgd-at",
+                                                         "gradnorm-study": None}
+    assert {n: p.inherits for n, p in parts.items() if p.inherits != ("dataset", "model")} == {
+        "strides-study": ("dataset",)}  # its stride patterns are resnet-mini's
+    assert all(p.profile == "quick" for p in parts.values())
+    for name, (heading, sentence) in BEFORE.items():
+        study = STUDIES.get(name)
+        cfg = study_config(study, "quick", dataset="fashion-mnist", **(
+            {"model": "resnet-mini"} if "model" in study.demo.inherits else {}))
+        assert (study.demo.heading or study.title, study.demo.about(cfg)) == (heading, sentence)
+
+
+def test_the_demo_reports_each_study_it_ran_in_order(tmp_path):
+    models = [{"name": n, "objective": n, "train_images": 10, "epochs": 1, "train_seconds": 1.0, "clean_accuracy": 0.9,
+               "clean_accuracy_eval_n": 0.9, "robust_accuracy": 0.5, "per_attack": {"pgd": 0.5}, "eval_seconds": 2.0,
+               "history": [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "seconds": 3.0}],
+               "battery_markdown": f"battery of {n}\n"} for n in ("standard", "pgd-at")]
+    results = {"config": {"dataset": "fashion-mnist", "model": "resnet-mini", "battery": "quick"}, "train_images": 10,
+               "test_images": 20, "eval_n": 5, "threat": {"norm": "linf", "eps": 0.1}, "models": models,
+               "total_seconds": 9.0, "device": "cpu", "torch": "x", "python": "y", "threads": 1,
+               **{study_key(n): {"profile": "quick", "seconds": 7.0, "summary_markdown": f"summary of {n}\n"}
+                  for n in BEFORE}, "dcs_study": None}
+    sections = {study_key(n): (heading, sentence, n) for n, (heading, sentence) in BEFORE.items() if n != "dcs-study"}
+    _write_report(tmp_path, results, sections)
+    report = (tmp_path / "report.md").read_text()
+    for name, (heading, sentence) in BEFORE.items():
+        section = (f"## {heading} (quick profile)\n\n{sentence} Every table, setting and figure: "
+                   f"[{name}/report.md]({name}/report.md).\n\nsummary of {name}\n")
+        assert (section in report) == (name != "dcs-study")  # a study skipped has no section
+    starts = [report.index(f"## {BEFORE[n][0]}") for n in BEFORE if n != "dcs-study"]
+    assert starts == sorted(starts)
+    timing = report.split("## Time")[1]
+    assert "| sd-study (quick), training and evaluation | - | 7.0 |" in timing and "dcs-study" not in timing
+
+
+def test_a_recipe_with_a_demo_part_joins_the_demo_and_an_unknown_study_is_refused(tmp_path, monkeypatch):
+    registry: Registry[Study] = Registry("study", plural="studies")
+    for name in STUDIES.names():
+        registry.register(name, STUDIES.get(name))
+    extra = Study("new-study", "New study", "new.txt", STUDIES.get("strides-study").profiles,
+                  STUDIES.get("strides-study").plan, STUDIES.get("strides-study").intro,
+                  DemoPart(3, lambda cfg: "new", baseline="standard"))
+    registry.register(extra.name, extra)
+    registry.register("no-demo", Study("no-demo", "Not in the demo", "x.txt", {}, extra.plan, extra.intro))
+    monkeypatch.setattr(demo_module, "STUDIES", registry)
+    assert [s.name for s in demo_studies()] == ["sd-study", "strides-study", "new-study", "sparse-study",
+                                                "dcs-study", "gradnorm-study"]  # order 3 ties: by name
+    with pytest.raises(UnknownNameError, match="unknown study 'nope'"):
+        run_demo(tmp_path, DemoConfig(studies={"nope": "quick"}))
+    assert not any(tmp_path.iterdir())  # refused before any training
+
+
 
 TINY_SD = study_config(
     "sd-study", "quick", dataset="digits", finetune_limit=128, finetune_epochs=1, batch_size=64, eval_n=20, clean_n=100,
@@ -29,8 +122,9 @@ TINY_GRADNORM = study_config(
 )
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
-    test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2, sd_study=TINY_SD, strides_study=TINY_STRIDES,
-    sparse_study=TINY_SPARSE, dcs_study=TINY_DCS, gradnorm_study=TINY_GRADNORM,
+    test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2,
+    studies={"sd-study": TINY_SD, "strides-study": TINY_STRIDES, "sparse-study": TINY_SPARSE, "dcs-study": TINY_DCS,
+             "gradnorm-study": TINY_GRADNORM},
 )
 
 

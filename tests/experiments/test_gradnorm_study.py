@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+from statistics import NormalDist
 
 import pytest
+import torch
 from torch import nn
 
 from robustlab.checkpoints import load
+from robustlab.core.checkpoint import read_header
 from robustlab.core.errors import InputError
+from robustlab.data import as_tensors, get_info, load_dataset
+from robustlab.defenses import swap_activations
 from robustlab.experiments import gradnorm_study
 from robustlab.experiments.claims import WORST
 from robustlab.experiments.gradnorm_study import PROFILES, columns, plan
 from robustlab.experiments.records import RecordStore
 from robustlab.experiments.study import STUDIES, run_study, study_config
 from robustlab.experiments.variants import Train
+from robustlab.models import create_model
 
 
 def _makes(profile: str) -> dict[str, Train]:
@@ -112,38 +118,83 @@ def test_plan_rejects_unknown_activation_and_a_baseline():
         plan(PROFILES["quick"].config, "some.safetensors")
 
 
+def _epoch_seconds(folder):
+    """Mean seconds per epoch from a model folder's ``metrics.jsonl`` files, read here directly."""
+    epochs = [json.loads(line)["seconds"] for p in sorted(folder.glob("*/metrics.jsonl"))
+              for line in p.read_text().splitlines() if line.strip()]
+    return sum(epochs) / len(epochs)
+
+
 def test_a_tiny_gradnorm_study_runs_and_its_models_rebuild(tmp_path):
-    # GELU only (the ReLU rows are the plan's, tested above): four models keep it small
+    # GELU only (the ReLU rows are the plan's, tested above): four models keep it small. The weight
+    # decay and the cosine's floor differ from the profile's, so a default that ignored the config
+    # could not pass for it.
     cfg = study_config("gradnorm-study", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8,
                        activations=("gelu",), epochs=1, train_limit=64, batch_size=32, edge_align=True, pgd_steps=2,
-                       at_steps=1, figure_n=4, stats_steps=2, curve_eps=(0.0, 0.1), curve_steps=2)
+                       at_steps=1, figure_n=4, stats_steps=2, curve_eps=(0.0, 0.1), curve_steps=2,
+                       weight_decay=0.02, min_lr=2.5e-4)
     r = run_study("gradnorm-study", tmp_path, cfg)
     assert not r.partial
     store = RecordStore(tmp_path / "records")
     labels = {"GradNorm GELU", "PGD-3 AT GELU", "Natural GELU", "EdgeAlign GELU"}
     assert {rec.variant for rec in store} == labels
     assert {rec.column for rec in store} == {"clean", "pgd", "aa"}
-    model = load(tmp_path / "models" / "gradnorm-gelu" / "seed0" / "model.safetensors")
-    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
-    kinds = {getattr(m, "kind", None) for m in model.modules()}
-    assert "gelu" in kinds and "relu" not in kinds
-    recipe = json.loads((tmp_path / "models" / "gradnorm-gelu" / "seed0" / "variant.json").read_text())
-    # the TrainSpec's train_options reached the Trainer: the checkpoint says AdamW with a cosine warm-up
-    from robustlab.core.checkpoint import read_header
+    folder = tmp_path / "models" / "gradnorm-gelu" / "seed0"
+    model = load(folder / "model.safetensors").eval()
 
-    trained = read_header(tmp_path / "models" / "gradnorm-gelu" / "seed0" / "model.safetensors")["train_config"]
-    assert trained["optimizer"] == "adamw" and trained["weight_decay"] == 0.05
-    assert trained["schedule"] == "cosine" and trained["schedule_options"]["warmup_epochs"] >= 1
-    assert recipe["conversions"] == [["activations", [["kind", "gelu"]]]]
-    assert recipe["train"]["objective"] == "gradnorm"
+    # the swap, by what the network computes: the checkpoint's weights in a freshly built resnet-mini
+    # give the checkpoint's logits once its activations are GELU, and other logits with its ReLUs
+    info = get_info("digits")
+    clean_x, clean_y = as_tensors(load_dataset("digits", "test", limit=40, seed=0))
+
+    def rebuilt(kind: str) -> nn.Module:
+        net = create_model("resnet-mini", num_classes=info.num_classes, in_channels=info.in_channels,
+                           mean=info.mean, std=info.std)
+        net = net if kind == "relu" else swap_activations(net, kind)
+        net.load_state_dict(model.state_dict())
+        return net.eval()
+    with torch.no_grad():
+        logits = model(clean_x)
+        assert torch.allclose(rebuilt("gelu")(clean_x), logits, atol=1e-5)
+        assert not torch.allclose(rebuilt("relu")(clean_x), logits, atol=1e-3)
+        # the clean record holds this checkpoint's own predictions on the clean images
+        right = (logits.argmax(1) == clean_y).float().tolist()
+    assert list(store.get("GradNorm GELU", 0, "clean").per_image) == right
+
+    # the TrainSpec's train_options reached the Trainer: AdamW with this config's weight decay, the
+    # cosine's floor at min_lr / GradNorm's peak rate, a warm-up of ceil(1 epoch x 0.1) = 1 epoch
+    trained = read_header(folder / "model.safetensors")["train_config"]
+    assert trained["optimizer"] == "adamw" and trained["weight_decay"] == 0.02
+    assert trained["schedule"] == "cosine" and trained["lr"] == cfg.gn_lr
+    assert trained["schedule_options"]["min_factor"] == pytest.approx(2.5e-4 / 0.625e-3)
+    assert trained["schedule_options"]["warmup_epochs"] == 1
+    recipe = json.loads((folder / "variant.json").read_text())
+    assert recipe["conversions"] == [["activations", [["kind", "gelu"]]]] and recipe["train"]["objective"] == "gradnorm"
+
+    # the analyses: their clean accuracy is the checkpoint's on the first figure_n attacked images
     assert "Table 4.4 analogue" in r.report and "## Cost" in r.report
     assert "Table 4.1 analogue" in r.report and "Table 5.1 analogue" in r.report
     assert (tmp_path / "figures" / "gradients.png").exists() and (tmp_path / "figures" / "robust-accuracy.png").exists()
     numbers = json.loads((tmp_path / "figures" / "gradnorm.json").read_text())
+    eval_x, eval_y = as_tensors(load_dataset("digits", "test", limit=8, seed=0), 4)
+    with torch.no_grad():
+        expected = (model(eval_x).argmax(1) == eval_y).float().mean().item()
+    assert numbers["images"] == 4 and numbers["stats"]["GradNorm GELU"]["clean_accuracy"] == pytest.approx(expected)
     assert set(numbers["edges"]) == labels and numbers["grid"] == [
         "Natural GELU", "PGD-3 AT GELU", "GradNorm GELU", "EdgeAlign GELU"]
-    assert "EdgeAlign raises the saliency-edge correlation" in r.report
-    assert "GradNorm trains faster than PGD-3 AT" in r.report
+
+    # the findings state what the files hold, recomputed here from them
+    lines = {line.split("**")[1]: line for line in r.report.splitlines() if line.startswith("- **")}
+    gn, at = (_epoch_seconds(tmp_path / "models" / slug) for slug in ("gradnorm-gelu", "pgd-3-at-gelu"))
+    faster = lines["GradNorm trains faster than PGD-3 AT"]
+    assert f"**: {'yes' if gn < at else 'no'} here" in faster and f"GELU {gn:.1f} vs {at:.1f} s" in faster
+    edge, nat = numbers["edges"]["EdgeAlign GELU"], numbers["edges"]["Natural GELU"]
+    gain = edge["saliency_mean"] - nat["saliency_mean"]
+    half = NormalDist().inv_cdf(0.975) * ((edge["saliency_std"] ** 2 + nat["saliency_std"] ** 2) / 4) ** 0.5
+    word = "yes" if gain > half else "no, it lowered it" if gain < -half else "not distinguishable from no change"
+    assert f"**: {word} here, " in lines["EdgeAlign raises the saliency-edge correlation"]
+    assert f"a gain of {gain:+.3f} (±{half:.3f} at 95%, unpaired, over 4 images)" in lines[
+        "EdgeAlign raises the saliency-edge correlation"]
     assert any(c.claim.claim.startswith("With GELU, GradNorm reaches") for c in r.claims)
 
 
@@ -164,7 +215,7 @@ def test_every_model_trains_with_the_thesis_adamw_and_cosine_warmup():
 
 
 @pytest.mark.parametrize(("edge", "word"), [
-    (0.10, "yes here"),  # gain 0.13 > 1.96 * 0.03 = 0.0588
+    (0.10, "yes here"),  # gain 0.13 > z95 * 0.03 = 1.95996 * 0.03 = 0.0588
     (-0.015, "not distinguishable from no change here"),  # gain 0.019, inside +-0.0588
     (-0.20, "no, it lowered it here"),  # gain -0.17
 ])

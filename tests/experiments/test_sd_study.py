@@ -1,12 +1,10 @@
 """The sd-study recipe on the study machinery.
 
 Its plan (columns, settings, jobs) is checked against the paper's protocol; its report and verdict
-against synthetic records whose right numbers are worked out by hand; a run folder written by the
-recipe before the machinery existed is read back; one slow test runs the recipe on tiny data,
-kills it, resumes it and compares it with an uninterrupted run.
+against synthetic records whose right numbers are worked out by hand; one slow test runs the recipe
+on tiny data, kills it, resumes it and compares it with an uninterrupted run.
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -154,37 +152,6 @@ def test_report_only_on_an_empty_folder_trains_nothing(tmp_path):
     assert r.partial and not (tmp_path / "models").exists()
     report = (tmp_path / "report.md").read_text()
     assert "| SD | — | — |" in report and "Partial report" in report and "no records yet" in report
-
-
-def test_a_run_folder_from_before_the_machinery_is_read_back(tmp_path):
-    # the old layout: evals/<slug>-seed<k>.json, an mCE error under "acc", masks as 0/1 strings
-    cfg = study_config("sd-study", "quick", dataset="digits", eval_n=4, clean_n=4, table1=("Baseline", "SD"),
-                       transfer_from_baseline=("Baseline", "SD"), spp_sweep=(2,))
-    old_config = {k: v for k, v in cfg.to_dict().items() if k != "norm"}
-    (tmp_path / "config.json").write_text(json.dumps({"config": old_config, "baseline": None}))
-    (tmp_path / "evals").mkdir()
-    sd = {"stochastic": True, "clean": {"acc": 0.75, "correct": "1110", "wall": 1.0},
-          "mce": {"acc": 0.3, "per_image": [0.5, 0.75, 0.75, 0.8], "accuracy": {}, "wall": 2.0},
-          "pgd": {"acc": 0.5, "clean_acc": 0.75, "robust": "1100", "per_attack": {"pgd": 0.5}, "wall": 3.0},
-          "twin": {"acc": 0.25, "clean_acc": 0.75, "robust": "1000", "per_attack": {}, "wall": 1.0}}
-    base = {"stochastic": False, "clean": {"acc": 1.0, "correct": "1111", "wall": 1.0},
-            "pgd": {"acc": 0.0, "clean_acc": 1.0, "robust": "0000", "per_attack": {}, "wall": 1.0},
-            "pgd-eot20": {"acc": 0.0, "clean_acc": 1.0, "robust": "0000", "same_as": "pgd", "wall": 0.0},
-            "twin": {"acc": None, "note": "deterministic model", "wall": 0.0}}
-    (tmp_path / "evals" / "sd-seed0.json").write_text(json.dumps(sd))
-    (tmp_path / "evals" / "baseline-seed0.json").write_text(json.dumps(base))
-    r = run_study("sd-study", tmp_path, cfg, report_only=True)
-    store = RecordStore(tmp_path / "records")
-    mce = store.get("SD", 0, "mce")
-    assert mce.kind == "corruption" and mce.error == 0.3 and mce.accuracy is None  # the old "acc" was an error
-    assert store.get("SD", 0, "pgd").per_image == (1.0, 1.0, 0.0, 0.0)
-    assert store.get("Baseline", 0, "pgd-eot20").same_as == "pgd"
-    assert not store.get("Baseline", 0, "twin").applies
-    assert json.loads((tmp_path / "config.json").read_text())["config"]["norm"] == "linf"
-    assert (tmp_path / "config.legacy.json").exists()
-    # SD's worst case: pgd 1100 AND twin 1000 -> 25%; the baseline's 0%
-    assert "| SD | 75.00 (1/1) | 50.00 (1/1) | — | 30.00 (1/1) | — | 25.00 (1/1) | — |" in r.report
-    assert "| Baseline | 100.00 (1/1) | 0.00 (1/1) | — | — | 0.00 (1/1) | n/a | — |" in r.report
 
 
 # ---------------------------------------------------------------------------------------------

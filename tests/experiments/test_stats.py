@@ -13,6 +13,7 @@ from robustlab.experiments.stats import (
     multiple_claims_note,
     paired,
     seed_average,
+    unpaired,
     worst_case,
 )
 
@@ -253,3 +254,25 @@ def test_note_none_significant():
     # diff/se 1.0 and 0.0: neither significant at 1.96
     note = multiple_claims_note([("A", _p(0.1, 0.1)), ("B", _p(0.0, 0.1))])
     assert note.endswith("the question does not arise: none was significant.")
+
+
+# ---------------------------------------------------------------------------------------------
+# unpaired()
+
+
+def test_unpaired_from_two_spreads():
+    # a: mean 0.5, std 0.3; b: mean 0.2, std 0.4; 25 images: s.e. sqrt((0.09 + 0.16) / 25) = 0.1;
+    # difference 0.3, interval 0.3 -+ 1.959964 * 0.1 = [0.104004, 0.495996]: above 0
+    p = unpaired(0.5, 0.3, 0.2, 0.4, 25)
+    assert (p.a, p.b, p.n) == (0.5, 0.2, 25)
+    assert p.diff == pytest.approx(0.3) and p.se == pytest.approx(0.1)
+    assert p.low == pytest.approx(0.104004, abs=1e-6) and p.outcome == "higher"
+    # the same means over 4 images: s.e. sqrt(0.25 / 4) = 0.25, interval 0.3 -+ 0.49: holds 0
+    assert unpaired(0.5, 0.3, 0.2, 0.4, 4).outcome == "no significant difference"
+    # the one quantile: a corrected z widens the interval (2.5 * 0.1 = 0.25 -> [0.05, 0.55])
+    assert unpaired(0.5, 0.3, 0.2, 0.4, 25, z=2.5).low == pytest.approx(0.05)
+
+
+def test_unpaired_needs_an_image():
+    with pytest.raises(InputError, match="at least one image"):
+        unpaired(0.5, 0.1, 0.2, 0.1, 0)

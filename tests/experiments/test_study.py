@@ -230,3 +230,19 @@ def test_randomness_outside_the_protocol_still_gets_its_eot_column(tmp_path, mon
     run_study(study, tmp_path, TOY)
     rec = records(tmp_path)["noisy", 0, "pgd-eot2"]
     assert rec.same_as is None and rec.stochastic and rec.applies
+
+
+def test_the_worst_case_breaks_ties_in_job_order(tmp_path):
+    # a randomized model's two attacks chose their points with equal estimates (0.5 each) but
+    # their re-estimated outcomes differ; the worst case takes the attack listed first in the job
+    # ("b", though "a" sorts first), never an order that follows the process's string hash
+    plan = Plan((Variant("m", Load("unused.safetensors")),),
+                (Column("a", "pgd", "A", PGD), Column("b", "pgd", "B", PGD)), (("m", ("b", "a")),),
+                (Table("t", "T", "", ("m",), (Cell("a", "A"),), worst=True),))
+    study = Study("tie-test", "Ties", "none", {"toy": Profile(TOY, "seconds", "one model")},
+                  lambda cfg, baseline: plan, lambda cfg, facts: "")
+    store = RecordStore(tmp_path / "records")
+    store.put(Record.of_outcomes("m", 0, "b", "attack", [1.0, 1.0, 0.0, 1.0], per_image_select=(0.5,) * 4))
+    store.put(Record.of_outcomes("m", 0, "a", "attack", [0.0, 0.0, 0.0, 0.0], per_image_select=(0.5,) * 4))
+    report = run_study(study, tmp_path, TOY, report_only=True).report
+    assert "| m | 0.00 (1/1) | 75.00 (1/1) |" in report  # `a` 0 of 4; worst case: `b`'s 3 of 4

@@ -47,13 +47,13 @@ from ..core import Registry
 from ..core.metrics import predict
 from ..core.randomness import seed_stochastic
 from ..core.types import ThreatModel
-from ..data import load_dataset, make_loader, select_subset
+from ..data import as_tensors, load_dataset, make_loader, select_subset
 from ..data.base import ImageDataset
 from ..defenses import deterministic_twin
 from ..evaluate import Battery, Ledger, create_battery, evaluate_corruptions, run_battery
 from .records import Record
 
-__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "evaluate_column"]
+__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "evaluate_column", "pgd_settings"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,14 @@ class Column:
     def attack(self) -> bool:
         """Whether the column attacks the model (its record counts toward the worst case)."""
         return COLUMN_KINDS.get(self.kind).record_kind == "attack"
+
+
+def pgd_settings(steps: int, step_size: float, *, random_start: bool = True, early_stop: bool = True, eot: int = 0,
+                 **extra: Any) -> dict[str, Any]:
+    """A ``pgd`` column's settings, each spelled out (one restart; ``extra``: ``eot_normalize``,
+    ``bpda``)."""
+    return {"steps": steps, "step_size": step_size, "random_start": random_start, "restarts": 1,
+            "early_stop": early_stop, "eot": eot, **extra}
 
 
 @dataclass
@@ -217,7 +225,7 @@ def _unchanged(ctx: EvalContext, model: nn.Module, column: Column, variant: str,
     an image counts when the verdict still gives that prediction."""
     s = column.settings
     seed_stochastic(model, seed)
-    x = torch.stack([ctx.eval_set[i][0] for i in range(len(ctx.eval_set))])
+    x = as_tensors(ctx.eval_set)[0]
     with torch.no_grad():
         own = torch.cat([predict(model, b.to(ctx.device)).cpu() for b in x.split(ctx.eval_batch_size)])
     threat = ThreatModel(ctx.threat.norm, float(s["eps"]))

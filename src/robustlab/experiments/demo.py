@@ -10,22 +10,12 @@
    APGD-CE, APGD-T, FAB-T at 100 iterations, Square at 5,000 queries) on ``eval_n``
    test images, keeping the per-sample worst case. Each evaluation is a row of the ledger
    ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``).
-
-4. The stochastic-downsampling study's ``quick`` profile
-   (:mod:`robustlab.experiments.sd_study`) with the standard model of step 1 as its baseline;
-   its full report is ``runs/demo/sd-study/report.md`` and its Table 1 is repeated in the demo's.
-5. The feature-map-strides study's ``quick`` profile (:mod:`robustlab.experiments.strides_study`):
-   TRADES with the original and the shrunk strides; ``runs/demo/strides-study/report.md``.
-6. The sparse randomized encoder study's ``quick`` profile
-   (:mod:`robustlab.experiments.sparse_study`) with the PGD-AT model of step 2 as its
-   adversarial-training baseline; ``runs/demo/sparse-study/report.md``.
-7. The deformable-convolution-with-stochasticity study's ``quick`` profile
-   (:mod:`robustlab.experiments.dcs_study`), the PGD-AT model of step 2 its baseline and
-   transfer source; ``runs/demo/dcs-study/report.md``.
-8. The gradient-norm study's ``quick`` profile (:mod:`robustlab.experiments.gradnorm_study`):
-   GradNorm and PGD-3 AT with ReLU and GELU, a natural and an EdgeAlign model, each trained with
-   the thesis' own recipe (it shares no baseline: its models differ by activation);
-   ``runs/demo/gradnorm-study/report.md``.
+4. Every registered study whose recipe declares a demo part (:class:`~.study.DemoPart`), in the
+   order the parts give (:func:`demo_studies`): its demo profile (``quick``) on this dataset (and
+   model, where the recipe takes it), with the standard model of step 1 or the PGD-AT model of
+   step 2 as its baseline where the recipe asks for one. Each study's full report is
+   ``runs/demo/<study>/report.md``; the demo's repeats its first table and its verdict, after the
+   recipe's sentence on it.
 
 Everything resumes: training from its last epoch, the battery from its last finished batch, the
 study from its last finished model and evaluation. Subset sizes are printed in the reports.
@@ -37,8 +27,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +42,9 @@ from ..models import create_model
 from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
-from .dcs_study import DcsStudyConfig
-from .gradnorm_study import GradNormStudyConfig
-from .sd_study import SDStudyConfig
-from .sparse_study import SparseStudyConfig
-from .strides_study import StridesStudyConfig
-from .study import StudyConfig, run_study, study_config
+from .study import STUDIES, Study, StudyConfig, run_study, study_config
+
+__all__ = ["DemoConfig", "demo_studies", "run_demo", "study_key"]
 
 
 @dataclass(frozen=True)
@@ -79,56 +66,22 @@ class DemoConfig:
     eval_n: int = 100
     battery: str = "standard"
     eval_batch_size: int = 100
-    sd_study: str | SDStudyConfig | None = "quick"
-    """A :data:`~robustlab.experiments.sd_study.PROFILES` name (run on this dataset and model), a
-    full config, or ``None`` to skip the study."""
-    strides_study: str | StridesStudyConfig | None = "quick"
-    """A :data:`~robustlab.experiments.strides_study.PROFILES` name (run on this dataset), a full
-    config, or ``None`` to skip the study."""
-    sparse_study: str | SparseStudyConfig | None = "quick"
-    """A :data:`~robustlab.experiments.sparse_study.PROFILES` name (run on this dataset and model
-    with step 2's PGD-AT model as its baseline), a full config, or ``None`` to skip the study."""
-    dcs_study: str | DcsStudyConfig | None = "quick"
-    """A :data:`~robustlab.experiments.dcs_study.PROFILES` name (run on this dataset and model with
-    step 2's PGD-AT model as its baseline), a full config, or ``None`` to skip the study."""
-    gradnorm_study: str | GradNormStudyConfig | None = "quick"
-    """A :data:`~robustlab.experiments.gradnorm_study.PROFILES` name (run on this dataset and
-    model), a full config, or ``None`` to skip the study."""
+    studies: Mapping[str, str | StudyConfig | None] = field(default_factory=dict)
+    """Per study name (``sd-study``): a profile name (run on this dataset, and model where the
+    recipe takes it), a full config, or ``None`` to skip the study; a study not named runs its
+    recipe's demo profile."""
 
 
-STUDY_KEYS = ("sd_study", "strides_study", "sparse_study", "dcs_study", "gradnorm_study")
-"""The demo's study fields, in the order it runs them."""
+def demo_studies() -> list[Study]:
+    """Every registered study with a demo part, in the order the demo runs them (its part's
+    ``order``; ties by name)."""
+    parts = [(study.demo.order, study) for study in map(STUDIES.get, STUDIES.names()) if study.demo is not None]
+    return [study for _, study in sorted(parts, key=lambda p: p[0])]
 
 
-def study_name(key: str) -> str:
-    """The study a :data:`STUDY_KEYS` field runs (``sd_study`` -> ``sd-study``), also its folder."""
-    return key.replace("_", "-")
-
-
-# each study's report section: its title and the sentence before its link, given its eps
-_SECTIONS: dict[str, tuple[str, Callable[[float], str]]] = {
-    "sd_study": ("Stochastic Downsampling study", lambda eps: (
-        "The standard model above is the baseline; every method replaces its strided convolutions and is "
-        f"finetuned 5 epochs. The paper's protocol: L-inf eps = {eps:.4g} ({eps * 255:.3g}/255), PGD as in its "
-        "Sec. 4.1, plus the adaptive attacks it lacks (EOT, transfer from the deterministic twin).")),
-    "strides_study": ("Feature-map strides study", lambda eps: (
-        "TRADES-trained models with the original strides and the shrunk ones (feature maps twice as large before "
-        f"the average pooling), L-inf eps = {eps:g}.")),
-    "sparse_study": ("Sparse randomized encoder study", lambda eps: (
-        "The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, ternary "
-        "quantization) with a decoder in front of the classifier, under the paper's attack modes (W-NFGA, W-AIGA, "
-        "PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected margin), L-inf eps = "
-        f"{eps:g}; the PGD-AT model above is its adversarial-training baseline.")),
-    "dcs_study": ("Deformable convolution with stochasticity study", lambda eps: (
-        "resnet-mini's second convolution becomes a DCS layer (k = 5, n = 2 positions per forward), trained with "
-        "GSAT and with plain PGD-AT; the same checkpoints under the paper's protocol (attack one sampled path, "
-        "resample, infer) and under the honest one (EOT over the kernel distribution, AutoAttack `rand`, Square on "
-        f"the expected margin, transfer from the PGD-AT model above, its baseline), L-inf eps = {eps:g}.")),
-    "gradnorm_study": ("Gradient-norm regularization study", lambda eps: (
-        "resnet-mini with its activations swapped (ReLU, GELU), trained from scratch with GradNorm (Eq. 4.1, "
-        "double backprop) and with PGD-3 AT, plus a natural and an EdgeAlign GELU model, all with the thesis' "
-        f"AdamW recipe; L-inf eps = {eps:g}.")),
-}
+def study_key(name: str) -> str:
+    """A study's key in the demo's results (``sd-study`` -> ``sd_study``); its folder is its name."""
+    return name.replace("-", "_")
 
 
 def _train(
@@ -172,6 +125,8 @@ def run_demo(
     from ..evaluate import Ledger, run_battery
 
     cfg = config or DemoConfig()
+    # by registered name (``sd_study`` reads as ``sd-study``); an unknown study fails before any training
+    given = {STUDIES.get(name).name: chosen for name, chosen in cfg.studies.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -225,29 +180,29 @@ def run_demo(
             "history": m["history"],
             "battery_markdown": result.markdown(),
         })
-    # the papers' studies: per demo field, its overrides and baseline (``None``: the study trains its own)
-    at_model, standard_model = out / "pgd-at" / "model.safetensors", out / "standard" / "model.safetensors"
-    plans: dict[str, tuple[dict[str, Any], Path | None]] = {
-        "sd_study": ({"model": cfg.model}, standard_model), "strides_study": ({}, None),
-        "sparse_study": ({"model": cfg.model}, at_model), "dcs_study": ({"model": cfg.model}, at_model),
-        "gradnorm_study": ({"model": cfg.model}, None)}
+    # the papers' studies, each with the settings and baseline its recipe's demo part asks for
+    baselines = {name: out / name / "model.safetensors" for name in ("standard", "pgd-at")}
     study_results: dict[str, dict[str, Any] | None] = {}
-    for key in STUDY_KEYS:
+    chosen_of: dict[str, str | StudyConfig | None] = {}
+    sections: dict[str, tuple[str, str, str]] = {}  # per results key: heading, sentence, folder
+    for study in demo_studies():
+        part, key = study.demo, study_key(study.name)
+        assert part is not None
         study_results[key] = None
-        chosen: str | StudyConfig | None = getattr(cfg, key)
+        chosen = chosen_of[key] = given.get(study.name, part.profile)
         if chosen is None:
             continue
-        name, (overrides, baseline) = study_name(key), plans[key]
         t0 = time.perf_counter()
-        scfg = study_config(name, chosen, dataset=cfg.dataset, **overrides) if isinstance(chosen, str) else chosen
-        sres = run_study(name, out / name, scfg, device=device, baseline=baseline, log=log, callbacks=callbacks)
+        scfg = (study_config(study, chosen, **{k: getattr(cfg, k) for k in part.inherits}) if isinstance(chosen, str)
+                else chosen)
+        sres = run_study(study, out / study.name, scfg, device=device, log=log, callbacks=callbacks,
+                         baseline=None if part.baseline is None else baselines[part.baseline])
         study_results[key] = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
                               "eps": scfg.eps, "summary_markdown": sres.summary}
+        sections[key] = (part.heading or study.title, part.about(scfg), study.name)
     elapsed = time.perf_counter() - t_start
-    cfg_dict = asdict(cfg)
-    for key in STUDY_KEYS:
-        if isinstance(getattr(cfg, key), StudyConfig):
-            cfg_dict[key] = getattr(cfg, key).to_dict()
+    cfg_dict: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "studies"}
+    cfg_dict.update({key: c.to_dict() if isinstance(c, StudyConfig) else c for key, c in chosen_of.items()})
     results = {
         "config": cfg_dict,
         **study_results,
@@ -264,11 +219,13 @@ def run_demo(
         "threads": torch.get_num_threads(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    _write_report(out, results)
+    _write_report(out, results, sections)
     return results
 
 
-def _write_report(out: Path, r: dict[str, Any]) -> None:
+def _write_report(out: Path, r: dict[str, Any], sections: Mapping[str, tuple[str, str, str]]) -> None:
+    """The demo's report from its results; ``sections``: per study run (results key), its
+    heading, the sentence on it and its folder."""
     cfg = r["config"]
     th = r["threat"]
     attack_names = list(r["models"][0]["per_attack"]) if r["models"] else []
@@ -287,11 +244,9 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         summary.append(row)
     timing = [{"step": m["name"], "training (s)": round(m["train_seconds"], 1), "evaluation (s)": m["eval_seconds"]}
               for m in r["models"]]
-    for key in STUDY_KEYS:
-        done = r.get(key)
-        if done is not None:  # a study's training and evaluation together
-            timing.append({"step": f"{study_name(key)} ({done['profile']}), training and evaluation", "training (s)": "-",
-                           "evaluation (s)": done["seconds"]})
+    for key, (_, _, name) in sections.items():  # a study's training and evaluation together
+        timing.append({"step": f"{name} ({r[key]['profile']}), training and evaluation", "training (s)": "-",
+                       "evaluation (s)": r[key]["seconds"]})
     parts = [
         "# robustlab demo report\n\n",
         f"Dataset: **{cfg['dataset']}** ({r['train_images']} training images for the standard model, "
@@ -311,14 +266,11 @@ def _write_report(out: Path, r: dict[str, Any]) -> None:
         hist = [{"epoch": h["epoch"], "train loss": f"{h['train_loss']:.4f}",
                  "train acc (%)": format_pct(h["train_acc"]), "seconds": h["seconds"]} for h in m["history"]]
         parts += [f"**{m['name']}** ({m['objective']})\n\n", markdown_table(hist), "\n"]
-    for key in STUDY_KEYS:
-        done = r.get(key)
-        if done is not None:
-            title, intro = _SECTIONS[key]
-            name = study_name(key)
-            parts += [f"## {title} ({done['profile']} profile)\n\n", intro(done["eps"]),
-                      f" Every table, setting and figure: [{name}/report.md]({name}/report.md).\n\n",
-                      done["summary_markdown"], "\n"]
+    for key, (heading, about, name) in sections.items():
+        done = r[key]
+        parts += [f"## {heading} ({done['profile']} profile)\n\n", about,
+                  f" Every table, setting and figure: [{name}/report.md]({name}/report.md).\n\n",
+                  done["summary_markdown"], "\n"]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]
     (out / "report.md").write_text("".join(parts))

@@ -4,16 +4,17 @@ the ledger rows. Nothing here evaluates a model, so ``--report-only`` works on a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import markdown_table
+from .columns import Column
 from .records import Lookup, Record, WorstOf
 from .stats import mean_std
 
-__all__ = ["Cell", "Plot", "Table", "at_chance", "chance_warnings", "cost_section", "ledger_section", "render_table",
-           "scatter_plot", "warnings_section"]
+__all__ = ["Cell", "Plot", "Table", "at_chance", "cells", "chance_warnings", "cost_section", "epoch_seconds",
+           "ledger_section", "render_table", "scatter_plot", "warnings_section"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,12 @@ class Cell:
     column: str
     header: str
     part: str | None = None
+
+
+def cells(columns: Iterable[Column], names: Iterable[str]) -> tuple[Cell, ...]:
+    """A table's cells: the columns ``names`` under their own headers."""
+    header = {c.name: c.header for c in columns}
+    return tuple(Cell(name, header[name]) for name in names)
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,14 @@ def ledger_section(records: Sequence[Record], ledger: str) -> str:
             f"(`robustlab leaderboard --ledger {ledger}` ranks them):\n\n" + markdown_table(rows))
 
 
+def epoch_seconds(folder: Path) -> float | None:
+    """Mean seconds per training epoch of the model ``folder`` (``models/<variant>``), over the
+    epochs of every seed's ``metrics.jsonl``; ``None`` before any epoch."""
+    epochs = [json.loads(line).get("seconds", 0.0) for p in sorted(folder.glob("*/metrics.jsonl"))
+              for line in p.read_text().splitlines() if line.strip()]
+    return sum(epochs) / len(epochs) if epochs else None
+
+
 def cost_section(models: Path, rows: Sequence[tuple[str, str]]) -> str:
     """The cost of each variant from the files beside its model: seconds per training epoch (its
     ``metrics.jsonl``, mean over epochs and seeds), FLOPs and activation memory of one forward on
@@ -198,12 +213,11 @@ def cost_section(models: Path, rows: Sequence[tuple[str, str]]) -> str:
     out = []
     for label, slug in rows:
         costs = [json.loads(p.read_text()) for p in sorted((models / slug).glob("*/cost.json"))]
-        epochs = [json.loads(line).get("seconds", 0.0) for p in sorted((models / slug).glob("*/metrics.jsonl"))
-                  for line in p.read_text().splitlines() if line.strip()]
+        seconds = epoch_seconds(models / slug)
         if not costs:
             continue
         c = costs[0]
-        out.append({"variant": label, "s / epoch": f"{sum(epochs) / len(epochs):.1f}" if epochs else "—",
+        out.append({"variant": label, "s / epoch": "—" if seconds is None else f"{seconds:.1f}",
                     "MFLOPs / image": f"{c['flops'] / 1e6:.2f}", "activations (MB)": f"{c['activation_bytes'] / 2**20:.2f}",
                     "parameters": f"{c['params']:,}"})
     if not out:

@@ -1,98 +1,62 @@
-"""The sparse randomized encoder study (``sparse-randomized-encoder.txt``) on Fashion-MNIST.
+"""The sparse randomized encoder study (``sparse-randomized-encoder.txt``).
 
-``robustlab run sparse-study --profile quick|cpu|full``. A recipe on :mod:`.study`:
+``robustlab run sparse-study --profile quick|cpu|full``: a patch dictionary learnt once per run
+folder (Sec. 2.1); the defense (:func:`~robustlab.defenses.convert_sparse_front_end`) trained in
+the nominal mode (decoder and classifier together, Sec. 5.1's cyclic learning rate) and in the
+unsupervised mode (decoder by regression, then the classifier: the twin PW-T attacks from); every
+model under the paper's attack modes (Sec. 4) and the library's strongest (:func:`columns`), the
+worst case; Tables 1, 2, 3 and 5, Figs. 2, 4 and 9 (:func:`figures`) and the claims.
 
-1. a patch dictionary is learnt once per run folder from the training images (Sec. 2.1; the
-   :data:`~robustlab.defenses.FASHION_MNIST_DICTIONARY` settings) and saved beside the models;
-2. the defense (:func:`~robustlab.defenses.convert_sparse_front_end` on the study's classifier)
-   is trained in the nominal mode (decoder and classifier together, cross-entropy, the
-   triangular cyclic learning rate 0 -> 0.05 -> 0 of Sec. 5.1) and in the unsupervised mode
-   (decoder by regression, then the classifier on its output): the twin PW-T attacks from;
-3. every model meets the paper's attack modes (Sec. 4) and the library's strongest, each a column
-   with its settings spelled out: W-NFGA with the identity and the smooth BPDA of the quantizer,
-   W-AIGA (the autoencoder backpropagated as the identity), EOT with per-sample normalized
-   gradients, PW-T (W-AIGA and W-NFGA crafted on the unsupervised twin; the worst of both), B-T
-   (PGD crafted on the PGD-AT model), AutoAttack ``rand`` with BPDA, Square on the expected
-   margin; the per-sample worst case over all of them;
-4. Table 1 (attack modes), Table 2 (ablation: no activation/quantization, no dropout, no top-T),
-   Table 5 ((T, p) variants) and Table 3 (against adversarial training) analogues, and the
-   claims as data.
-
-Fashion-MNIST is not in the paper. Its eps 0.1 (the house default, about 3x CIFAR's 8/255 in
-pixel units) is the budget the quantizer's dead zone is designed for (Eq. 3: ``eps`` of the
-encoder equals the attack's). The paper's attack settings are scaled to it: 20 steps of
-``eps / 8`` (the paper: 1/255 at 8/255), no random start, N_E = 40 draws (fewer in ``quick``).
-With ``L = 160`` atoms (CIFAR's 500 scaled by the ambient dimension) the nominal
-``T = 16, p = 0.85`` keeps the paper's expected ``T (1 - p)`` ~ 2.5 surviving coefficients per
-patch (its Table 5 finds that product is what matters).
+On Fashion-MNIST (not in the paper) the house eps 0.1, about 3x CIFAR's 8/255 in pixel units, is
+the budget the quantizer's dead zone is designed for (Eq. 3: the encoder's ``eps`` is the
+attack's); the attacks scale with it (20 steps of eps/8, the paper's 1/255 at 8/255). ``L = 160``
+atoms (CIFAR's 500 scaled by the ambient dimension) with ``T = 16, p = 0.85`` keep the paper's
+expected ``T (1 - p)`` ~ 2.5 surviving coefficients per patch (Table 5: what matters).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..analysis.sparse import (
-    atom_filter_correlations,
-    autoencoder_grid,
-    corrupted_patch_fraction,
-    plot_correlation_histogram,
-    plot_corrupted_fraction_histogram,
-)
+from ..analysis import sparse as analysis
 from ..attacks import Transfer
-from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
 from ..core.randomness import seed_stochastic
-from ..data import get_info, load_dataset
-from ..defenses.dictionary import (
-    DictionarySettings,
-    learn_dictionary,
-    load_dictionary,
-    save_dictionary,
-)
+from ..data import as_tensors, get_info, load_dataset
+from ..defenses import dictionary
 from ..train.sparse import find_front_end
 from .claims import WORST, Claim, Side
-from .columns import Column, make_attack
-from .report import Cell, Table
-from .study import STUDIES, FigureContext, Plan, Profile, Study, StudyConfig
+from .columns import Column, make_attack, pgd_settings
+from .figures import FigureContext, first_conv_weight
+from .prose import images_text, threat_text, train_images
+from .report import Table, cells
+from .study import DemoPart, Plan, Profile, Study, TrainingStudyConfig, register_study
 from .variants import Convert, Load, Ref, Train, TrainSpec, Variant
 
 __all__ = ["PROFILES", "SparseStudyConfig", "plan"]
 
-DICTIONARY_FILE = "dictionary.safetensors"
-
-
 @dataclass(frozen=True)
-class SparseStudyConfig(StudyConfig):
+class SparseStudyConfig(TrainingStudyConfig):
     """The study's settings; :data:`PROFILES` holds the named ones.
 
     Attributes:
-        patch_size, patch_stride, atoms, lam: the dictionary (Sec. 2.1).
-        dict_images, dict_patches, dict_iter: training images and patches it is learnt on, and
-            the learner's passes.
+        patch_size, patch_stride, atoms, lam: the dictionary (Sec. 2.1), learnt on
+            ``dict_patches`` patches of ``dict_images`` training images in ``dict_iter`` passes.
         top_t, dropout_p, beta, sigma: the encoder (Sec. 2.2, App. 8.3).
-        epochs, lr, batch_size, train_limit: the nominal training (the cyclic schedule peaks at
-            ``lr``); the unsupervised twin's decoder takes ``decoder_epochs``, its classifier
-            ``epochs``.
-        ablation: run Table 2 (each component removed, retrained).
-        tp_variants: Table 5's ``(T, p)`` encoders.
-        baselines: Table 3's adversarially trained baselines (``pgd-at`` always; ``fast-at``,
+        epochs, lr: the nominal training (cyclic, peak ``lr``); the twin's decoder takes
+            ``decoder_epochs``; ``ablation``: Table 2; ``tp_variants``: Table 5's (T, p).
+        baselines: Table 3's adversarially trained models (``pgd-at`` always; ``fast-at``,
             ``trades``), ``at_epochs`` each, PGD-``at_steps`` inside.
-        attack_steps, attack_step_fraction, eot: the paper's PGD settings (20 steps of eps/8,
-            N_E = 40).
-        aa_eot, square_queries, square_eot: AutoAttack ``rand`` and Square settings.
-        twin_attacks: attack the unsupervised twin itself too (else it is only PW-T's source).
-        figure_n: attacked images the Fig. 4 analysis uses (0: no figures).
+        attack_steps, attack_step_fraction, eot: the paper's PGD (20 steps of eps/8, N_E = 40).
+        twin_attacks, figure_n: attack the twin itself too (else it is only PW-T's source);
+            attacked images Fig. 4 uses (0: no figures).
     """
 
-    clean_n: int | None = 1000
     patch_size: int = 4
     patch_stride: int = 2
     atoms: int = 160
@@ -105,11 +69,8 @@ class SparseStudyConfig(StudyConfig):
     beta: float = 3.0
     sigma: float = 0.25
     hidden: tuple[int, int] = (64, 32)
-    epochs: int = 10
     decoder_epochs: int = 10
     lr: float = 0.05
-    batch_size: int = 128
-    train_limit: int | None = 10_000
     ablation: bool = True
     tp_variants: tuple[tuple[int, float], ...] = ((1, 0.0), (5, 0.5), (10, 0.75))
     baselines: tuple[str, ...] = ("pgd-at", "fast-at", "trades")
@@ -147,33 +108,23 @@ DECODER = "unsupervised decoder (regression)"
 AT_LABELS = {"pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
 
 
-def dictionary_settings(cfg: SparseStudyConfig) -> DictionarySettings:
-    """The dictionary the run learns (the study's dataset's channels)."""
-    return DictionarySettings(cfg.patch_size, cfg.patch_stride, cfg.atoms, cfg.lam,
-                              get_info(cfg.dataset).in_channels, max_iter=cfg.dict_iter,
-                              max_patches=cfg.dict_patches)
-
-
 def make_dictionary(cfg: SparseStudyConfig, out: Path) -> torch.Tensor:
-    """The run's dictionary: read from ``out/dictionary.safetensors`` when it was learnt with
-    these settings, else learnt from ``dict_images`` training images and saved there."""
-    settings = dictionary_settings(cfg)
-    path = out / DICTIONARY_FILE
+    """The run's dictionary (of the dataset's channels): read from ``out/dictionary.safetensors``
+    when it was learnt with these settings, else learnt from ``dict_images`` training images and
+    saved there."""
+    settings = dictionary.DictionarySettings(cfg.patch_size, cfg.patch_stride, cfg.atoms, cfg.lam,
+                                             get_info(cfg.dataset).in_channels, max_iter=cfg.dict_iter,
+                                             max_patches=cfg.dict_patches)
+    path = out / "dictionary.safetensors"
     if path.exists():
-        atoms, saved = load_dictionary(path)
+        atoms, saved = dictionary.load_dictionary(path)
         if saved != settings:
             raise InputError(f"{path} was learnt with other settings ({saved}); pass a new --out or delete it")
         return atoms
-    train = load_dataset(cfg.dataset, "train", limit=cfg.dict_images, seed=0)
-    images = torch.stack([train[i][0] for i in range(len(train))])
-    atoms = learn_dictionary(images, settings)
-    save_dictionary(path, atoms, settings)
+    atoms = dictionary.learn_dictionary(as_tensors(load_dataset(cfg.dataset, "train", limit=cfg.dict_images, seed=0))[0],
+                                        settings)
+    dictionary.save_dictionary(path, atoms, settings)
     return atoms
-
-
-def encoder_label(top_t: int, dropout_p: float, extra: str = "") -> str:
-    """A row label for an encoder setting."""
-    return f"Ours T={top_t} p={dropout_p:g}" + (f" {extra}" if extra else "")
 
 
 def front_end(cfg: SparseStudyConfig, *, top_t: int | None = None, dropout_p: float | None = None,
@@ -190,12 +141,11 @@ def front_end(cfg: SparseStudyConfig, *, top_t: int | None = None, dropout_p: fl
 def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
     """Every column, the paper's attack settings spelled out (Sec. 5, "Default attack parameters")."""
     def paper(bpda: str | None, normalize: bool = False, eot: int | None = None) -> dict[str, Any]:
-        return {"steps": cfg.attack_steps, "step_size": cfg.attack_step_fraction * cfg.eps, "random_start": False,
-                "restarts": 1, "early_stop": False, "eot": cfg.eot if eot is None else eot, "eot_normalize": normalize,
-                "bpda": bpda}
+        return pgd_settings(cfg.attack_steps, cfg.attack_step_fraction * cfg.eps, random_start=False, early_stop=False,
+                            eot=cfg.eot if eot is None else eot, eot_normalize=normalize, bpda=bpda)
     return (
         Column("clean", "clean", "Clean"),
-        Column("pgd", "pgd", "PGD-20", paper(None, eot=0)),
+        Column("pgd", "pgd", f"PGD-{cfg.attack_steps}", paper(None, eot=0)),
         Column("w-nfga-id", "pgd", "W-NFGA identity", paper("identity"), deterministic="pgd"),
         Column("w-nfga-smooth", "pgd", "W-NFGA smooth", paper("smooth"), deterministic="pgd"),
         Column("w-aiga", "pgd", "W-AIGA", paper("bypass"), deterministic="pgd"),
@@ -210,106 +160,81 @@ def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
 
 def plan(cfg: SparseStudyConfig, baseline: str | None = None) -> Plan:
     """The variants, jobs, tables and claims of ``cfg``."""
-    unknown = [b for b in cfg.baselines if b not in AT_LABELS]
-    if unknown or "pgd-at" not in cfg.baselines:
+    if "pgd-at" not in cfg.baselines or any(b not in AT_LABELS for b in cfg.baselines):
         raise InputError(f"sparse-study baselines must include pgd-at and be among {', '.join(AT_LABELS)}; "
                          f"got {', '.join(cfg.baselines)}")
     train = TrainSpec(cfg.epochs, cfg.lr, "cyclic", "standard", (), cfg.batch_size, cfg.train_limit)
-    regression = dataclasses.replace(train, epochs=cfg.decoder_epochs, objective="decoder-regression")
-    on_decoder = dataclasses.replace(train, objective="frozen-decoder")
+    regression = replace(train, epochs=cfg.decoder_epochs, objective="decoder-regression")
+    on_decoder = replace(train, objective="frozen-decoder")
     ours = Variant(OURS, Train(cfg.model, train, (front_end(cfg),)))
     decoder = Variant(DECODER, Train(cfg.model, regression, (front_end(cfg, mode="unsupervised"),)))
     twin = Variant(TWIN, Convert(DECODER, None, finetune=on_decoder))
 
-    def at(name: str) -> Variant:
-        if name == "pgd-at" and baseline is not None:
-            return Variant("PGD-AT", Load(baseline), per_seed=False)
+    def at(name: str) -> Train:
         opts: tuple[tuple[str, Any], ...] = (("eps", cfg.eps),) + ((("steps", cfg.at_steps),) if name != "fast-at" else ())
-        return Variant(AT_LABELS[name], Train(cfg.model, TrainSpec(cfg.at_epochs, cfg.at_lr, "onecycle", name, opts,
-                                                                   cfg.batch_size, cfg.train_limit)))
-    baselines = [at(b) for b in cfg.baselines]
+        return Train(cfg.model, TrainSpec(cfg.at_epochs, cfg.at_lr, "onecycle", name, opts, cfg.batch_size, cfg.train_limit))
+    baselines = [Variant("PGD-AT", Load(baseline), per_seed=False) if b == "pgd-at" and baseline is not None
+                 else Variant(AT_LABELS[b], at(b)) for b in cfg.baselines]
     ablations = [Variant(f"{OURS} without A&Q", Train(cfg.model, train, (front_end(cfg, quantize=False),))),
                  Variant(f"{OURS} without dropout", Train(cfg.model, train, (front_end(cfg, dropout_p=0.0),))),
                  Variant(f"{OURS} without top-T", Train(cfg.model, train, (front_end(cfg, top_t=cfg.atoms),)))
                  ] if cfg.ablation else []
-    tp = [Variant(encoder_label(t, p), Train(cfg.model, train, (front_end(cfg, top_t=t, dropout_p=p),)))
+    tp = [Variant(f"{OURS} T={t} p={p:g}", Train(cfg.model, train, (front_end(cfg, top_t=t, dropout_p=p),)))
           for t, p in cfg.tp_variants]
     cols = columns(cfg)
-    by_name = {c.name: c for c in cols}
     every = tuple(c.name for c in cols if c.name != "pgd")
     jobs = [(TWIN, every if cfg.twin_attacks else ("clean",)), (OURS, every), *[(v.label, every) for v in [*ablations, *tp]],
             *[(v.label, ("clean", "pgd", "aa-rand", "square-eot")) for v in baselines]]
-    cells = lambda names: tuple(Cell(n, by_name[n].header) for n in names)  # noqa: E731
     tables = [Table("table1", "Table 1 analogue: the defense under every attack mode",
                     "The nominal defense (and its unsupervised twin, when attacked); the per-sample worst case over "
-                    "every attack.", (OURS, TWIN) if cfg.twin_attacks else (OURS,), cells(every), worst=True),
+                    "every attack.", (OURS, TWIN) if cfg.twin_attacks else (OURS,), cells(cols, every), worst=True),
               Table("table3", "Table 3 analogue: against adversarial training",
                     "Each model's clean accuracy and its per-sample worst case over every attack it met.",
-                    (OURS, *[v.label for v in baselines]), cells(("clean",)), worst=True)]
+                    (OURS, *[v.label for v in baselines]), cells(cols, ("clean",)), worst=True)]
     if ablations:
         tables.append(Table("table2", "Table 2 analogue: ablation (each component removed, retrained)", "",
                             (OURS, *[v.label for v in ablations]),
-                            cells(("clean", "w-nfga-smooth", "pw-t", "w-aiga")), worst=True))
+                            cells(cols, ("clean", "w-nfga-smooth", "pw-t", "w-aiga")), worst=True))
     if tp:
         tables.append(Table("table5", "Table 5 analogue: (T, p) with a similar expected T(1 - p)", "",
-                            (OURS, *[v.label for v in tp]), cells(("clean", "w-nfga-smooth", "pw-t")), worst=True))
+                            (OURS, *[v.label for v in tp]), cells(cols, ("clean", "w-nfga-smooth", "pw-t")), worst=True))
     variants = (ours, decoder, twin, *baselines, *ablations, *tp)
-    return Plan(variants, cols, tuple(jobs), tuple(tables), claims(cfg, ablations, tp), None, VERDICT_INTRO,
-                cost=True, resources={"dictionary": lambda out: make_dictionary(cfg, out)},
+    return Plan(variants, cols, tuple(jobs), tuple(tables), claims(cfg, ablations, tp), cost=True,
+                paper="CIFAR-10 at L-inf eps 8/255", verdict_note="A randomized model is attacked with EOT and judged on a fresh draw.",
+                resources={"dictionary": lambda out: make_dictionary(cfg, out)},
                 figures=(lambda fc: figures(cfg, fc)) if cfg.figure_n else None)
 
 
-def _first_conv(model: nn.Module) -> torch.Tensor:
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise InputError(f"{type(model).__name__} has no Conv2d layer for Fig. 2's filters")
-    return convs[0].weight.detach().cpu()
-
-
 def figures(cfg: SparseStudyConfig, fc: FigureContext) -> str:
-    """The paper's analyses on this run's models (seed 0), as PNGs beside the report and their
-    numbers (``figures/sparse.json``, computed once):
-
-    - Fig. 2: correlations of image patches with the dictionary's atoms (Eq. 6) vs activations
-      of the first-layer filters of a conventionally built CNN (Eq. 7) — here the PGD-AT
-      baseline's first convolution (the paper uses a naturally trained CNN);
-    - Fig. 4: per image, the expected fraction of patches whose code the attack corrupts (App.
-      8.5, closed form over the dropout), under W-NFGA (smooth) and PW-T (W-AIGA crafted on the
-      unsupervised twin), on the first ``figure_n`` attacked images;
-    - Fig. 9: test images before and after the unsupervised twin's autoencoder, and the PW-T
-      adversarial images before and after it.
-    """
-    folder = fc.out / "figures"
-    cache = folder / "sparse.json"
-    if cache.exists():
-        numbers = json.loads(cache.read_text())
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
+    """The paper's analyses on this run's models (seed 0), numbers cached in ``figures/sparse.json``:
+    Fig. 2, patch correlations with the atoms (Eq. 6) vs the first-layer filters of a CNN (Eq. 7;
+    here the PGD-AT baseline's, the paper's is naturally trained); Fig. 4, per attacked image the
+    expected fraction of patches whose code W-NFGA (smooth) and PW-T corrupt (App. 8.5); Fig. 9,
+    images and PW-T adversarial images before and after the unsupervised twin's autoencoder."""
+    def compute(folder: Path) -> dict[str, Any]:
         ours, twin, at = fc.model_of(OURS, 0), fc.model_of(TWIN, 0), fc.model_of("PGD-AT", 0)
-        n = min(cfg.figure_n, len(fc.ctx.eval_set))
-        x = torch.stack([fc.ctx.eval_set[i][0] for i in range(n)]).to(fc.ctx.device)
-        y = torch.tensor([int(fc.ctx.eval_set[i][1]) for i in range(n)], device=fc.ctx.device)
-        seed_stochastic(ours, 0)
-        seed_stochastic(twin, 0)
+        x, y = fc.images(cfg.figure_n)
+        for model in (ours, twin):
+            seed_stochastic(model, 0)
         nfga = make_attack(fc.ctx, fc.ctx.columns["w-nfga-smooth"]).run(ours, x, y, full_budget=True).x_adv
         pwt = Transfer(twin, make_attack(fc.ctx, fc.ctx.columns["w-aiga"])).run(ours, x, y).x_adv
         encoder = find_front_end(ours).encoder
-        z = {"W-NFGA (smooth)": corrupted_patch_fraction(encoder, x, nfga),
-             "PW-T (W-AIGA on the twin)": corrupted_patch_fraction(encoder, x, pwt)}
-        plot_corrupted_fraction_histogram({k: v.cpu() for k, v in z.items()}, folder / "corrupted-patches.png")
-        k = min(8, n)
-        autoencoder_grid(twin, x[:k], folder / "autoencoder.png", adversarial=pwt[:k], scale=2)
-        corr = atom_filter_correlations(encoder.atoms.cpu(), _first_conv(at), x[:k].cpu(), stride=2,
-                                        max_patches=2000, generator=torch.Generator().manual_seed(0))
-        plot_correlation_histogram(corr.rho, corr.gamma, folder / "correlations.png")
-        numbers = {"images": n, "corrupted": {k2: float(v.mean()) for k2, v in z.items()},
-                   "correlations": corr.summary()}
-        write_text_atomic(cache, json.dumps(numbers, indent=1))
+        z = {"W-NFGA (smooth)": analysis.corrupted_patch_fraction(encoder, x, nfga),
+             "PW-T (W-AIGA on the twin)": analysis.corrupted_patch_fraction(encoder, x, pwt)}
+        analysis.plot_corrupted_fraction_histogram({k: v.cpu() for k, v in z.items()}, folder / "corrupted-patches.png")
+        k = min(8, len(x))
+        analysis.autoencoder_grid(twin, x[:k], folder / "autoencoder.png", adversarial=pwt[:k], scale=2)
+        corr = analysis.atom_filter_correlations(encoder.atoms.cpu(), first_conv_weight(at), x[:k].cpu(), stride=2,
+                                                 max_patches=2000, generator=torch.Generator().manual_seed(0))
+        analysis.plot_correlation_histogram(corr.rho, corr.gamma, folder / "correlations.png")
+        return {"images": len(x), "corrupted": {k2: float(v.mean()) for k2, v in z.items()}, "correlations": corr.summary()}
+
+    numbers = fc.cached("sparse.json", compute)
     c = numbers["correlations"]
     rows = "".join(f"| {name} | {value * 100:.1f} |\n" for name, value in numbers["corrupted"].items())
     return (
         "## Analyses (seed 0)\n\n"
-        f"**Fig. 2 analogue.** Over {c['patches']:.0f} patches of 8 test images, per patch: the excess kurtosis "
+        f"**Fig. 2 analogue.** Over {c['patches']:.0f} patches of {min(8, numbers['images'])} test images, per patch: the excess kurtosis "
         f"of the {cfg.atoms} atom correlations is {c['atom_kurtosis']:.2f}, of the PGD-AT model's first-layer "
         f"filter activations {c['filter_kurtosis']:.2f} (the paper's claim, in numbers: a few atoms stand out from "
         "the rest — heavy tails, high kurtosis — while a CNN's filters respond without a few standing out). "
@@ -345,32 +270,31 @@ def claims(cfg: SparseStudyConfig, ablations: list[Variant], tp: list[Variant]) 
         Claim("The clean accuracy cost of the defense against PGD-AT", "80.06 vs 87.x (PGD-AT), Table 3",
               Side(OURS, "clean"), Side("PGD-AT", "clean"), "describe"),
     ]
-    for v in ablations:
-        rows.append(Claim(f"Each component raises robustness: full defense vs {v.label[len(OURS) + 1:]}",
-                          "Table 2: every ablation loses worst-case accuracy", Side(OURS, WORST), Side(v.label, WORST)))
-    for v in tp:
-        rows.append(Claim(f"Similar T(1-p) gives similar robustness: {v.label}", "Table 5: within a few points",
-                          Side(v.label, WORST), Side(OURS, WORST), "describe"))
-    return tuple(rows)
-
-
-VERDICT_INTRO = (
-    "Each claim compares two models (or two attacks on one model) on the same test images; a gain counts when its "
-    "95% interval is above 0. The paper's figures are CIFAR-10; here Fashion-MNIST at eps 0.1, so the comparison is "
-    "of direction and size, not of level. A randomized model is attacked with EOT and judged on a fresh draw.\n")
+    rows += [Claim(f"Each component raises robustness: full defense vs {v.label[len(OURS) + 1:]}",
+                   "Table 2: every ablation loses worst-case accuracy", Side(OURS, WORST), Side(v.label, WORST))
+             for v in ablations]
+    return (*rows, *[Claim(f"Similar T(1-p) gives similar robustness: {v.label}", "Table 5: within a few points",
+                           Side(v.label, WORST), Side(OURS, WORST), "describe") for v in tp])
 
 
 def intro(cfg: SparseStudyConfig, facts: Mapping[str, Any]) -> str:
     """The report's opening paragraph."""
-    n = facts["train_images"].get(str(cfg.train_limit), "?")
     return (
         f"Sparse randomized encoder (dictionary {cfg.atoms} atoms of {cfg.patch_size}x{cfg.patch_size} patches, "
         f"stride {cfg.patch_stride}, lambda {cfg.lam:g}; T = {cfg.top_t}, p = {cfg.dropout_p:g}, beta = {cfg.beta:g}) "
-        f"in front of {cfg.model} on {cfg.dataset}, trained {cfg.epochs} epochs (cyclic lr peaking at {cfg.lr:g}) on {n} "
-        f"training images; L-inf eps = {cfg.eps:g}. Attacks: {cfg.attack_steps} steps of eps/"
-        f"{1 / cfg.attack_step_fraction:g} from the clean image, N_E = {cfg.eot} EOT draws. Clean accuracy on "
-        f"{facts['clean_images']} test images; attacks on {facts['eval_images']}.")
+        f"in front of {cfg.model} on {cfg.dataset}, trained {cfg.epochs} epochs (cyclic lr peaking at {cfg.lr:g}) on "
+        f"{train_images(facts, cfg.train_limit)} training images; {threat_text(cfg)}. Attacks: {cfg.attack_steps} "
+        f"steps of eps/{1 / cfg.attack_step_fraction:g} from the clean image, N_E = {cfg.eot} EOT draws. "
+        + images_text(facts))
 
 
-STUDIES.register("sparse-study", Study("sparse-study", "Sparse randomized encoder study",
-                                       "sparse-randomized-encoder.txt", PROFILES, plan, intro))
+def demo_about(cfg: SparseStudyConfig) -> str:
+    """The demo report's sentence on the study."""
+    return ("The sparse randomized encoder (dictionary learnt on training patches, top-T, test-time dropout, ternary "
+            "quantization) with a decoder in front of the classifier, under the paper's attack modes (W-NFGA, W-AIGA, "
+            "PW-T, B-T) and the library's own (AA rand with BPDA, Square on the expected margin), "
+            f"{threat_text(cfg)}; the PGD-AT model above is its adversarial-training baseline.")
+
+
+register_study(Study("sparse-study", "Sparse randomized encoder study", "sparse-randomized-encoder.txt", PROFILES,
+                     plan, intro, DemoPart(3, demo_about, baseline="pgd-at")))

@@ -1,7 +1,9 @@
 """Statistics of a study, computed from per-image records.
 
 The unit is the test image. Two models compared on the same images give one difference per
-image (:func:`paired`): its mean, standard error over images and 95% interval. Seeds are averaged
+image (:func:`paired`): its mean, standard error over images and 95% interval; when only each side's
+mean and spread over the images were kept, :func:`unpaired` compares them as if independent.
+Every interval uses one quantile, :data:`Z95` (or a corrected one). Seeds are averaged
 per image first (:func:`seed_average`), so an image seen by three seeds counts once, never three
 times as if the seeds were independent images; the spread across seeds is reported beside the
 mean (:func:`mean_std`). The per-sample worst case of a model is the AND over every attack it
@@ -19,7 +21,7 @@ from ..core.errors import InputError
 from ..evaluate import mean_std
 
 __all__ = ["Z95", "Paired", "bonferroni_z", "mean_std", "multiple_claims_note", "paired", "seed_average",
-           "worst_case"]
+           "unpaired", "worst_case"]
 
 Z95 = NormalDist().inv_cdf(0.975)  # 1.95996...: the two-sided 95% normal quantile
 
@@ -83,6 +85,19 @@ def paired(a: Sequence[float], b: Sequence[float], z: float = Z95) -> Paired:
     mean = sum(d) / n
     var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
     return Paired(sum(a) / n, sum(b) / n, mean, math.sqrt(var / n), n, z)
+
+
+def unpaired(a: float, a_std: float, b: float, b_std: float, n: int, z: float = Z95) -> Paired:
+    """Compare two means over ``n`` images from their per-image spreads alone, as if independent:
+    standard error ``sqrt((a_std^2 + b_std^2) / n)``. On the same images this is conservative
+    when the two sides move together (a paired interval, from per-image values, is narrower).
+
+    Raises:
+        InputError: when ``n`` is below 1.
+    """
+    if n < 1:
+        raise InputError(f"an unpaired comparison needs at least one image, got {n}")
+    return Paired(a, b, a - b, math.sqrt((a_std ** 2 + b_std ** 2) / n), n, z)
 
 
 def seed_average(per_seed: Sequence[Sequence[float]]) -> list[float]:

@@ -21,6 +21,7 @@ so the paper's ResNet-18 patterns map one to one onto it: ``1-2-2-2`` -> ``1-2-2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,9 @@ from ..defenses import parse_strides, stage_strides
 from ..models import create_model
 from .claims import WORST, Claim, Side
 from .columns import Column
-from .report import Cell, Table
-from .study import STUDIES, Plan, Profile, Study, StudyConfig
+from .prose import images_text, threat_text, train_images
+from .report import Table, cells
+from .study import DemoPart, Plan, Profile, Study, TrainingStudyConfig, register_study
 from .variants import Train, TrainSpec, Variant
 
 __all__ = ["PROFILES", "StridesStudyConfig", "plan"]
@@ -46,7 +48,7 @@ OBJECTIVES: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
 
 
 @dataclass(frozen=True)
-class StridesStudyConfig(StudyConfig):
+class StridesStudyConfig(TrainingStudyConfig):
     """The study's settings; :data:`PROFILES` holds the named ones.
 
     Attributes:
@@ -62,7 +64,6 @@ class StridesStudyConfig(StudyConfig):
         train_steps: PGD steps of the attack inside training (the paper's PGD-10).
     """
 
-    clean_n: int | None = 1000
     base: str = "1-2-2"
     shrunk: str = "1-1-2"
     patterns: tuple[str, ...] = ("2-2-2", "1-1-1")
@@ -71,11 +72,7 @@ class StridesStudyConfig(StudyConfig):
     architectures: tuple[tuple[str, str, str], ...] = ()
     objectives: tuple[str, ...] = ("AT", "ALP", "TRADES", "MART", "FAT", "AT-AWP", "TRADES-AWP")
     ratio_eps: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.125)
-    epochs: int = 10
-    lr: float = 0.1
     schedule: str = "onecycle"
-    batch_size: int = 128
-    train_limit: int | None = 10_000
     train_steps: int = 10
     pgd_relative_step: float = 0.25
     pgd50_relative_step: float = 1 / 30
@@ -164,7 +161,6 @@ def plan(cfg: StridesStudyConfig, baseline: str | None = None) -> Plan:
                          f"({cfg.base}, {cfg.shrunk}) have {len(parse_strides(cfg.base))}; use the full profile for "
                          "resnet18 (1-2-2-2 vs 1-1-2-2) or a model with as many stages")
     cols = columns(cfg)
-    by_name = {c.name: c for c in cols}
     ratio = tuple(f"unchanged-{e:g}" for e in cfg.ratio_eps)
     attacks = ("clean", "fgsm", "pgd20", "pgd50", "deepfool", *(["aa"] if cfg.autoattack else []))
     t5 = [variant(cfg, o, p) for o in cfg.objectives for p in (cfg.base, cfg.shrunk)]
@@ -177,22 +173,22 @@ def plan(cfg: StridesStudyConfig, baseline: str | None = None) -> Plan:
     jobs: dict[str, tuple[str, ...]] = {}  # per variant, every column any table asks of it
     for v, cols_of in [*[(v, attacks + ratio) for v in t5], *[(v, ("clean", "pgd20", *ratio)) for v in [*t2, *t3, *t4]]]:
         jobs[v.label] = tuple(dict.fromkeys([*jobs.get(v.label, ()), *cols_of]))
-    cells = lambda names: tuple(Cell(n, by_name[n].header) for n in names)  # noqa: E731
     tables = [Table("table5", "Table V analogue: objectives with the original and the shrunk strides",
                     f"Every objective trained from scratch ({cfg.epochs} epochs) with the original ({cfg.base}) and the "
                     f"shrunk ({cfg.shrunk}) strides; the per-sample worst case over every attack.",
-                    tuple(v.label for v in t5), cells(attacks), worst=True),
+                    tuple(v.label for v in t5), cells(cols, attacks), worst=True),
               Table("table2", "Table II analogue: predictions left unchanged by PGD-20 (anti-perturbation ratio)",
                     "Right or wrong, the share of predictions an attack at each eps does not move.",
-                    tuple(dict.fromkeys(v.label for v in t2)), cells(ratio))]
+                    tuple(dict.fromkeys(v.label for v in t2)), cells(cols, ratio))]
     if t4:
         tables.append(Table("table4", "Table IV analogue: other architectures, original vs shrunk strides",
                             "Each architecture with its own strides and the paper's shrunk ones (Appendix B), TRADES.",
-                            tuple(v.label for v in t4), cells(("clean", "pgd20"))))
+                            tuple(v.label for v in t4), cells(cols, ("clean", "pgd20"))))
     if t3:
         tables.append(Table("table3", "Table III analogue: average vs max pooling", "",
-                            tuple(v.label for v in t3), cells(("clean", "pgd20"))))
-    return Plan(tuple(variants), cols, tuple(jobs.items()), tuple(tables), claims(cfg), None, VERDICT_INTRO, cost=True)
+                            tuple(v.label for v in t3), cells(cols, ("clean", "pgd20"))))
+    return Plan(tuple(variants), cols, tuple(jobs.items()), tuple(tables), claims(cfg), cost=True,
+                paper="CIFAR-10 with ResNet-18 (its Tables II, III and V)")
 
 
 def claims(cfg: StridesStudyConfig) -> tuple[Claim, ...]:
@@ -235,21 +231,21 @@ def claims(cfg: StridesStudyConfig) -> tuple[Claim, ...]:
     return tuple(rows)
 
 
-VERDICT_INTRO = (
-    "Each claim compares two models on the same test images (each image's outcome averaged over the seeds both "
-    "finished); a gain counts when its 95% interval is above 0. The paper's figures are CIFAR-10 with ResNet-18 "
-    "(its Tables II, III and V); here Fashion-MNIST, so the comparison is of direction and size, not of level.\n")
-
-
 def intro(cfg: StridesStudyConfig, facts: Mapping[str, Any]) -> str:
     """The report's opening paragraph."""
-    n = facts["train_images"].get(str(cfg.train_limit), "?")
     return (
         f"{cfg.model} on {cfg.dataset}: every model trained from scratch for {cfg.epochs} epochs ({cfg.schedule}, lr "
-        f"{cfg.lr:g}, batch {cfg.batch_size}) on {n} training images with PGD-{cfg.train_steps} inside its objective, "
-        f"L-inf eps = {cfg.eps:g}. Clean accuracy on {facts['clean_images']} test images; attacks on "
-        f"{facts['eval_images']}.")
+        f"{cfg.lr:g}, batch {cfg.batch_size}) on {train_images(facts, cfg.train_limit)} training images with "
+        f"PGD-{cfg.train_steps} inside its objective, {threat_text(cfg)}. {images_text(facts)}")
 
 
-STUDIES.register("strides-study", Study("strides-study", "Feature-map strides study", "feature-map-strides.txt",
-                                        PROFILES, plan, intro))
+def demo_about(cfg: StridesStudyConfig) -> str:
+    """The demo report's sentence on the study."""
+    scale = math.prod(parse_strides(cfg.base)) / math.prod(parse_strides(cfg.shrunk))
+    larger = "twice" if scale == 2 else f"{scale:g} times"
+    return (f"{' / '.join(cfg.objectives)}-trained models with the original strides and the shrunk ones (feature maps "
+            f"{larger} as large before the average pooling), {threat_text(cfg)}.")
+
+
+register_study(Study("strides-study", "Feature-map strides study", "feature-map-strides.txt", PROFILES, plan, intro,
+                     DemoPart(2, demo_about, inherits=("dataset",))))

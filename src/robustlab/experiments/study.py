@@ -36,10 +36,12 @@ from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
 from ..core.randomness import detect_randomness, is_stochastic
 from ..core.types import ThreatModel
-from ..data import get_info
+from ..data import as_tensors, get_info
 from ..train import Callback
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
 from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
+from .figures import FigureContext
+from .prose import verdict_opening
 from .records import Record, RecordStore
 from .report import (
     Plot,
@@ -56,7 +58,8 @@ from .variants import Convert, Train, Variant, Workshop
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STUDIES", "FigureContext", "Plan", "Profile", "Study", "StudyConfig", "StudyResult", "run_study", "study_config"]
+__all__ = ["STUDIES", "DemoPart", "FigureContext", "Plan", "Profile", "Study", "StudyConfig", "StudyResult",
+           "TrainingStudyConfig", "register_study", "run_study", "study_config"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,18 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class TrainingStudyConfig(StudyConfig):
+    """A study that trains its models: ``epochs`` at peak learning rate ``lr`` in batches of
+    ``batch_size`` on ``train_limit`` training images (a stratified subset; ``None``: all)."""
+
+    clean_n: int | None = 1000
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    train_limit: int | None = 10_000
+
+
+@dataclass(frozen=True)
 class Profile:
     """A named setting of a study, and what it costs.
 
@@ -105,7 +120,11 @@ class Plan:
     Attributes:
         jobs: ``(variant label, column names)`` in run order; every seed runs them all before the
             next seed starts, so a stopped run has whole tables on fewer seeds.
-        verdict_intro: the text above the claims table.
+        paper: the paper's setting its figures come from (``CIFAR-10 (ResNet-18)``); the verdict
+            opens by setting it against the run's dataset, model and threat model
+            (:func:`~.prose.verdict_opening`, which also states the attacks run and how the claims
+            are judged).
+        verdict_note: the study's own sentences after that opening.
         notes: sanity-check codes -> the study's note on them (printed beside the finding).
         cost: add the cost table (seconds per epoch, FLOPs, activation memory per variant).
         figures: ``(FigureContext) -> markdown``: the study's analyses (PNG figures and their
@@ -120,7 +139,8 @@ class Plan:
     tables: tuple[Table, ...]
     claims: tuple[Claim, ...] = ()
     plot: Plot | None = None
-    verdict_intro: str = ""
+    paper: str = ""
+    verdict_note: str = ""
     notes: Mapping[str, str] = field(default_factory=dict)
     cost: bool = False
     resources: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)
@@ -128,26 +148,38 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class FigureContext:
-    """What a study's figures (:attr:`Plan.figures`) get: the run folder, the models and the
-    evaluation context (test images, threat model, columns). Figures run once every record is
-    in, and return the markdown that shows them."""
+class DemoPart:
+    """How ``robustlab demo`` (:mod:`.demo`) runs a study, declared by its recipe.
 
-    out: Path
-    model_of: Callable[[str, int], torch.nn.Module]
-    ctx: EvalContext
+    Attributes:
+        order: the study's place in the demo (lower runs first).
+        about: ``(config) -> str``: the demo report's sentence on the study, before the link to
+            its own report.
+        inherits: the demo's settings the study takes over (``dataset``, ``model``).
+        baseline: the demo model the study gets as its baseline checkpoint (``standard``: the
+            cross-entropy model, ``pgd-at``: the adversarially trained one), or ``None``: the
+            study trains its own.
+        heading: the demo report's heading (default: the study's title).
+        profile: the profile the demo runs unless told otherwise.
+    """
+
+    order: int
+    about: Callable[[Any], str]
+    inherits: tuple[str, ...] = ("dataset", "model")
+    baseline: Literal["standard", "pgd-at"] | None = None
+    heading: str = ""
+    profile: str = "quick"
 
 
 @dataclass(frozen=True)
 class Study:
-    """A registered study.
+    """A registered study: everything about it is declared here, in its recipe.
 
     Attributes:
         plan: ``(config, baseline checkpoint or None) -> Plan``.
         intro: ``(config, facts) -> str``, the report's opening paragraph (facts: image counts,
             device, compute time).
-        migrate: ``(run folder, variant labels, config) -> records written``: brings a run folder
-            written by an older version of the recipe to records before anything reads it.
+        demo: how the demo runs it (``None``: the demo leaves it out).
     """
 
     name: str
@@ -156,10 +188,17 @@ class Study:
     profiles: Mapping[str, Profile]
     plan: Callable[[Any, str | None], Plan]
     intro: Callable[[Any, Mapping[str, Any]], str]
-    migrate: Callable[[Path, list[str], dict[str, Any]], int] | None = None
+    demo: DemoPart | None = None
 
 
 STUDIES: Registry[Study] = Registry("study", plural="studies")
+
+
+def register_study(study: Study) -> Study:
+    """Register ``study`` under its name in :data:`STUDIES` (a recipe's last line); a recipe
+    module named ``*_study.py`` in this package is imported, and so registered, with it."""
+    STUDIES.register(study.name, study)
+    return study
 
 
 @dataclass(frozen=True)
@@ -206,13 +245,15 @@ class _Run:
         self.ctx = EvalContext(cfg.dataset, ThreatModel(cfg.norm, cfg.eps), cfg.eval_n, cfg.clean_n, cfg.eval_batch_size,
                                device, out, self.columns, self.workshop.model,
                                {"recipe": study.name, "profile": cfg.profile})
-        self.planned: dict[str, set[str]] = {}
+        # per variant, its columns in job order (a set's order would follow the string hash, and
+        # the worst case's tie-break with it, so a report would change from one process to the next)
+        self.planned: dict[str, dict[str, None]] = {}
         for label, cols in plan.jobs:
             self.workshop.variant(label)
             for c in cols:
                 if c not in self.columns:
                     raise InputError(f"{study.name}: job {label!r} names unknown column {c!r}")
-            self.planned.setdefault(label, set()).update(cols)
+            self.planned.setdefault(label, {}).update(dict.fromkeys(cols))
 
     def run_job(self, label: str, seed: int, cols: Sequence[str]) -> None:
         todo = [c for c in cols if not self.store.has(label, seed, c)]
@@ -235,7 +276,7 @@ class _Run:
     def _random_forward(self, model: torch.nn.Module) -> bool:
         """Randomness outside the :class:`~robustlab.core.randomness.Stochastic` protocol (two
         forwards of the same images differ), so EOT columns are never skipped for it."""
-        x = torch.stack([self.ctx.eval_set[i][0] for i in range(min(8, len(self.ctx.eval_set)))])
+        x = as_tensors(self.ctx.eval_set, 8)[0]
         with torch.no_grad():
             return detect_randomness(lambda b: logits_of(model(b)), x.to(self.ctx.device))
 
@@ -303,10 +344,6 @@ def run_study(
     resolved = {"study": study.name, "config": config_dict, "baseline": None if baseline is None else str(baseline)}
     say = log or (lambda s: logger.info("%s", s))
     plan = study.plan(cfg, None if baseline is None else str(baseline))
-    if study.migrate is not None:
-        moved = study.migrate(out, [v.label for v in plan.variants], config_dict)
-        if moved:
-            say(f"read {moved} records of an earlier {study.name} version from {out}")
     if saved.exists() and json.loads(saved.read_text()).get("config") != resolved["config"]:
         raise InputError(f"{out} holds a study run with another configuration; pass a new --out or delete the "
                          "folder to start over")
@@ -339,7 +376,8 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
     claims = [c for c in plan.claims if c.a.column in in_plan and c.b.column in in_plan]
     kinds = {c.name: COLUMN_KINDS.get(c.kind).record_kind for c in plan.columns}
     checked = check_claims(claims, seeds, run.get, run.worst_of, lambda name: name in in_plan, kinds.get)
-    verdict = plan.verdict_intro + "\n" + render_verdict(checked)
+    opening = verdict_opening(cfg, plan.columns, in_plan, claims, plan.paper, plan.verdict_note)
+    verdict = opening + "\n" + render_verdict(checked)
     chance = chance_warnings(records, get_info(cfg.dataset).num_classes)
     if chance:
         verdict = ("**A model did not learn**: " + ", ".join(f"{v}" + (f" (seed {s})" if len(seeds) > 1 else "")
