@@ -128,3 +128,66 @@ def test_unknown_model_and_corrupted_checkpoint_are_clear_errors(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     r = runner.invoke(app, ["evaluate", str(bad), "--device", "cpu"])
     assert r.exit_code == 2 and str(bad.name) in r.output
+
+
+def test_run_list_fits_a_terminal_one_line_per_study_and_profile():
+    from robustlab.experiments import STUDIES
+
+    r = runner.invoke(app, ["run", "--list"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    for name in STUDIES.names():
+        for profile in STUDIES.get(name).profiles:
+            assert sum(line.split()[:2] == [name, profile] for line in lines) == 1, (name, profile)
+    assert "--describe" in lines[-1]
+
+
+def test_run_list_cuts_a_long_time_to_the_width():
+    from types import SimpleNamespace
+
+    from robustlab.cli.run import list_lines
+
+    long = SimpleNamespace(time="about " + "very " * 40 + "long (measured on 2 cores)", about="")
+    lines = list_lines([SimpleNamespace(name="x-study", profiles={"quick": long})])
+    assert all(len(line) <= 100 for line in lines) and lines[1].endswith("...")
+    assert "measured" not in lines[1]  # the remark in parentheses is for --describe
+
+
+def test_run_describe_tells_the_paper_profiles_and_settings():
+    from dataclasses import fields
+
+    from robustlab.experiments import STUDIES
+
+    study = STUDIES.get("sd-study")
+    r = runner.invoke(app, ["run", "sd-study", "--describe"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert text.startswith(f"sd-study: {study.title} paper: {study.paper}")
+    for profile in study.profiles.values():
+        assert profile.time in text and " ".join(profile.about.split()) in text
+    config = study.profiles["quick"].config
+    for field in fields(config):
+        if field.name != "profile":
+            assert f" {field.name}: " in text, field.name
+    assert "seeds: quick = 0; cpu = 0, 1, 2" in text and "dataset: fashion-mnist " in text
+
+
+def test_run_describe_refuses_an_unknown_study_in_one_line():
+    r = runner.invoke(app, ["run", "sd-studdy", "--describe"])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "error: unknown recipe 'sd-studdy'; known recipes: dcs-study, gradnorm-study, sd-study, sparse-study, "
+        "strides-study")
+    r = runner.invoke(app, ["run", "--describe"])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "error: name a study to describe: dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
+        "(robustlab run --list)")
+
+
+def test_convert_has_a_flag_for_every_option_a_method_declares():
+    import typer
+
+    from robustlab.defenses.downsampling import METHODS, method_options
+
+    params = {p.name for p in typer.main.get_command(app).commands["convert"].params}
+    assert {option for method in METHODS for option in method_options(method)} <= params

@@ -5,9 +5,13 @@ import typer
 from typer.testing import CliRunner
 
 import robustlab
-from robustlab.cli import _cli_words, _flags, _threat, app, convert, l2_default, train
+from robustlab.cli import app
+from robustlab.cli.convert import convert
+from robustlab.cli.errors import cli_words, flags_of
+from robustlab.cli.options import parse_threat
+from robustlab.cli.train import train
 from robustlab.core import ThreatModel
-from robustlab.data import DATASETS, get_info, load_dataset
+from robustlab.data import DATASETS, get_info, l2_default, load_dataset
 from robustlab.defenses.downsampling import METHODS
 from robustlab.evaluate import BATTERIES, Ledger
 from robustlab.models import MODELS
@@ -53,17 +57,17 @@ def test_a_linf_eps_above_one_is_refused_with_the_likely_fraction(digits_checkpo
     assert "did you mean 4/255?" in line
     assert not (tmp_path / "study").exists()
     # the same number is a fine L2 radius
-    assert _threat(get_info("digits"), "l2", "8") == ThreatModel("l2", 8.0)
+    assert parse_threat(get_info("digits"), "l2", "8") == ThreatModel("l2", 8.0)
     line = one_error_line(runner.invoke(app, ["evaluate", str(digits_checkpoint), "--norm", "l3",
                                               "--device", "cpu", "--ledger", str(ledger)]))
     assert "--norm 'l3'" in line and "linf or l2" in line
 
 
 def test_norm_l2_without_eps_gets_the_datasets_l2_default(digits_checkpoint, tmp_path):
-    assert _threat(get_info("fashion-mnist"), "l2", None) == ThreatModel("l2", 1.5)
-    assert _threat(get_info("cifar10"), "l2", None) == ThreatModel("l2", 0.5)
-    assert _threat(get_info("fashion-mnist"), None, None) == ThreatModel("linf", 0.1)
-    assert _threat(get_info("fashion-mnist"), "linf", "8/255") == ThreatModel("linf", 8 / 255)
+    assert parse_threat(get_info("fashion-mnist"), "l2", None) == ThreatModel("l2", 1.5)
+    assert parse_threat(get_info("cifar10"), "l2", None) == ThreatModel("l2", 0.5)
+    assert parse_threat(get_info("fashion-mnist"), None, None) == ThreatModel("linf", 0.1)
+    assert parse_threat(get_info("fashion-mnist"), "linf", "8/255") == ThreatModel("linf", 8 / 255)
     # no published radius for 8x8 digits: Fashion-MNIST's per-pixel size, 1.5 / 28 * 8
     assert l2_default(get_info("digits")) == pytest.approx(1.5 / 28 * 8, abs=1e-3)
     ledger = tmp_path / "ledger.sqlite"
@@ -96,7 +100,7 @@ def test_outputs_that_cannot_be_written_are_one_line(digits_checkpoint, tmp_path
     line = one_error_line(runner.invoke(app, ["convert", ckpt, "--out", str(a_file / "m.safetensors")]))
     assert line.startswith("error: --out")
     # a folder without write permission (faked: the tests may run as root, who writes anywhere)
-    monkeypatch.setattr("robustlab.cli.os.access", lambda *a, **k: False)
+    monkeypatch.setattr("robustlab.cli.options.os.access", lambda *a, **k: False)
     line = one_error_line(runner.invoke(app, ["train", "--dataset", "digits", "--out", str(tmp_path / "new")]))
     assert "no write permission" in line and str(tmp_path) in line
     assert not (tmp_path / "new").exists()
@@ -143,7 +147,7 @@ def test_errors_speak_in_flags_not_python_keywords(fashion_checkpoint, tmp_path)
     ("unknown battery 'x'; known batterys: full, quick", train, "unknown battery 'x'; known batteries: full, quick"),
 ])
 def test_library_keywords_are_translated_into_flags(message, command, expected):
-    assert _cli_words(message, _flags(command)) == expected
+    assert cli_words(message, flags_of(command)) == expected
 
 
 def test_a_model_that_cannot_take_the_image_size_is_refused_before_training(tmp_path):

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 import robustlab
 import robustlab.evaluate
-from robustlab.cli import _LineProgress, app
+from robustlab.cli import app
+from robustlab.cli.progress import LineProgress
 from robustlab.evaluate import Ledger
 
 runner = CliRunner()  # its output is not a terminal: the CLI logs lines instead of live bars
@@ -33,7 +34,7 @@ def test_without_a_terminal_the_battery_logs_progress_lines_with_an_eta(digits_c
 
 
 def test_line_progress_is_throttled(capsys):
-    lines = _LineProgress("work")
+    lines = LineProgress("work")
     lines.interval = 3600.0
     lines.begin(0)
     for done in range(1, 11):
@@ -153,11 +154,11 @@ def test_train_lines_count_each_fit_of_a_reused_callback_from_its_own_start(monk
 
     from rich.console import Console
 
-    import robustlab.cli as cli
+    import robustlab.cli.progress as progress
 
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=200))
-    lines = cli._TrainLines()
+    monkeypatch.setattr(progress, "console", Console(file=out, width=200))
+    lines = progress.TrainLines()
     first = types.SimpleNamespace(config=types.SimpleNamespace(epochs=2), steps_per_epoch=100,
                                   resumed_from=None, start_epoch=0)
     lines.on_fit_start(first)

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import robustlab
 import robustlab.train
-from robustlab.cli import CONVERT_OPTIONS, app
+from robustlab.cli import app
 from robustlab.data import DATASETS
-from robustlab.defenses.downsampling import METHODS
+from robustlab.defenses.downsampling import METHODS, SHARED_JITTER_METHODS, method_options
 from robustlab.evaluate import BATTERIES
 from robustlab.models import MODELS
 from robustlab.train import OBJECTIVES, OPTIMIZERS, SCHEDULES, TrainResult
@@ -161,8 +161,8 @@ GOOD_OPTION_VALUES = {
 def conversion(draw):
     """A method with one of its own options, then maybe one part replaced by a wild value."""
     method = draw(st.sampled_from(METHODS))
-    own = [k for k, methods in CONVERT_OPTIONS.items() if method in methods and k in GOOD_OPTION_VALUES]
-    jitters = ["independent", "shared"] if method in CONVERT_OPTIONS["spp"] else ["independent"]
+    own = [k for k in method_options(method) if k in GOOD_OPTION_VALUES]
+    jitters = ["independent", "shared"] if method in SHARED_JITTER_METHODS else ["independent"]
     values = {"method": method, "shortcut_jitter": draw(st.sampled_from(jitters))}
     if own:
         option = draw(st.sampled_from(own))
