@@ -451,7 +451,7 @@ class Ledger:
         group's robust column says what it measures (``worst case over 4 attacks (%)``,
         ``robust under pgd (%)``). Every row shows n, the samples' hash and the seed.
         """
-        from ..report import format_pct, markdown_table
+        from ..core.markdown import format_pct, markdown_table
 
         rows = self.rows() if rows is None else rows
         blocks = []

@@ -344,7 +344,7 @@ class EvalResult:
         Columns: ``stage``, ``accuracy (%)`` (``± std`` with more than one repeat), ``attack
         success on seen (%)``, ``seen``.
         """
-        from ..report import format_pct
+        from ..core.markdown import format_pct
 
         def pct(mean: float, std: float) -> str:
             return format_pct(mean, std if self.repeats > 1 else None, digits)
@@ -363,7 +363,7 @@ class EvalResult:
 
     def markdown(self, digits: int = 2) -> str:
         """A Markdown report block: a one-line header and the :meth:`table_rows` table."""
-        from ..report import markdown_table
+        from ..core.markdown import markdown_table
 
         head = (
             f"**{self.model_name or 'model'}** on {self.dataset} (n={self.n}), battery "

@@ -172,7 +172,7 @@ def _rule(c: Claim, error_scale: bool) -> str:
 
 def render_verdict(results: Sequence[ClaimResult]) -> str:
     """The verdict: one Markdown table row per claim, then the note on testing many at once."""
-    from ..report import markdown_table
+    from ..core.markdown import markdown_table
 
     rows = [{"claim": r.claim.claim, "paper": r.claim.paper,
              "comparison": f"{_side_text(r.claim.a)} vs {_side_text(r.claim.b)}",

@@ -20,9 +20,9 @@ import torch
 
 from ..analysis.dcs import gradient_cosine, n_bounds, split_gradient_similarity
 from ..core.errors import InputError
+from ..core.markdown import markdown_table
 from ..core.randomness import seed_stochastic
 from ..defenses.dcs import dcs_layers
-from ..report import markdown_table
 from .claims import WORST, Claim, Side
 from .columns import Column, pgd_settings
 from .figures import FigureContext, input_width, spread, spread_text

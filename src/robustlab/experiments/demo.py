@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.markdown import format_pct, markdown_table
 from ..core.metrics import accuracy
 from ..data import get_info, load_dataset, make_loader
 from ..data.base import ImageDataset
 from ..models import create_model
-from ..report import format_pct, markdown_table
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
 from .study import STUDIES, Study, StudyConfig, run_study, study_config

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..report import markdown_table
+from ..core.markdown import markdown_table
 from .columns import Column
 from .records import Lookup, Record, WorstOf
 from .stats import mean_std

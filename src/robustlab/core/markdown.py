@@ -1,4 +1,5 @@
-"""Markdown tables."""
+"""Markdown tables and percentages: the formatting every floor's reports share (the reports themselves are
+:mod:`robustlab.experiments.report` and the `to_markdown` methods of results and ledgers)."""
 
 from __future__ import annotations
 
