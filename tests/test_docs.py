@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -16,5 +18,9 @@ def test_the_architecture_document_has_its_worked_examples() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_a_worked_example_runs(block: str) -> None:
-    exec(compile(block, str(DOC), "exec"), {"__name__": "docs_example"})
+def test_a_worked_example_runs(block: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a module of its own, as a user's file would be (dataclasses look their module up), compiled
+    # without this file's __future__ flags
+    module = types.ModuleType("docs_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(block, str(DOC), "exec", dont_inherit=True), module.__dict__)
