@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from robustlab.cli import app
@@ -191,3 +192,16 @@ def test_convert_has_a_flag_for_every_option_a_method_declares():
 
     params = {p.name for p in typer.main.get_command(app).commands["convert"].params}
     assert {option for method in METHODS for option in method_options(method)} <= params
+
+
+@pytest.mark.parametrize("choice, message", [
+    ("sd-study", "--study takes NAME=PROFILE (e.g. sd-study=none), got 'sd-study'"),
+    ("nope=none", "--study: unknown demo study 'nope'; the demo's studies: sd-study, strides-study, sparse-study, "
+                  "dcs-study, gradnorm-study"),
+    ("sd-study=huge", "unknown sd-study profile 'huge'; known profiles: quick, cpu, full"),
+])
+def test_demo_study_choices_come_from_the_registry_and_fail_before_training(tmp_path, choice, message):
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--out", str(out), "--study", choice])
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == f"error: {message}", r.output
+    assert not (out / "standard").exists()

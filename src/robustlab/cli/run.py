@@ -150,25 +150,29 @@ def demo(
     test_limit: Annotated[int | None, typer.Option(min=1, help="test on a subset (default: all 10,000)")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 100,
     battery: Annotated[str, typer.Option(help=f"attack battery: {BATTERY_NAMES}")] = "standard",
-    sd_study: Annotated[str, typer.Option(help="sd-study profile to include: quick, cpu, full or none")] = "quick",
-    strides_study: Annotated[str, typer.Option(help="strides-study profile to include: quick, cpu, full or none")] = "quick",
-    sparse_study: Annotated[str, typer.Option(help="sparse-study profile to include: quick, cpu, full or none")] = "quick",
-    dcs_study: Annotated[str, typer.Option(help="dcs-study profile to include: quick, cpu, full or none")] = "quick",
-    gradnorm_study: Annotated[str, typer.Option(help="gradnorm-study profile to include: quick, cpu, full or none")] = "quick",
+    study_choices: Annotated[list[str] | None, typer.Option(
+        "--study", help="NAME=PROFILE: run this profile of a study in the demo, or NAME=none to leave it out; repeatable "
+             "(default: each study's demo profile; robustlab run --list names them)")] = None,
     device: Device = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore earlier progress in OUT and start over")] = False,
 ) -> None:
     """The main job: standard and PGD-AT resnet-mini on Fashion-MNIST, attacked; writes OUT/report.md.
 
-    Example: robustlab demo --out runs/demo --epochs 3 --sd-study none --gradnorm-study none
+    Example: robustlab demo --out runs/demo --epochs 3 --study sd-study=none --study gradnorm-study=none
     """
     import shutil
 
     from ..experiments import DemoConfig, run_demo, study_config
     from ..experiments.demo import demo_studies, study_key
 
-    profiles = {"sd-study": sd_study, "strides-study": strides_study, "sparse-study": sparse_study,
-                "dcs-study": dcs_study, "gradnorm-study": gradnorm_study}
+    profiles = {part.name: part.demo.profile for part in demo_studies() if part.demo is not None}
+    for choice in study_choices or []:
+        name, sep, chosen = choice.partition("=")
+        if not sep or not chosen:
+            raise RobustlabError(f"--study takes NAME=PROFILE (e.g. sd-study=none), got {choice!r}")
+        if name not in profiles:
+            raise RobustlabError(f"--study: unknown demo study {name!r}; the demo's studies: {', '.join(profiles)}")
+        profiles[name] = chosen
     dev = parse_device(device)
     BATTERIES.get(battery)
     check_writable(out, "--out", folder=True)
