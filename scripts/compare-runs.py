@@ -13,7 +13,8 @@ What is compared, file by file (a file in only one folder is a difference too):
   ``elapsed``) dropped;
 - every ``report.md``, line by line, with wall-clock times masked (``235 s``, the ``seconds`` and
   ``s / epoch`` table columns, ``8.5 vs 8.0 s (107%)``);
-- every ``*.safetensors`` under ``models/`` (trained weights) by SHA-256.
+- every ``*.safetensors`` under ``models/`` (trained weights): the tensor table and bytes, and
+  the metadata with its timing keys (and the content hash over them) dropped.
 
 Evaluation state (``eval-state/``, keyed by behaviour fingerprints) and ledgers are not
 compared: their keys may change with the code's structure, their numbers are in the records.
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import json
 import re
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,18 @@ def unroot(text: str, root: Path) -> str:
     return text
 
 
+def weights(path: Path) -> tuple[Any, bytes]:
+    """A safetensors file as ``(header without wall-clock fields, tensor bytes)``."""
+    raw = path.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + size])
+    meta = {k: json.loads(v) if v[:1] in "{[" else v for k, v in header.pop("__metadata__", {}).items()}
+    for value in meta.values():
+        if isinstance(value, dict):
+            value.pop("content_hash", None)
+    return (header, strip_times(meta)), raw[8 + size:]
+
+
 def files(root: Path) -> dict[str, Path]:
     """Every compared file under ``root``, by its path relative to ``root``."""
     found: dict[str, Path] = {}
@@ -97,7 +110,7 @@ def compare(a: Path, b: Path, allow: list[re.Pattern[str]]) -> tuple[list[str], 
     for rel in sorted(left.keys() & right.keys()):
         pa, pb = left[rel], right[rel]
         if pa.suffix == ".safetensors":
-            if hashlib.sha256(pa.read_bytes()).digest() != hashlib.sha256(pb.read_bytes()).digest():
+            if weights(pa) != weights(pb):
                 diffs.append(f"weights differ: {rel}")
         elif pa.suffix == ".json":
             ja, jb = (strip_times(json.loads(unroot(p.read_text(), root))) for p, root in ((pa, a), (pb, b)))

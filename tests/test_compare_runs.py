@@ -65,3 +65,22 @@ def test_a_missing_file_is_a_difference(tmp_path: Path) -> None:
     (b / "study" / "records" / "sd" / "seed0" / "pgd.json").unlink()
     diffs, _, _ = compare(a, b, [])
     assert diffs == [f"only in {a}: study/records/sd/seed0/pgd.json"]
+
+
+def _safetensors(path: Path, data: bytes, seconds: float) -> None:
+    meta = {"robustlab": json.dumps({"content_hash": str(seconds), "metrics": {"seconds": seconds, "epoch": 3}})}
+    header = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]},
+                         "__metadata__": meta}).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def test_weights_compare_tensors_not_training_time(tmp_path: Path) -> None:
+    compare = _script().compare
+    a = _run(tmp_path / "a", accuracy=0.5, seconds=3.4, took="235")
+    b = _run(tmp_path / "b", accuracy=0.5, seconds=3.4, took="235")
+    _safetensors(a / "models" / "sd" / "model.safetensors", b"\x01\x02", 51.4)
+    _safetensors(b / "models" / "sd" / "model.safetensors", b"\x01\x02", 92.0)
+    assert compare(a, b, [])[0] == []
+    _safetensors(b / "models" / "sd" / "model.safetensors", b"\x01\x03", 92.0)
+    assert compare(a, b, [])[0] == ["weights differ: models/sd/model.safetensors"]
