@@ -10,7 +10,7 @@ What is compared, file by file (a file in only one folder is a difference too):
 
 - every ``records/**/*.json`` (the per-image outcomes of every study column) and every
   ``config.json`` / ``results.json``, as JSON, with timing keys (``seconds``, ``*_seconds``,
-  ``elapsed``) dropped;
+  ``elapsed``) dropped and times inside text masked as in reports;
 - every ``report.md``, line by line, with wall-clock times masked (``235 s``, the ``seconds`` and
   ``s / epoch`` table columns, ``8.5 vs 8.0 s (107%)``);
 - every ``*.safetensors`` under ``models/`` (trained weights): the tensor table and bytes, and
@@ -47,6 +47,8 @@ def strip_times(value: Any) -> Any:
         return {k: strip_times(v) for k, v in value.items() if not TIME_KEYS.search(str(k))}
     if isinstance(value, list):
         return [strip_times(v) for v in value]
+    if isinstance(value, str):
+        return "\n".join(mask_report(value)) if "\n" in value else TIME_TEXT.sub("<time>", value)
     return value
 
 
