@@ -89,7 +89,7 @@ class SparseStudyConfig(TrainingStudyConfig):
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(SparseStudyConfig(
-        profile="quick", eval_n=32, clean_n=1000, dict_images=400, dict_patches=5000, dict_iter=30, epochs=3,
+        profile="quick", eval_n=32, clean_n=500, dict_images=400, dict_patches=5000, dict_iter=30, epochs=3,
         decoder_epochs=2, train_limit=3000, ablation=False, tp_variants=(), baselines=("pgd-at",), at_epochs=3,
         at_steps=5, eot=4, aa_eot=2, square_queries=100, square_eot=2, twin_attacks=False),
         "about 100 s on 2 CPU cores with the demo's PGD-AT model (98 s measured)", "the nominal defense under every attack mode (32 images, 4 EOT draws), its "

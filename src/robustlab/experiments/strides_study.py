@@ -86,7 +86,7 @@ TABLE4 = (("alexnet", "2-2-2-2", "1-1-2-2"), ("vgg16", "2-2-2-2-2", "1-1-2-2-2")
           ("preact-resnet18", "1-2-2-2", "1-1-2-2"))
 PROFILES: dict[str, Profile] = {
     "quick": Profile(StridesStudyConfig(
-        profile="quick", eval_n=100, clean_n=1000, patterns=(), upsample=(), pooling=False, objectives=("TRADES",),
+        profile="quick", eval_n=64, clean_n=1000, patterns=(), upsample=(), pooling=False, objectives=("TRADES",),
         ratio_eps=(0.05, 0.1), epochs=3, train_limit=2000, train_steps=3, autoattack=False),
         "1.5 min on 2 CPU cores (87 s measured)", "TRADES with the original and the shrunk strides: clean, FGSM, PGD-20/50, DeepFool, "
         "anti-perturbation ratio; no AutoAttack, so no conclusion on it"),
