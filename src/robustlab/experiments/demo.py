@@ -60,7 +60,7 @@ class DemoConfig:
     test_limit: int | None = None
     seed: int = 0
     at_epochs: int = 3
-    at_train_limit: int | None = 8_000
+    at_train_limit: int | None = 6_000
     at_steps: int = 5
     at_lr: float = 0.1
     eval_n: int = 100
