@@ -79,7 +79,7 @@ PROFILES: dict[str, Profile] = {
         profile="quick", eval_n=48, clean_n=1000, epochs=3, train_limit=6000, at_steps=3, attack_steps=10, eot=4,
         aa_eot=2, square_queries=100, square_eot=2, ensemble_draws=4, k_ablation=(), n_ablation=(), layer_ablation=(),
         dcs_at_columns=("clean", "paper", "eot"), baseline_columns=("clean", "paper", "pgd", "eot", "square-eot"),
-        figure_n=32), "about 100 s on 2 CPU cores with a given baseline (100 s measured; part of the demo)",
+        figure_n=32), "about 100 s on 2 CPU cores with a given baseline (99 s measured in the demo)",
         "DCS + GSAT (3 epochs on 6000 images, the demo's PGD-AT budget, with PGD-3 inside) under both protocols "
         "(48 images, PGD-10, 4 EOT draws, one seed), DCS + PGD-AT under the paper's protocol and EOT-PGD, the "
         "ensemble row, against the shared PGD-AT baseline (no AutoAttack on it: its worst case is over PGD and "

@@ -72,7 +72,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(SDStudyConfig(
         profile="quick", seeds=(0,), finetune_limit=2000, eval_n=64, clean_n=1000, pgd_steps=10, square_queries=200,
         autoattack=False, eot_draws=(20,), aa_rand=False, corruption_n=100, table1=QUICK_TABLE1, noise_sweep=(),
-        spp_sweep=(1, 2)), "about 2.5 min on 2 CPU cores on the demo's baseline (154 s measured)",
+        spp_sweep=(1, 2)), "about 2.5 min on 2 CPU cores on the demo's baseline (147 s measured in the demo)",
         "the demo's slice: one seed, five methods, cheap attacks; no AutoAttack, so no conclusion on adaptive attacks"),
     "cpu": Profile(SDStudyConfig(
         profile="cpu", baseline_epochs=6, finetune_limit=2000, eval_n=100, clean_n=2000, pgd_steps=10,

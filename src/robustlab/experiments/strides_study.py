@@ -88,7 +88,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(StridesStudyConfig(
         profile="quick", eval_n=64, clean_n=1000, patterns=(), upsample=(), pooling=False, objectives=("TRADES",),
         ratio_eps=(0.05, 0.1), epochs=3, train_limit=2000, train_steps=3, autoattack=False),
-        "1.5 min on 2 CPU cores (87 s measured)", "TRADES with the original and the shrunk strides: clean, FGSM, PGD-20/50, DeepFool, "
+        "about 1 min on 2 CPU cores (65 s measured in the demo)", "TRADES with the original and the shrunk strides: clean, FGSM, PGD-20/50, DeepFool, "
         "anti-perturbation ratio; no AutoAttack, so no conclusion on it"),
     "cpu": Profile(StridesStudyConfig(profile="cpu", seeds=(0, 1), eval_n=100, epochs=5, train_limit=5000),
                    "about 8 h on 2 CPU cores (estimated from epoch times)",
