@@ -390,11 +390,6 @@ def _registered_losses() -> dict[int, str]:
     return {id(LOSSES.get(name)): name for name in LOSSES.names()}
 
 
-def _is_function_like(value: Any) -> bool:
-    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                              functools.partial))
-
-
 class _Describer:
     """Builds an attack's configuration and collects what cannot be fingerprinted."""
 
