@@ -29,6 +29,7 @@ from .result import (
     indices_hash,
     mean_std,
     robust_measure,
+    worst_case,
 )
 from .runner import (
     STATE_DIR_NAME,
@@ -45,12 +46,11 @@ from .runner import (
 from .state import EvalState
 
 __all__ = [
-    "BATTERIES",
-    "CSV_COLUMNS",
-    "STATE_DIR_NAME",
     "AttackSummary",
+    "BATTERIES",
     "Battery",
     "BatteryFactory",
+    "CSV_COLUMNS",
     "CorruptionResult",
     "EvalResult",
     "EvalState",
@@ -59,6 +59,7 @@ __all__ = [
     "LedgerRow",
     "ProgressCallback",
     "ProgressEvent",
+    "STATE_DIR_NAME",
     "battery_threat",
     "create_battery",
     "dcs_paper",
@@ -66,8 +67,8 @@ __all__ = [
     "derive_seed",
     "describe_attack",
     "encode_mask",
-    "evaluate_corruptions",
     "ensemble_predict",
+    "evaluate_corruptions",
     "format_eps",
     "indices_hash",
     "jsonable",
@@ -80,4 +81,5 @@ __all__ = [
     "run_battery",
     "state_dir_for",
     "versions",
+    "worst_case",
 ]

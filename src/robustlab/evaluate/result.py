@@ -6,12 +6,13 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..attacks.checks import EvalWarning
+from ..core.errors import InputError
 
 __all__ = [
     "AttackSummary",
@@ -23,6 +24,7 @@ __all__ = [
     "indices_hash",
     "mean_std",
     "robust_measure",
+    "worst_case",
 ]
 
 
@@ -78,6 +80,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
     return mean, math.sqrt(var)
+
+
+def worst_case(masks: Sequence[Sequence[float]], selects: Sequence[Sequence[float]] | None = None) -> list[float]:
+    """Per image, the outcome under the attack that is worst for it.
+
+    ``masks`` holds one list per attack of per-image outcomes (1/0, or for a randomized model
+    the probability that a draw classifies the image's point correctly). Each image takes the
+    attack with the lowest ``selects`` value (the estimate that chose its point; default the
+    outcomes themselves; ties: the first) and reports that attack's outcome. With 0/1 outcomes
+    this is the AND over attacks; with probabilities it is never a product of them, and with
+    separate selection estimates the choice does not bias the reported value (the minimum of
+    noisy estimates would).
+    """
+    if not masks or len({len(m) for m in masks}) != 1:
+        raise InputError(f"the worst case needs one equal-length mask per attack, got lengths "
+                         f"{[len(m) for m in masks]}")
+    selects = masks if selects is None else selects
+    if len(selects) != len(masks) or any(len(s) != len(masks[0]) for s in selects):
+        raise InputError("the worst case needs one selection list per attack, as long as its outcomes")
+    out = []
+    for i in range(len(masks[0])):
+        j = min(range(len(masks)), key=lambda a: selects[a][i])
+        out.append(float(masks[j][i]))
+    return out
 
 
 def encode_mask(mask: torch.Tensor) -> list[str]:
@@ -270,6 +296,26 @@ class EvalResult:
     def seed(self) -> int:
         """The seed every generator was derived from."""
         return int(self.config.get("seed", 0))
+
+    def head(self, k: int) -> EvalResult:
+        """The result restricted to its first ``k`` samples: every per-sample tensor sliced, the
+        accuracies recomputed from them; warnings, config and per-attack summaries (which
+        describe the whole run) kept."""
+        if not 0 < k <= self.n:
+            raise InputError(f"head(k) needs 0 < k <= {self.n} samples, got {k}")
+        if k == self.n:
+            return self
+        probs = {name: p[:, :k] for name, p in self.probabilities().items()}
+        clean_accs = [float(v) for v in probs["clean"].mean(dim=1)]
+        robust_accs = [float(v) for v in probs["robust"].mean(dim=1)]
+        clean, clean_std = mean_std(clean_accs)
+        robust, robust_std = mean_std(robust_accs)
+        return replace(self, clean_acc=clean, clean_std=clean_std, robust_acc=robust, robust_std=robust_std, n=k,
+                       indices=list(self.indices[:k]), clean_correct=self.clean_correct[:, :k],
+                       robust=self.robust[:, :k], success={a: m[:, :k] for a, m in self.success.items()},
+                       seen={a: m[:, :k] for a, m in self.seen.items()}, clean_accs=clean_accs,
+                       robust_accs=robust_accs, p_clean=probs["clean"], p_robust=probs["robust"],
+                       p_select=probs["select"])
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Every per-sample mask by name: ``clean``, ``robust``, ``success/<label>``,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from ..core.errors import InputError
-from ..evaluate import mean_std
+from ..evaluate import mean_std, worst_case
 
 __all__ = ["Z95", "Paired", "bonferroni_z", "mean_std", "multiple_claims_note", "paired", "seed_average",
            "unpaired", "worst_case"]
@@ -107,30 +107,6 @@ def seed_average(per_seed: Sequence[Sequence[float]]) -> list[float]:
                          f"{[len(v) for v in per_seed]}")
     k = len(per_seed)
     return [sum(v[i] for v in per_seed) / k for i in range(len(per_seed[0]))]
-
-
-def worst_case(masks: Sequence[Sequence[float]], selects: Sequence[Sequence[float]] | None = None) -> list[float]:
-    """Per image, the outcome under the attack that is worst for it.
-
-    ``masks`` holds one list per attack of per-image outcomes (1/0, or for a randomized model
-    the probability that a draw classifies the image's point correctly). Each image takes the
-    attack with the lowest ``selects`` value (the estimate that chose its point; default the
-    outcomes themselves; ties: the first) and reports that attack's outcome. With 0/1 outcomes
-    this is the AND over attacks; with probabilities it is never a product of them, and with
-    separate selection estimates the choice does not bias the reported value (the minimum of
-    noisy estimates would).
-    """
-    if not masks or len({len(m) for m in masks}) != 1:
-        raise InputError(f"the worst case needs one equal-length mask per attack, got lengths "
-                         f"{[len(m) for m in masks]}")
-    selects = masks if selects is None else selects
-    if len(selects) != len(masks) or any(len(s) != len(masks[0]) for s in selects):
-        raise InputError("the worst case needs one selection list per attack, as long as its outcomes")
-    out = []
-    for i in range(len(masks[0])):
-        j = min(range(len(masks)), key=lambda a: selects[a][i])
-        out.append(float(masks[j][i]))
-    return out
 
 
 def bonferroni_z(tests: int, level: float = 0.95) -> float:
