@@ -41,6 +41,8 @@ BAD_INPUTS = {
     "train": (["--dataset", "nope"], "unknown dataset 'nope'; known datasets: "),
     "evaluate": (["{ckpt}", "--battery", "nope", "--device", "cpu"], "unknown battery 'nope'; known batteries: "),
     "leaderboard": (["--ledger", "{tmp}/none.sqlite"], "no ledger at "),
+    "audit": (["{ckpt}", "--battery", "nope", "--device", "cpu", "--out", "{tmp}/audit"],
+              "unknown --battery 'nope': not a battery ("),
     "convert": (["{ckpt}", "--out", "{tmp}/x.safetensors", "--method", "avgpool", "--spp", "2"],
                 "--spp does not apply to --method avgpool; it takes no method option"),
     "run": (["sd-studdy"], "unknown recipe 'sd-studdy'; known recipes: "),

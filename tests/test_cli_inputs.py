@@ -196,7 +196,8 @@ def test_every_help_has_an_example_and_every_option_a_description_with_its_choic
     group = typer.main.get_command(app)
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0 and "Example: robustlab" in r.output
-    assert set(group.commands) == {"info", "train", "evaluate", "leaderboard", "convert", "run", "demo", "analyze"}
+    assert set(group.commands) == {"info", "train", "evaluate", "leaderboard", "audit", "convert", "run", "demo",
+                                   "analyze"}
     commands = [((name,), command) for name, command in group.commands.items()]
     for path, command in commands:
         if hasattr(command, "commands"):  # a command group: its subcommands are checked too

@@ -7,14 +7,14 @@ flag and the fix (``error: ...``), made in one place, :mod:`.errors`. The rooms:
 - :mod:`.options`: choices, shared options and the parsers of typed values (eps, norm, device, paths);
 - :mod:`.progress`: progress bars on a terminal, ETA lines otherwise;
 - one module per command group: :mod:`.info`, :mod:`.train`, :mod:`.evaluate` (evaluate and
-  leaderboard), :mod:`.convert`, :mod:`.run` (run and demo), :mod:`.analyze`.
+  leaderboard), :mod:`.audit`, :mod:`.convert`, :mod:`.run` (run and demo), :mod:`.analyze`.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import analyze, convert, evaluate, info, run, train
+from . import analyze, audit, convert, evaluate, info, run, train
 from .errors import Commands
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command()(info.info)
 app.command()(train.train)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.leaderboard)
+app.command()(audit.audit)
 app.command()(convert.convert)
 app.command()(run.run)
 app.command()(run.demo)
