@@ -88,7 +88,7 @@ def test_a_deterministic_model_repeats_or_skips_what_does_not_apply(tmp_path):
 
 
 def test_unknown_kind_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match="unknown column kind 'pgdd'; known column kinds: autoattack, battery"):
+    with pytest.raises(UnknownNameError, match="unknown column kind 'pgdd'; known column kinds: audit, autoattack, battery"):
         Column("x", "pgdd", "x").attack  # noqa: B018
     assert Column("x", "corruptions", "x").attack is False and Column("x", "transfer", "x").attack is True
     assert COLUMN_KINDS.get("clean").record_kind == "clean"

@@ -37,7 +37,10 @@ def test_columns_follow_the_papers_benchmark_settings_at_eps_0_1():
     protocol; the honest protocol takes expectations (EOT, AA rand, Square with eot)."""
     cfg = PROFILES["cpu"].config
     cols = {c.name: c for c in columns(cfg)}
-    assert set(cols) == {"clean", "paper", "pgd", "eot", "aa-rand", "square-eot", "transfer-at"}
+    assert set(cols) == {"clean", "paper", "pgd", "eot", "aa-rand", "square-eot", "transfer-at", "audit-paper", "audit-eot"}
+    # the cpu profile audits both protocols (robustlab.audit, the full audit)
+    assert {c: cols[f"audit-{c}"].settings for c in ("paper", "eot")} == {
+        c: {"column": c, "profile": "full"} for c in ("paper", "eot")}
     paper = cols["paper"]
     assert paper.kind == "battery" and paper.settings["battery"] == "dcs-paper"
     assert paper.settings["options"]["steps"] == 20 and abs(paper.settings["options"]["step_size"] - 0.025) < 1e-12
@@ -83,7 +86,8 @@ def test_plan_trains_dcs_with_gsat_and_plain_at_and_loads_a_given_baseline():
     assert set(jobs[GSAT]) == {c.name for c in columns(cfg)}
     assert {"clean", "pgd", "square-eot"} <= set(jobs[BASELINE]) and "transfer-at" not in jobs[BASELINE]
     assert "aa-rand" in dict(plan(PROFILES["cpu"].config).jobs)[BASELINE]
-    assert set(dict(plan(PROFILES["cpu"].config).jobs)[DCS_AT]) == {c.name for c in columns(cfg)}
+    # the audits only on DCS + GSAT
+    assert set(dict(plan(PROFILES["cpu"].config).jobs)[DCS_AT]) == {c.name for c in columns(cfg) if c.kind != "audit"}
 
 
 def test_full_profile_has_every_ablation_of_tables_4_and_5():
@@ -132,7 +136,7 @@ def test_a_tiny_dcs_study_runs_and_its_dcs_model_rebuilds(tmp_path):
     assert not r.partial
     store = RecordStore(tmp_path / "records")
     assert {rec.column for rec in store if rec.variant == GSAT} == {
-        "clean", "paper", "pgd", "eot", "aa-rand", "square-eot", "transfer-at"}
+        "clean", "paper", "pgd", "eot", "aa-rand", "square-eot", "transfer-at", "audit-eot"}  # quick: the adaptive audit
     assert {rec.column for rec in store if rec.variant == ENSEMBLE} == {"clean", "paper", "eot"}
     folder = tmp_path / "models" / "dcs-gsat" / "shared"
     model = load(folder / "model.safetensors")

@@ -139,7 +139,15 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "resnet-mini (pgd-at)" in report and "worst case (%)" in report and "60 attacked" in report
     assert json.loads((tmp_path / "results.json").read_text())["eval_n"] == 60
-    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 2
+    rows = Ledger(tmp_path / "ledger.sqlite").rows()
+    assert len(rows) == 3  # both evaluations and the audit of PGD-AT's (its worst case, with the verdict)
+    audit_row = json.loads((tmp_path / "audit" / "pgd-at" / "audit.json").read_text())
+    assert rows[2].robust_acc == pytest.approx(audit_row["worst"]) and audit_row["worst"] <= rows[1].robust_acc
+    # one audit table: PGD-AT's evaluation and each randomized study's adaptive evaluation
+    audits = report.split("## Audits\n\n")[1].split("\n## ")[0]
+    models = [line.split(" | ")[0].lstrip("| ") for line in audits.splitlines() if line.startswith("| ")][1:]
+    assert models == ["resnet-mini (pgd-at)", "SD", "Ours", "DCS + GSAT"], audits
+    assert audit_row["summary"] in audits
     # the study's quick profile ran on the demo's standard model and its Table 1 is in the report
     table1 = report.split("Stochastic Downsampling study (quick profile)")[1]
     rows = [line.split(" | ")[0] for line in table1.split("\n\n| claim |")[0].splitlines() if line.startswith("| ")]
@@ -179,4 +187,6 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     for a, b in zip(r["models"], again["models"], strict=True):
         assert a["clean_accuracy"] == b["clean_accuracy"]
         assert a["robust_accuracy"] == b["robust_accuracy"]
-    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 4
+    # each resumed evaluation adds its row again; the finished audit is read back, not re-run
+    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 5
+    assert again["audits"] == r["audits"]

@@ -63,7 +63,8 @@ def test_a_tiny_sparse_study_runs_and_its_models_rebuild(tmp_path):
     assert not r.partial
     store = RecordStore(tmp_path / "records")
     assert {rec.column for rec in store if rec.variant == OURS} == {
-        "clean", "w-nfga-id", "w-nfga-smooth", "w-aiga", "eot-norm", "pw-t", "b-t", "aa-rand", "square-eot"}
+        "clean", "w-nfga-id", "w-nfga-smooth", "w-aiga", "eot-norm", "pw-t", "b-t", "aa-rand", "square-eot",
+        "audit-aa-rand"}  # the quick profile audits the adaptive evaluation only
     assert {rec.column for rec in store if rec.variant == TWIN} == {"clean"}
     # the dictionary was learnt once, unit-norm atoms, and the models carry it in their weights
     atoms, settings = load_dictionary(tmp_path / "dictionary.safetensors")

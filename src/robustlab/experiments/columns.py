@@ -13,7 +13,8 @@ every setting spelled out; the evaluator is found by the column's ``kind`` in :d
   the attacks run by :func:`robustlab.evaluate.run_battery` (so one verdict rule, fresh draws for
   randomized models, resumable state, a ledger row);
 - ``transfer``: another column's attack crafted on a surrogate (a named variant of the study, or
-  ``"twin"``: the model's deterministic twin) and judged on the model.
+  ``"twin"``: the model's deterministic twin) and judged on the model;
+- ``audit`` (registered by :mod:`.audits`): the audit of another column's evaluation.
 
 A column that makes no sense on a deterministic model (EOT, a twin) says so with
 ``deterministic``: the name of the column it repeats there, or ``"skip"``.
@@ -53,7 +54,7 @@ from ..defenses import deterministic_twin
 from ..evaluate import Battery, Ledger, create_battery, evaluate_corruptions, run_battery
 from .records import Record
 
-__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "evaluate_column", "pgd_settings"]
+__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "battery_of", "evaluate_column", "pgd_settings"]
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ def make_attack(ctx: EvalContext, column: Column) -> Attack:
     raise ValueError(f"column {column.name!r} ({column.kind}) is not a single attack")
 
 
-def _battery(ctx: EvalContext, model: nn.Module, column: Column) -> Battery:
+def battery_of(ctx: EvalContext, model: nn.Module, column: Column) -> Battery:
+    """The battery an attack column runs on ``model`` (what an ``audit`` column audits)."""
     s = column.settings
     if column.kind == "autoattack":  # the registered battery keeps AutoAttack's per-attack columns
         options: dict[str, Any] = {"eot": int(s["eot"])} if s["version"] == "rand" else {}
@@ -206,7 +208,7 @@ def _attack(ctx: EvalContext, model: nn.Module, column: Column, variant: str, se
     if column.kind == "transfer" and column.settings["source"] != "twin":
         column = Column(column.name, column.kind, column.header, {**column.settings, "seed": seed})
     name = f"{variant} s{seed} {column.name}"
-    res = run_battery(model, ctx.eval_set, _battery(ctx, model, column), threat=ctx.threat, n=len(ctx.eval_set),
+    res = run_battery(model, ctx.eval_set, battery_of(ctx, model, column), threat=ctx.threat, n=len(ctx.eval_set),
                       batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device,
                       state_dir=ctx.out / "eval-state", name=name)
     Ledger(ctx.out / "ledger.sqlite").add(res, extra={**ctx.ledger_extra, "run": name, "column": column.name})

@@ -23,6 +23,7 @@ from ..core.errors import InputError
 from ..core.markdown import markdown_table
 from ..core.randomness import seed_stochastic
 from ..defenses.dcs import dcs_layers
+from .audits import audit_columns
 from .claims import WORST, Claim, Side
 from .columns import Column, pgd_settings
 from .figures import FigureContext, input_width, spread, spread_text
@@ -76,7 +77,7 @@ class DcsStudyConfig(TrainingStudyConfig):
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(DcsStudyConfig(
-        profile="quick", eval_n=48, clean_n=1000, epochs=3, train_limit=6000, at_steps=3, attack_steps=10, eot=4,
+        profile="quick", audit="demo", audited=("adaptive",), eval_n=48, clean_n=1000, epochs=3, train_limit=6000, at_steps=3, attack_steps=10, eot=4,
         aa_eot=2, square_queries=100, square_eot=2, ensemble_draws=4, k_ablation=(), n_ablation=(), layer_ablation=(),
         dcs_at_columns=("clean", "paper", "eot"), baseline_columns=("clean", "paper", "pgd", "eot", "square-eot"),
         figure_n=32), "about 100 s on 2 CPU cores with a given baseline (99 s measured in the demo)",
@@ -85,12 +86,12 @@ PROFILES: dict[str, Profile] = {
         "ensemble row, against the shared PGD-AT baseline (no AutoAttack on it: its worst case is over PGD and "
         "Square only, which favours the baseline); no k / n / layer ablation"),
     "cpu": Profile(DcsStudyConfig(
-        profile="cpu", seeds=(0, 1, 2), eval_n=200, epochs=10, train_limit=10_000, k_ablation=(3, 5, 7),
+        profile="cpu", audit="full", seeds=(0, 1, 2), eval_n=200, epochs=10, train_limit=10_000, k_ablation=(3, 5, 7),
         n_ablation=(1, 4), layer_ablation=(4, 7)),
         "several hours on 2 CPU cores (not run in full)",
         "every table, the ablations trimmed (k in 3/5/7, n in 1/2/4, layers 2/4/7), evaluated three times"),
     "full": Profile(DcsStudyConfig(
-        profile="full", seeds=(0, 1, 2, 3, 4), eval_n=1000, clean_n=None, epochs=30, train_limit=None,
+        profile="full", audit="full", seeds=(0, 1, 2, 3, 4), eval_n=1000, clean_n=None, epochs=30, train_limit=None,
         eval_batch_size=500, retrain_per_seed=True, layer_ablation=(1, 3, 4, 5, 7, 8)),
         "hours on one GPU (not measured: no GPU lent yet)",
         "every table on the whole data, k in 3-9, n in 1-4, seven layer positions, five trained seeds"),
@@ -119,10 +120,11 @@ def training(cfg: DcsStudyConfig, objective: str) -> TrainSpec:
 def columns(cfg: DcsStudyConfig) -> tuple[Column, ...]:
     """Every column at ``cfg.eps`` (Sec. 5.1): the paper's protocol (Algorithm 2, ``dcs-paper``:
     crafted on one sampled path, judged on a fresh one; also the transfer from the fixed-path twin,
-    hence no ``"twin"`` column) and the honest one (EOT, AA ``rand``, Square, transfer)."""
+    hence no ``"twin"`` column) and the honest one (EOT, AA ``rand``, Square, transfer); with
+    ``cfg.audit``, the audits of the paper's protocol and of EOT-PGD on DCS + GSAT."""
     step = cfg.attack_step_fraction * cfg.eps
     pgd = lambda eot: pgd_settings(cfg.attack_steps, step, early_stop=False, eot=eot)  # noqa: E731
-    return (
+    cols = (
         Column("clean", "clean", "Clean"),
         Column("paper", "battery", f"Paper's protocol: fixed-path PGD-{cfg.attack_steps}",
                {"battery": "dcs-paper", "options": {"steps": cfg.attack_steps, "step_size": step}}, deterministic="pgd"),
@@ -134,6 +136,8 @@ def columns(cfg: DcsStudyConfig) -> tuple[Column, ...]:
         Column("transfer-at", "transfer", f"Transfer: PGD-{cfg.attack_steps} on PGD-AT",
                {"source": BASELINE, "attack": "pgd"}),
     )
+    by = {c.name: c for c in cols}
+    return (*cols, *audit_columns(cfg, {"paper": by["paper"], "adaptive": by["eot"]}))
 
 
 def plan(cfg: DcsStudyConfig, baseline: str | None = None) -> Plan:
@@ -155,8 +159,9 @@ def plan(cfg: DcsStudyConfig, baseline: str | None = None) -> Plan:
     layer_rows = [Variant(f"{GSAT} at conv {layer}", Train(cfg.model, gsat, (dcs(cfg, layers=(layer,)),)), per_seed)
                   for layer in cfg.layer_ablation if (layer,) != tuple(cfg.layers)]
     cols = columns(cfg)
-    every, ablation_cols = tuple(c.name for c in cols), ("clean", "paper", "eot")
-    jobs = [(BASELINE, cfg.baseline_columns), (GSAT, every), (DCS_AT, every if cfg.dcs_at_columns is None else cfg.dcs_at_columns),
+    every = tuple(c.name for c in cols if c.kind != "audit")
+    audits, ablation_cols = tuple(c.name for c in cols if c.kind == "audit"), ("clean", "paper", "eot")
+    jobs = [(BASELINE, cfg.baseline_columns), (GSAT, every + audits), (DCS_AT, every if cfg.dcs_at_columns is None else cfg.dcs_at_columns),
             (ENSEMBLE, ablation_cols), *[(v.label, ablation_cols) for v in [*k_rows, *n_rows, *layer_rows]]]
     tables = [
         Table("table1", "Table 1 analogue: the paper's protocol and the honest one, same checkpoints",

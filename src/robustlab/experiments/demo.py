@@ -10,12 +10,14 @@
    APGD-CE, APGD-T, FAB-T at 100 iterations, Square at 5,000 queries) on ``eval_n``
    test images, keeping the per-sample worst case. Each evaluation is a row of the ledger
    ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``).
+   The PGD-AT model's evaluation is audited (:mod:`robustlab.audit`: the passive checklist and the
+   binarization test, ``audit`` profile) and opens the report's audit table.
 4. Every registered study whose recipe declares a demo part (:class:`~.study.DemoPart`), in the
    order the parts give (:func:`demo_studies`): its demo profile (``quick``) on this dataset (and
    model, where the recipe takes it), with the standard model of step 1 or the PGD-AT model of
    step 2 as its baseline where the recipe asks for one. Each study's full report is
    ``runs/demo/<study>/report.md``; the demo's repeats its first table and its verdict, after the
-   recipe's sentence on it.
+   recipe's sentence on it, and its audit columns' verdicts join the audit table.
 
 Everything resumes: training from its last epoch, the battery from its last finished batch, the
 study from its last finished model and evaluation. Subset sizes are printed in the reports.
@@ -23,6 +25,7 @@ study from its last finished model and evaluation. Subset sizes are printed in t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -42,6 +45,8 @@ from ..data.base import ImageDataset
 from ..models import create_model
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
+from .audits import AUDIT_INTRO, audit_evaluation, audit_row, audit_rows, audit_summary
+from .records import RecordStore
 from .study import STUDIES, Study, StudyConfig, run_study, study_config
 
 __all__ = ["DemoConfig", "demo_studies", "run_demo", "study_key"]
@@ -63,9 +68,12 @@ class DemoConfig:
     at_train_limit: int | None = 6_000
     at_steps: int = 5
     at_lr: float = 0.1
-    eval_n: int = 100
+    eval_n: int = 64
     battery: str = "standard"
     eval_batch_size: int = 100
+    audit: str | None = "demo"
+    """The audit profile of the PGD-AT model's evaluation and of each study's audit columns
+    (:data:`robustlab.audit.AUDIT_PROFILES`); ``None``: no audit table."""
     studies: Mapping[str, str | StudyConfig | None] = field(default_factory=dict)
     """Per study name (``sd-study``): a profile name (run on this dataset, and model where the
     recipe takes it), a full config, or ``None`` to skip the study; a study not named runs its
@@ -155,6 +163,7 @@ def run_demo(
     eval_n = min(cfg.eval_n, len(test))
     ledger = Ledger(out / "ledger.sqlite")
     rows: list[dict[str, Any]] = []
+    audits: list[dict[str, str]] = []
     for name, m in models.items():
         model = m["model"]
         m["clean_accuracy"] = accuracy(model, make_loader(test, 1000), device)
@@ -163,9 +172,20 @@ def run_demo(
             model, test, cfg.battery, threat=threat, n=eval_n, batch_size=cfg.eval_batch_size,
             seed=cfg.seed, device=device, state_dir=out / "eval-state", progress=progress, name=name,
         )
-        m["eval_seconds"] = time.perf_counter() - t0
         m["battery"] = result
         ledger.add(result, extra={"checkpoint": str(out / name / "model.safetensors")})
+        if name == "pgd-at" and cfg.audit is not None:  # the demo's audit table opens with the baseline's evaluation
+            done = out / "audit" / name / "audit.json"
+            if resume and done.exists():  # written last: a whole audit
+                res: Any = json.loads(done.read_text())
+            else:
+                res = audit_evaluation(model, test, result, cfg.battery, threat=threat, profile=cfg.audit, seed=cfg.seed,
+                                       folder=done.parent, name=name, device=device)
+                ledger.add(res.worst_result(), extra={"checkpoint": str(out / name / "model.safetensors"),
+                                                      "audit": res.summary})
+            audits.append(audit_row(f"{cfg.model} ({name})", audit_summary(res, f"`{cfg.battery}` battery", "audit.md"),
+                                    f"audit/{name}/"))
+        m["eval_seconds"] = time.perf_counter() - t0
         rows.append({
             "name": name,
             "objective": m["objective"],
@@ -195,11 +215,14 @@ def run_demo(
         t0 = time.perf_counter()
         scfg = (study_config(study, chosen, **{k: getattr(cfg, k) for k in part.inherits}) if isinstance(chosen, str)
                 else chosen)
+        if cfg.audit is None and scfg.audit is not None:  # no audit table: the studies skip their audits too
+            scfg = dataclasses.replace(scfg, audit=None)
         sres = run_study(study, out / study.name, scfg, device=device, log=log, callbacks=callbacks,
                          baseline=None if part.baseline is None else baselines[part.baseline])
         study_results[key] = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
                               "eps": scfg.eps, "summary_markdown": sres.summary}
         sections[key] = (part.heading or study.title, part.about(scfg), study.name)
+        audits += audit_rows(list(RecordStore(out / study.name / "records")), f"{study.name}/")
     elapsed = time.perf_counter() - t_start
     cfg_dict: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "studies"}
     cfg_dict.update({key: c.to_dict() if isinstance(c, StudyConfig) else c for key, c in chosen_of.items()})
@@ -212,6 +235,7 @@ def run_demo(
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "clean_accuracy": models["standard"]["clean_accuracy"],
         "models": rows,
+        "audits": audits,
         "total_seconds": round(elapsed, 1),
         "device": str(device),
         "torch": torch.__version__,
@@ -271,6 +295,8 @@ def _write_report(out: Path, r: dict[str, Any], sections: Mapping[str, tuple[str
         parts += [f"## {heading} ({done['profile']} profile)\n\n", about,
                   f" Every table, setting and figure: [{name}/report.md]({name}/report.md).\n\n",
                   done["summary_markdown"], "\n"]
+    if r.get("audits"):
+        parts += ["## Audits\n\n", AUDIT_INTRO, "\n\n", markdown_table(r["audits"]), "\n"]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]
     (out / "report.md").write_text("".join(parts))

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from . import figures as fig
+from .audits import audit_columns
 from .claims import Claim, Side
 from .columns import Column, pgd_settings
 from .prose import eps_text, images_text, norm_text, threat_text, train_images
@@ -97,10 +98,10 @@ PROFILES: dict[str, Profile] = {
         "about 2 min on 2 CPU cores (107 s measured in the demo)",
         "ReLU and GELU x {GradNorm, PGD-3 AT}, a natural and an EdgeAlign GELU model, 3 epochs on 3000 images, "
         "48 attacked images, APGD-CE + APGD-DLR in place of AutoAttack standard; no SiLU"),
-    "cpu": Profile(GradNormStudyConfig(profile="cpu", eval_n=200, epochs=10, train_limit=10_000),
+    "cpu": Profile(GradNormStudyConfig(profile="cpu", audit="full", eval_n=200, epochs=10, train_limit=10_000),
                    "several hours on 2 CPU cores (not run in full)", "every table: {ReLU, GELU, SiLU} x {GradNorm, "
                    "PGD-3 AT}, natural and EdgeAlign, AutoAttack standard, one seed"),
-    "full": Profile(GradNormStudyConfig(profile="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=50,
+    "full": Profile(GradNormStudyConfig(profile="full", audit="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=50,
                                         train_limit=None, eval_batch_size=500, figure_n=256, curve_steps=100),
                     "hours on one GPU (not measured: no GPU lent yet)",
                     "every table on the whole data, 50 epochs (Table 4.4's length), three seeds"),
@@ -118,11 +119,12 @@ def gn_warmup_epochs(cfg: GradNormStudyConfig) -> int:
 
 
 def columns(cfg: GradNormStudyConfig) -> tuple[Column, ...]:
-    """Every column, its settings spelled out."""
-    return (Column("clean", "clean", "Standard"),
+    """Every column, its settings spelled out; with ``cfg.audit``, the audit of the AutoAttack column."""
+    cols = (Column("clean", "clean", "Standard"),
             Column("pgd", "pgd", f"PGD-{cfg.pgd_steps}", pgd_settings(cfg.pgd_steps, cfg.eps / 4)),
             Column("aa", "autoattack", "AutoAttack" if cfg.aa_version == "standard" else "APGD-CE + APGD-DLR",
                    {"version": cfg.aa_version, "eot": 1}))
+    return (*cols, *audit_columns(cfg, {"adaptive": cols[2]}))
 
 
 def variants(cfg: GradNormStudyConfig) -> tuple[Variant, ...]:
@@ -159,8 +161,10 @@ def plan(cfg: GradNormStudyConfig, baseline: str | None = None) -> Plan:
     if baseline is not None:
         raise InputError("gradnorm-study trains every model with its own activation; it takes no --baseline")
     vs, cols = variants(cfg), columns(cfg)
-    jobs = tuple((v.label, tuple(c.name for c in cols)) for v in vs)
-    cells = tuple(Cell(c.name, c.header) for c in cols)
+    jobs = tuple((v.label, tuple(c.name for c in cols if c.kind != "audit")) for v in vs)
+    # the audit of the first GradNorm model's AutoAttack evaluation
+    jobs += ((vs[0].label, tuple(c.name for c in cols if c.kind == "audit")),) if cfg.audit else ()
+    cells = tuple(Cell(c.name, c.header) for c in cols if c.kind != "audit")
     grid = tuple(label(m, a) for m in (GRADNORM, AT) for a in cfg.activations)
     thesis = "; ".join(f"{label(m, a)} {TABLE44[(m, a)][0]:.2f} / {TABLE44[(m, a)][1]:.2f}"
                        for m in (GRADNORM, AT) for a in cfg.activations)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from ..data.corruptions import NAMES, SEVERITIES
+from .audits import audit_columns
 from .claims import WORST, Claim, Side
 from .columns import Column
 from .prose import dataset_name, norm_text
@@ -70,16 +71,16 @@ class SDStudyConfig(StudyConfig):
 QUICK_TABLE1 = ("Baseline", "AvgPool", "AddNoise (std=0.75)", "SD", "SD + AddNoise (std=0.15)")
 PROFILES: dict[str, Profile] = {
     "quick": Profile(SDStudyConfig(
-        profile="quick", seeds=(0,), finetune_limit=2000, eval_n=64, clean_n=1000, pgd_steps=10, square_queries=200,
+        profile="quick", audit="demo", audited=("adaptive",), seeds=(0,), finetune_limit=2000, eval_n=64, clean_n=1000, pgd_steps=10, square_queries=200,
         autoattack=False, eot_draws=(20,), aa_rand=False, corruption_n=100, table1=QUICK_TABLE1, noise_sweep=(),
         spp_sweep=(1, 2)), "about 2.5 min on 2 CPU cores on the demo's baseline (147 s measured in the demo)",
         "the demo's slice: one seed, five methods, cheap attacks; no AutoAttack, so no conclusion on adaptive attacks"),
     "cpu": Profile(SDStudyConfig(
-        profile="cpu", baseline_epochs=6, finetune_limit=2000, eval_n=100, clean_n=2000, pgd_steps=10,
+        profile="cpu", audit="full", baseline_epochs=6, finetune_limit=2000, eval_n=100, clean_n=2000, pgd_steps=10,
         square_queries=1000, corruption_n=200, noise_sweep=(0.5,)), "a few hours on 2 CPU cores",
         "every table and column: three seeds, AutoAttack standard and rand at the reference settings, EOT-20 and 64"),
     "full": Profile(SDStudyConfig(
-        profile="full", baseline_epochs=15, finetune_limit=None, eval_n=1000, eval_batch_size=500, corruption_n=10000,
+        profile="full", audit="full", baseline_epochs=15, finetune_limit=None, eval_n=1000, eval_batch_size=500, corruption_n=10000,
         noise_sweep=(0.05, 0.1, 0.15, 0.3, 0.5, 0.75, 0.9, 1.0)), "hours on one GPU",
         "the paper's scale: the full finetuning set, 1000 attacked images, Square at 5000 queries"),
 }
@@ -107,9 +108,10 @@ def spp_label(spp: int) -> str:
 
 
 def columns(cfg: SDStudyConfig) -> tuple[Column, ...]:
-    """Every column, with its settings spelled out."""
+    """Every column, with its settings spelled out; with ``cfg.audit``, the audits of SD's PGD (the
+    paper's protocol) and of its first EOT column."""
     pgd = {"steps": cfg.pgd_steps, "step_size": cfg.pgd_alpha, "random_start": True, "restarts": 1, "early_stop": True}
-    return (
+    cols = (
         Column("clean", "clean", "i.i.d. acc"),
         Column("pgd", "pgd", "PGD", {**pgd, "eot": 0}),
         Column("aa", "autoattack", "AutoAttack", {"version": "standard", "eot": 1}),
@@ -121,6 +123,8 @@ def columns(cfg: SDStudyConfig) -> tuple[Column, ...]:
         Column("tb-pgd", "transfer", "PGD (transfer)", {"source": "Baseline", "attack": "pgd"}),
         Column("tb-aa", "transfer", "AutoAttack (transfer)", {"source": "Baseline", "attack": "aa"}),
     )
+    offered = {"paper": cols[1], **({"adaptive": cols[5]} if cfg.eot_draws else {})}  # PGD; the first EOT column
+    return (*cols, *audit_columns(cfg, offered))
 
 
 CONCLUSIVE = ("not conclusive about adaptive robustness: see the cpu profile (`robustlab run sd-study --profile cpu`, "
@@ -207,6 +211,7 @@ def plan(cfg: SDStudyConfig, baseline: str | None = None) -> Plan:
     jobs = [*[(r, cols1) for r in cfg.table1 if r in needed], *[(r, cols5) for r in rows5],
             *[(r, ("tb-pgd",)) for r in cfg.transfer_from_baseline], *[(r, cols1) for r in cfg.table1 if r not in needed],
             *[(r, cols4) for r in cfg.transfer_from_baseline], *[(r, cols3) for r in rows3]]
+    jobs += [("SD", tuple(c.name for c in cols if c.kind == "audit"))] if cfg.audit and "SD" in cfg.table1 else []
     eots = ", ".join(f"EOT-{k}" for k in cfg.eot_draws)
     tables = (
         Table("table1", "Table 1 analogue, with the honest columns the paper lacks",

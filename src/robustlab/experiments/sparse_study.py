@@ -30,6 +30,7 @@ from ..core.randomness import seed_stochastic
 from ..data import as_tensors, get_info, load_dataset
 from ..defenses import dictionary
 from ..train.sparse import find_front_end
+from .audits import audit_columns
 from .claims import WORST, Claim, Side
 from .columns import Column, make_attack, pgd_settings
 from .figures import FigureContext, first_conv_weight
@@ -89,14 +90,14 @@ class SparseStudyConfig(TrainingStudyConfig):
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(SparseStudyConfig(
-        profile="quick", eval_n=32, clean_n=500, dict_images=400, dict_patches=5000, dict_iter=30, epochs=3,
+        profile="quick", audit="demo", audited=("adaptive",), eval_n=32, clean_n=500, dict_images=400, dict_patches=5000, dict_iter=30, epochs=3,
         decoder_epochs=2, train_limit=3000, ablation=False, tp_variants=(), baselines=("pgd-at",), at_epochs=3,
         at_steps=5, eot=4, aa_eot=2, square_queries=100, square_eot=2, twin_attacks=False),
         "about 2 min on 2 CPU cores with the demo's PGD-AT model (120 s measured in the demo)", "the nominal defense under every attack mode (32 images, 4 EOT draws), its "
         "unsupervised twin as PW-T's source, against the shared PGD-AT baseline; no ablation"),
-    "cpu": Profile(SparseStudyConfig(profile="cpu", eval_n=200, epochs=10, decoder_epochs=10, train_limit=10_000),
+    "cpu": Profile(SparseStudyConfig(profile="cpu", audit="full", eval_n=200, epochs=10, decoder_epochs=10, train_limit=10_000),
                    "several hours on 2 CPU cores (not run in full)", "every table, one seed, N_E = 40"),
-    "full": Profile(SparseStudyConfig(profile="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=30,
+    "full": Profile(SparseStudyConfig(profile="full", audit="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=30,
                                       decoder_epochs=50, train_limit=None, at_epochs=30, eval_batch_size=500,
                                       dict_images=10_000, dict_patches=100_000, dict_iter=1000),
                     "hours on one GPU (not measured: no GPU lent yet)", "every table on the whole data, three seeds"),
@@ -139,11 +140,12 @@ def front_end(cfg: SparseStudyConfig, *, top_t: int | None = None, dropout_p: fl
 
 
 def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
-    """Every column, the paper's attack settings spelled out (Sec. 5, "Default attack parameters")."""
+    """Every column, the paper's attack settings spelled out (Sec. 5, "Default attack parameters");
+    with ``cfg.audit``, the audits of the paper's W-NFGA (smooth) and of AA rand + BPDA on the defense."""
     def paper(bpda: str | None, normalize: bool = False, eot: int | None = None) -> dict[str, Any]:
         return pgd_settings(cfg.attack_steps, cfg.attack_step_fraction * cfg.eps, random_start=False, early_stop=False,
                             eot=cfg.eot if eot is None else eot, eot_normalize=normalize, bpda=bpda)
-    return (
+    cols = (
         Column("clean", "clean", "Clean"),
         Column("pgd", "pgd", f"PGD-{cfg.attack_steps}", paper(None, eot=0)),
         Column("w-nfga-id", "pgd", "W-NFGA identity", paper("identity"), deterministic="pgd"),
@@ -156,6 +158,8 @@ def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
         Column("square-eot", "square", "Square (expected margin)",
                {"queries": cfg.square_queries, "p_init": 0.8, "eot": cfg.square_eot}),
     )
+    by = {c.name: c for c in cols}
+    return (*cols, *audit_columns(cfg, {"paper": by["w-nfga-smooth"], "adaptive": by["aa-rand"]}))
 
 
 def plan(cfg: SparseStudyConfig, baseline: str | None = None) -> Plan:
@@ -182,8 +186,9 @@ def plan(cfg: SparseStudyConfig, baseline: str | None = None) -> Plan:
     tp = [Variant(f"{OURS} T={t} p={p:g}", Train(cfg.model, train, (front_end(cfg, top_t=t, dropout_p=p),)))
           for t, p in cfg.tp_variants]
     cols = columns(cfg)
-    every = tuple(c.name for c in cols if c.name != "pgd")
-    jobs = [(TWIN, every if cfg.twin_attacks else ("clean",)), (OURS, every), *[(v.label, every) for v in [*ablations, *tp]],
+    every = tuple(c.name for c in cols if c.name != "pgd" and c.kind != "audit")
+    audits = tuple(c.name for c in cols if c.kind == "audit")
+    jobs = [(TWIN, every if cfg.twin_attacks else ("clean",)), (OURS, every + audits), *[(v.label, every) for v in [*ablations, *tp]],
             *[(v.label, ("clean", "pgd", "aa-rand", "square-eot")) for v in baselines]]
     tables = [Table("table1", "Table 1 analogue: the defense under every attack mode",
                     "The nominal defense (and its unsupervised twin, when attacked); the per-sample worst case over "

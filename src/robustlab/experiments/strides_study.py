@@ -30,6 +30,7 @@ from ..core.errors import InputError
 from ..data import get_info
 from ..defenses import parse_strides, stage_strides
 from ..models import create_model
+from .audits import audit_columns
 from .claims import WORST, Claim, Side
 from .columns import Column
 from .prose import images_text, threat_text, train_images
@@ -90,10 +91,10 @@ PROFILES: dict[str, Profile] = {
         ratio_eps=(0.05, 0.1), epochs=3, train_limit=2000, train_steps=3, autoattack=False),
         "about 1 min on 2 CPU cores (65 s measured in the demo)", "TRADES with the original and the shrunk strides: clean, FGSM, PGD-20/50, DeepFool, "
         "anti-perturbation ratio; no AutoAttack, so no conclusion on it"),
-    "cpu": Profile(StridesStudyConfig(profile="cpu", seeds=(0, 1), eval_n=100, epochs=5, train_limit=5000),
+    "cpu": Profile(StridesStudyConfig(profile="cpu", audit="full", seeds=(0, 1), eval_n=100, epochs=5, train_limit=5000),
                    "about 8 h on 2 CPU cores (estimated from epoch times)",
                    "every table and objective, two seeds, AutoAttack standard"),
-    "full": Profile(StridesStudyConfig(profile="full", model="resnet18", base="1-2-2-2", shrunk="1-1-2-2",
+    "full": Profile(StridesStudyConfig(profile="full", audit="full", model="resnet18", base="1-2-2-2", shrunk="1-1-2-2",
                                        patterns=("2-2-2-2", "1-1-1-2"), seeds=(0, 1, 2), eval_n=1000, clean_n=None,
                                        epochs=30, train_limit=None, eval_batch_size=500, architectures=TABLE4), "hours on one GPU (not measured: no GPU lent yet)",
                     "every table on the whole data, three seeds"),
@@ -106,11 +107,12 @@ def label(objective: str, pattern: str, extra: str = "") -> str:
 
 
 def columns(cfg: StridesStudyConfig) -> tuple[Column, ...]:
-    """Every column, Table I's settings spelled out."""
+    """Every column, Table I's settings spelled out; with ``cfg.audit``, the audit of AutoAttack (of
+    PGD-20 when the profile runs no AutoAttack)."""
     def pgd(steps: int, rel: float) -> dict[str, Any]:
         return {"steps": steps, "step_size": rel * cfg.eps, "random_start": True, "restarts": 1,
                 "early_stop": True, "eot": 0}
-    return (
+    cols = (
         Column("clean", "clean", "Natural"),
         Column("fgsm", "fgsm", "FGSM"),
         Column("pgd20", "pgd", "PGD-20", pgd(20, cfg.pgd_relative_step)),
@@ -121,6 +123,7 @@ def columns(cfg: StridesStudyConfig) -> tuple[Column, ...]:
         *[Column(f"unchanged-{e:g}", "unchanged", f"eps {e:g}", {"eps": e, **pgd(20, cfg.pgd_relative_step)})
           for e in cfg.ratio_eps],
     )
+    return (*cols, *audit_columns(cfg, {"adaptive": next(c for c in cols if c.name == ("aa" if cfg.autoattack else "pgd20"))}))
 
 
 def variant(cfg: StridesStudyConfig, objective: str, pattern: str, upsample: tuple[int, str] | None = None,
@@ -173,6 +176,8 @@ def plan(cfg: StridesStudyConfig, baseline: str | None = None) -> Plan:
     jobs: dict[str, tuple[str, ...]] = {}  # per variant, every column any table asks of it
     for v, cols_of in [*[(v, attacks + ratio) for v in t5], *[(v, ("clean", "pgd20", *ratio)) for v in [*t2, *t3, *t4]]]:
         jobs[v.label] = tuple(dict.fromkeys([*jobs.get(v.label, ()), *cols_of]))
+    shrunk = variant(cfg, cfg.objectives[0], cfg.shrunk).label  # the audit: the first objective with shrunk strides
+    jobs[shrunk] = (*jobs.get(shrunk, ()), *[c.name for c in cols if c.kind == "audit"])
     tables = [Table("table5", "Table V analogue: objectives with the original and the shrunk strides",
                     f"Every objective trained from scratch ({cfg.epochs} epochs) with the original ({cfg.base}) and the "
                     f"shrunk ({cfg.shrunk}) strides; the per-sample worst case over every attack.",

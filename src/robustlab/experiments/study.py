@@ -38,6 +38,7 @@ from ..core.randomness import detect_randomness, is_stochastic
 from ..core.types import ThreatModel
 from ..data import as_tensors, get_info
 from ..train import Callback
+from .audits import audit_section
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
 from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
 from .figures import FigureContext
@@ -70,6 +71,12 @@ class StudyConfig:
         profile: the profile this config came from.
         eval_n: test images attacked (the first of a stratified draw).
         clean_n: test images for clean accuracy and corruptions (``None``: the whole test split).
+        audit: the audit profile (``demo``, ``quick`` or ``full``,
+            :data:`robustlab.audit.AUDIT_PROFILES`) of the study's ``audit`` columns, which audit
+            its defense's evaluations; ``None``: no audit.
+        audited: the roles of the columns whose evaluation is audited, ``paper`` (the paper's
+            protocol) and ``adaptive`` (the library's adaptive evaluation); ``None``: every one the
+            study offers.
     """
 
     profile: str = "quick"
@@ -81,6 +88,8 @@ class StudyConfig:
     eval_n: int = 100
     clean_n: int | None = None
     eval_batch_size: int = 200
+    audit: str | None = None
+    audited: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (saved as the run's resolved config)."""
@@ -308,6 +317,17 @@ def _compute_seconds(out: Path, records: Sequence[Record]) -> float:
     return total
 
 
+def _same_config(saved: Any, cfg: StudyConfig) -> bool:
+    """Whether a run folder's saved config is ``cfg``; a setting added to the library after the
+    run was written counts as equal when ``cfg`` holds that setting's default."""
+    now = cfg.to_dict()
+    if not isinstance(saved, dict):
+        return False
+    defaults = {f.name: f.default for f in fields(cfg)}
+    added = {k for k in now if k not in saved}
+    return all(now[k] == defaults.get(k, object()) for k in added) and {k: now[k] for k in saved if k in now} == saved
+
+
 def run_study(
     study: Study | str,
     out_dir: str | os.PathLike[str],
@@ -344,7 +364,7 @@ def run_study(
     resolved = {"study": study.name, "config": config_dict, "baseline": None if baseline is None else str(baseline)}
     say = log or (lambda s: logger.info("%s", s))
     plan = study.plan(cfg, None if baseline is None else str(baseline))
-    if saved.exists() and json.loads(saved.read_text()).get("config") != resolved["config"]:
+    if saved.exists() and not _same_config(json.loads(saved.read_text()).get("config"), cfg):
         raise InputError(f"{out} holds a study run with another configuration; pass a new --out or delete the "
                          "folder to start over")
     if not report_only:
@@ -403,7 +423,8 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
         parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants]))
     if plan.figures is not None and not facts["partial"]:
         parts.append(plan.figures(FigureContext(out, run.workshop.model, run.ctx)))
-    parts += [warnings_section(records, plan.notes, len(seeds) > 1, chance), "\n## Verdict\n\n", verdict,
+    parts += [audit_section(records), warnings_section(records, plan.notes, len(seeds) > 1, chance),
+              "\n## Verdict\n\n", verdict,
               ledger_section(records, "ledger.sqlite")]
     report = "".join(parts)
     write_text_atomic(out / "report.md", report)
