@@ -6,11 +6,13 @@ Three parts, on the same images:
   Carlini, "Increasing Confidence in Adversarial Robustness Evaluations", NeurIPS 2022), an
   *active* test: per image the model's head is replaced by a linear readout for which an
   adversarial example provably exists inside the threat model, and the evaluation's attack must
-  find it;
+  find it (one image's problem: :mod:`.problem`, its points: :mod:`.points`, the penultimate
+  features of any model: :mod:`.features`);
 - :mod:`.checks`: the passive checklist of Carlini et al. (2019) and Athalye et al. (2018)
   (iterative beats single-step, white-box beats black-box, accuracy falls to chance as eps grows,
   more steps do not help the defense, EOT converges, BPDA vs plain gradients, gradient health,
-  transfer, disagreement between draws), with the evaluation's sanity warnings among its items;
+  transfer, disagreement between draws), with the evaluation's sanity warnings among its items
+  (its settings and outcomes: :mod:`.checklist`, its measurements: :mod:`.measures`);
 - :mod:`.verdict`: one verdict, the per-image worst case over every attack the audit ran, and
   :mod:`.report`, the audit as ``audit.md``, ``audit.json`` and plots.
 

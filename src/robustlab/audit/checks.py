@@ -46,17 +46,14 @@ sampling noise (``sqrt(sum p (1 - p) / k) / n`` per accuracy).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import (
@@ -75,20 +72,28 @@ from ..attacks.checks import GRADIENT_FRACTION, EvalWarning
 from ..attacks.model import model_fn
 from ..attacks.verdict import VERDICT_DRAWS
 from ..core.bpda import BPDA_MODES, BPDAMode, bpda_layers
-from ..core.bpda import bpda as bpda_context
-from ..core.checks import check_images, check_int, check_labels, check_number, check_probability
+from ..core.checks import check_images, check_int, check_labels
 from ..core.errors import InputError
 from ..core.randomness import is_frozen, seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
 from ..evaluate import (
     Battery,
     EvalResult,
-    battery_threat,
     derive_seed,
     describe_attack,
     run_battery,
-    worst_case,
 )
+from .checklist import (
+    ATHALYE,
+    CARLINI,
+    CHECK_CODES,
+    GAO,
+    TOLERANCE,
+    Check,
+    Checklist,
+    CheckSettings,
+)
+from .measures import disagreement, gradient_health, max_eps, pct, pts, sampling_noise, worst_of
 
 __all__ = [
     "CHECK_CODES",
@@ -104,351 +109,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Status = Literal["pass", "flag", "n/a"]
-
-TOLERANCE = 0.05
-"""Default absolute tolerance on a difference of robust accuracies (fractions): 5 points."""
-
-EXPLODING_RATIO = 1000.0
-"""Default bound of an exploding gradient: a (confidence-normalized) input-gradient norm this many
-times the median over the clean images."""
-
-CHECK_CODES = (
-    "iterative-beats-single-step",
-    "white-box-beats-black-box",
-    "accuracy-falls-with-eps",
-    "attack-converged",
-    "eot-converged",
-    "bpda-vs-plain",
-    "gradient-health",
-    "white-box-beats-transfer",
-    "draw-disagreement",
-)
-"""The codes of checks 1-9, in order; check 10 adds one ``warning:<code>`` item per warning."""
-
-_CARLINI = "Carlini et al. 2019, On Evaluating Adversarial Robustness"
-_ATHALYE = "Athalye et al. 2018, Obfuscated Gradients Give a False Sense of Security"
-_GAO = "Gao et al. 2022, On the Limitations of Stochastic Pre-processing Defenses"
-
-
-def _ints(value: object, name: str, low: int = 1) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise InputError(f"{name} must be a non-empty tuple of ints, got {value!r}")
-    return tuple(check_int(v, f"{name} entry", low) for v in value)
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """How much work the checklist does (the ``full`` profile by default; :meth:`quick` is cheap).
-
-    Attributes:
-        tolerance: absolute tolerance on a difference of robust accuracies (fractions in [0, 1]):
-            a check flags a difference larger than this (plus two standard errors of the verdict's
-            sampling noise on a randomized model). 0.05 (5 points) is our choice; the papers give
-            no number.
-        pgd_steps: the PGD budgets; the first is the cheap attack of checks 1, 3 and 5, the others
-            are the larger budgets of check 4 (Carlini et al. 2019, Sec. 4.8: doubling the
-            iterations must not change the result).
-        apgd_steps: the APGD-CE budget of check 4 (AutoAttack's 100).
-        restarts: random restarts of the larger PGD budgets and of APGD (Carlini et al. 2019,
-            Sec. 4.9).
-        attack_eot: EOT draws of every gradient attack on a randomized model (AutoAttack
-            ``rand``'s 20; ignored on a deterministic model).
-        eps_multiples: multiples of the threat's eps of the accuracy-vs-eps curve (check 3); the
-            curve always ends at :func:`max_eps`, where any image can become any other.
-        eot_draws: EOT draws of the convergence curve (check 5), ascending, doubling.
-        square_queries: Square's query budget (check 2).
-        square_eot: draws Square averages its margin over on a randomized model (expectation
-            over the randomness for a score-based attack).
-        transfer: run check 8 when a surrogate is given.
-        exploding_ratio: a per-image input gradient is exploding when its norm (divided by
-            ``1 - p_y``, see :func:`gradient_health`) exceeds this many times the median.
-        exploding_fraction: check 7 flags when more than this fraction of gradients explode
-            (zero and non-finite ones flag above
-            :data:`robustlab.attacks.checks.GRADIENT_FRACTION`).
-        gradient_draws: draws of the gradient-health measurement on a randomized model.
-        disagreement_draws: draws of the disagreement measurement (check 9).
-        profile: the profile's name, for reports.
-    """
-
-    tolerance: float = TOLERANCE
-    pgd_steps: tuple[int, ...] = (10, 100)
-    apgd_steps: int = 100
-    restarts: int = 1
-    attack_eot: int = 20
-    eps_multiples: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    eot_draws: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    square_queries: int = 1000
-    square_eot: int = 8
-    transfer: bool = True
-    exploding_ratio: float = EXPLODING_RATIO
-    exploding_fraction: float = GRADIENT_FRACTION
-    gradient_draws: int = 8
-    disagreement_draws: int = 16
-    profile: str = "full"
-
-    def __post_init__(self) -> None:
-        check_probability(self.tolerance, "tolerance")
-        object.__setattr__(self, "pgd_steps", _ints(self.pgd_steps, "pgd_steps"))
-        check_int(self.apgd_steps, "apgd_steps", 1)
-        check_int(self.restarts, "restarts", 1)
-        check_int(self.attack_eot, "attack_eot", 1)
-        if isinstance(self.eps_multiples, (str, bytes)) or not isinstance(self.eps_multiples, Sequence):
-            raise InputError(f"eps_multiples must be a tuple of positive numbers, got {self.eps_multiples!r}")
-        object.__setattr__(self, "eps_multiples", tuple(
-            check_number(m, "eps_multiples entry", 0, low_open=True) for m in self.eps_multiples))
-        draws = _ints(self.eot_draws, "eot_draws")
-        if list(draws) != sorted(set(draws)):
-            raise InputError(f"eot_draws must be strictly ascending (e.g. (1, 2, 4, 8)), got {draws!r}")
-        object.__setattr__(self, "eot_draws", draws)
-        check_int(self.square_queries, "square_queries", 1)
-        check_int(self.square_eot, "square_eot", 1)
-        if not isinstance(self.transfer, bool):
-            raise InputError(f"transfer must be True or False, got {self.transfer!r}")
-        check_number(self.exploding_ratio, "exploding_ratio", 1, low_open=True)
-        check_probability(self.exploding_fraction, "exploding_fraction")
-        check_int(self.gradient_draws, "gradient_draws", 1)
-        check_int(self.disagreement_draws, "disagreement_draws", 2)
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> CheckSettings:
-        """The cheap profile: PGD-10 vs PGD-50 and APGD-50, EOT-8 gradients, EOT curve up to 8
-        draws, Square with 300 queries."""
-        base: dict[str, Any] = dict(pgd_steps=(10, 50), apgd_steps=50, restarts=1, attack_eot=8,
-                                    eps_multiples=(0.5, 1.0, 2.0, 4.0), eot_draws=(1, 2, 4, 8),
-                                    square_queries=300, square_eot=4, gradient_draws=4,
-                                    disagreement_draws=8, profile="quick")
-        base.update(overrides)
-        return cls(**base)
-
-    @classmethod
-    def full(cls, **overrides: Any) -> CheckSettings:
-        """The full profile (the defaults)."""
-        return cls(**overrides)
-
-
-@dataclass
-class Check:
-    """One item of the checklist.
-
-    Attributes:
-        code: a stable code (:data:`CHECK_CODES`, or ``warning:<code>`` for a sanity warning).
-        title: what an honest evaluation shows, in words.
-        status: ``"pass"``, ``"flag"`` or ``"n/a"``.
-        evidence: one sentence with the numbers (or why the check does not apply).
-        numbers: the numbers themselves, JSON-ready.
-        source: the paper and section the check comes from.
-    """
-
-    code: str
-    title: str
-    status: Status
-    evidence: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    @property
-    def flagged(self) -> bool:
-        """Whether the check flagged."""
-        return self.status == "flag"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {"code": self.code, "title": self.title, "status": self.status, "evidence": self.evidence,
-                "numbers": dict(self.numbers), "source": self.source}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Check:
-        """Inverse of :meth:`to_dict`."""
-        status = str(d["status"])
-        if status not in ("pass", "flag", "n/a"):
-            raise InputError(f"a check's status must be 'pass', 'flag' or 'n/a', got {status!r}")
-        return cls(str(d["code"]), str(d["title"]), status, str(d["evidence"]),  # type: ignore[arg-type]
-                   dict(d.get("numbers", {})), str(d.get("source", "")))
-
-
-@dataclass
-class Checklist:
-    """The outcome of :func:`run_checks`.
-
-    Attributes:
-        checks: checks 1-9 in order, then one item per sanity warning seen.
-        results: every evaluation the checklist ran, by label (``pgd-10``, ``square``, ``pgd-10
-            eps=0.2``, ...). Those of the eps curve are at other radii (their ``config`` says
-            which, :func:`robustlab.evaluate.battery_threat`): a worst case takes only those at
-            the audited threat model.
-        curves: ``"eps"``: ``(eps, robust accuracy)`` from eps 0 (clean) to :func:`max_eps`;
-            ``"eot"`` (randomized models): ``(EOT draws, robust accuracy)``.
-        randomized: whether the model was evaluated as randomized.
-        seconds: wall time of the checklist.
-        settings: the settings used, JSON-ready.
-    """
-
-    checks: list[Check]
-    results: dict[str, EvalResult] = field(default_factory=dict)
-    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    randomized: bool = False
-    seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def flags(self) -> list[Check]:
-        """The flagged checks."""
-        return [c for c in self.checks if c.status == "flag"]
-
-    def check(self, code: str) -> Check:
-        """The check with ``code``.
-
-        Raises:
-            InputError: when no check has that code (listing the codes there are).
-        """
-        for c in self.checks:
-            if c.code == code:
-                return c
-        raise InputError(f"no check {code!r}; the checklist has {', '.join(c.code for c in self.checks)}")
-
-    def to_dict(self, results: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict; with ``results``, a summary of every evaluation (not its masks)."""
-        out: dict[str, Any] = {
-            "checks": [c.to_dict() for c in self.checks],
-            "flags": [c.code for c in self.flags],
-            "curves": {k: [[float(a), float(b)] for a, b in v] for k, v in self.curves.items()},
-            "randomized": self.randomized,
-            "seconds": self.seconds,
-            "settings": dict(self.settings),
-        }
-        if results:
-            out["results"] = {label: {"robust_acc": r.robust_acc, "clean_acc": r.clean_acc,
-                                      "threat": battery_threat(r.config), "seconds": r.seconds,
-                                      "warnings": [w.code for w in r.warnings]}
-                              for label, r in self.results.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Checklist:
-        """Inverse of :meth:`to_dict` (the evaluations themselves are not in it: ``results`` is
-        empty)."""
-        return cls(checks=[Check.from_dict(c) for c in d["checks"]], results={},
-                   curves={k: [(float(a), float(b)) for a, b in v] for k, v in d.get("curves", {}).items()},
-                   randomized=bool(d.get("randomized", False)), seconds=float(d.get("seconds", 0.0)),
-                   settings=dict(d.get("settings", {})))
-
-
-def max_eps(threat: ThreatModel, x: torch.Tensor) -> float:
-    """The radius at which any image in [0, 1] can become any other: 1 in L-inf, the box's
-    diagonal ``sqrt(d)`` in L2 (``d`` values per image). Carlini et al. (2019, Sec. 5.2): no
-    classifier does better than chance there (at half of it every image can become solid grey)."""
-    if threat.norm == "linf":
-        return 1.0
-    return math.sqrt(x[0].numel())
-
-
-def worst_of(results: Sequence[EvalResult] | Mapping[str, EvalResult]) -> torch.Tensor:
-    """Per image, the figure of the evaluation that is worst for it (the first repeat).
-
-    Each image takes the evaluation with the lowest choosing estimate (``p_select``) and reports
-    that evaluation's fresh estimate (``p_robust``), so the choice does not bias the figure
-    (:func:`robustlab.evaluate.worst_case`). On a deterministic model this is the AND over the
-    evaluations' 0/1 outcomes.
-    """
-    runs = list(results.values()) if isinstance(results, Mapping) else list(results)
-    if not runs:
-        raise InputError("worst_of needs at least one EvalResult")
-    probs = [r.probabilities() for r in runs]
-    robust = [p["robust"][0].tolist() for p in probs]
-    select = [p["select"][0].tolist() for p in probs]
-    return torch.tensor(worst_case(robust, select), dtype=torch.float64)
-
-
-def _noise(p: torch.Tensor, k: int) -> float:
-    """Standard error of the mean of per-image probabilities ``p``, each estimated on ``k`` draws."""
-    p = p.double()
-    return math.sqrt(float((p * (1 - p)).sum()) / k) / max(p.numel(), 1)
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _pts(v: float) -> str:
-    return f"{100 * v:.1f} points"
-
-
-@torch.no_grad()
-def disagreement(model: nn.Module, x: torch.Tensor, draws: int, batch_size: int = 256) -> torch.Tensor:
-    """Per image, the fraction of pairs of ``draws`` forwards whose predicted labels differ.
-
-    Gao et al. (2022) measure how random a randomized defense's predictions are; a model whose
-    figure comes from disagreeing draws is robust only on average. 0 on a deterministic model.
-    """
-    check_int(draws, "draws", 2)
-    out = []
-    for lo in range(0, x.shape[0], batch_size):
-        xb = x[lo: lo + batch_size]
-        preds = torch.stack([logits_of(model(xb)).argmax(dim=1) for _ in range(draws)])  # (R, n)
-        classes = int(preds.max()) + 1
-        counts = F.one_hot(preds, classes).sum(dim=0).double()  # (n, C)
-        same = (counts * (counts - 1)).sum(dim=1) / (draws * (draws - 1))
-        out.append(1 - same)
-    return torch.cat(out).cpu()
-
-
-def gradient_health(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    draws: int = 1,
-    ratio: float = EXPLODING_RATIO,
-    bpda: BPDAMode | None = None,
-    batch_size: int = 256,
-) -> dict[str, Any]:
-    """Fractions of all-zero, non-finite and exploding per-image input gradients of the
-    cross-entropy at ``x``, over ``draws`` forwards (Athalye et al. 2018, Sec. 3: shattered,
-    stochastic, exploding and vanishing gradients).
-
-    A gradient is *exploding* when its norm is infinite, or when its norm divided by ``1 - p_y``
-    (``p_y`` the softmax probability of the label) exceeds ``ratio`` times the median of these
-    values over every finite, non-zero gradient. Dividing by ``1 - p_y`` turns the cross-entropy's
-    gradient ``sum_k (p_k - [k = y]) grad z_k`` into a convex combination of logit-margin
-    gradients, so a confident image's naturally small gradient does not make the median tiny.
-
-    Returns:
-        ``{"evaluations", "zero", "nonfinite", "exploding"}`` (fractions) and ``"median"`` (the
-        median normalized norm, ``None`` when no gradient was finite and non-zero).
-    """
-    norms: list[torch.Tensor] = []
-    zero = nonfinite = infinite = total = 0
-    scope = bpda_context(model, bpda) if bpda is not None else contextlib.nullcontext()
-    with scope:
-        for _ in range(draws):
-            for lo in range(0, x.shape[0], batch_size):
-                xb = x[lo: lo + batch_size].detach().clone().requires_grad_(True)
-                yb = y[lo: lo + batch_size].to(xb.device)
-                with torch.enable_grad():
-                    z = logits_of(model(xb))
-                    loss = F.cross_entropy(z, yb, reduction="sum")
-                    grad = (torch.autograd.grad(loss, xb, allow_unused=True)[0]
-                            if loss.requires_grad else None)
-                flat = (torch.zeros_like(xb) if grad is None else grad.detach()).flatten(1).double()
-                finite = torch.isfinite(flat).all(dim=1)
-                is_zero = finite & (flat == 0).all(dim=1)
-                norm = flat.norm(dim=1)
-                logp = F.log_softmax(z.detach().double(), dim=1)
-                other = (-torch.expm1(logp.gather(1, yb.unsqueeze(1)).squeeze(1))).clamp_min(0)
-                usable = finite & ~is_zero & torch.isfinite(norm) & (other > 0)
-                total += flat.shape[0]
-                zero += int(is_zero.sum())
-                nonfinite += int((~finite).sum())
-                infinite += int((finite & ~torch.isfinite(norm)).sum())
-                norms.append((norm[usable] / other[usable]).cpu())
-    scaled = torch.cat(norms) if norms else torch.zeros(0, dtype=torch.float64)
-    median = float(scaled.median()) if scaled.numel() else None
-    exploding = infinite + (int((scaled > ratio * median).sum()) if median else 0)
-    return {"evaluations": total, "zero": zero / total if total else 0.0,
-            "nonfinite": nonfinite / total if total else 0.0,
-            "exploding": exploding / total if total else 0.0, "median": median}
 
 
 class _Recorded(Attack):
@@ -532,7 +192,7 @@ class _Checker:
         randomized model."""
         if not self.randomized:
             return self.s.tolerance
-        return self.s.tolerance + 2 * math.sqrt(sum(_noise(p, self.draws) ** 2 for p in ps))
+        return self.s.tolerance + 2 * math.sqrt(sum(sampling_noise(p, self.draws) ** 2 for p in ps))
 
     @property
     def cheap(self) -> str:
@@ -624,15 +284,15 @@ class _Checker:
         flag = diff > limit
         numbers = {"fgsm": fgsm, self.cheap: pgd, "difference": diff, "threshold": limit}
         if flag:
-            text = (f"FGSM leaves {_pct(fgsm)} robust but {self.cheap.upper()} leaves {_pct(pgd)}: the single-step "
-                    f"attack is stronger by {_pts(diff)} (threshold {_pts(limit)}), a sign of masked gradients or "
+            text = (f"FGSM leaves {pct(fgsm)} robust but {self.cheap.upper()} leaves {pct(pgd)}: the single-step "
+                    f"attack is stronger by {pts(diff)} (threshold {pts(limit)}), a sign of masked gradients or "
                     "an iterative attack that does not follow them")
         else:
-            text = (f"FGSM leaves {_pct(fgsm)} robust and {self.cheap.upper()} {_pct(pgd)}: the iterative attack is "
-                    f"at least as strong (threshold {_pts(limit)})")
+            text = (f"FGSM leaves {pct(fgsm)} robust and {self.cheap.upper()} {pct(pgd)}: the iterative attack is "
+                    f"at least as strong (threshold {pts(limit)})")
         return Check("iterative-beats-single-step", "iterative attacks beat single-step ones",
                      "flag" if flag else "pass", text, numbers,
-                     f"{_CARLINI}, Sec. 5.2; {_ATHALYE}, Sec. 3.1")
+                     f"{CARLINI}, Sec. 5.2; {ATHALYE}, Sec. 3.1")
 
     def gain(self, label: str) -> tuple[float, float, float, int, int]:
         """``(white-box worst case, with label's result added, threshold, images only label
@@ -654,14 +314,14 @@ class _Checker:
                    "images_only_square_broke": only, "threshold": limit,
                    "white_box": list(self.white_box)}
         if flag:
-            text = (f"{queries} lowers the white-box worst case from {_pct(acc_white)} to {_pct(acc_both)} "
-                    f"({_pts(gain)} > {_pts(limit)}; {only} images only Square broke): the gradient attacks "
+            text = (f"{queries} lowers the white-box worst case from {pct(acc_white)} to {pct(acc_both)} "
+                    f"({pts(gain)} > {pts(limit)}; {only} images only Square broke): the gradient attacks "
                     "miss what a score-based search finds, a sign of masked gradients")
         else:
-            text = (f"{queries} leaves {_pct(square)} robust and lowers the white-box worst case "
-                    f"{_pct(acc_white)} by {_pts(gain)} (threshold {_pts(limit)})")
+            text = (f"{queries} leaves {pct(square)} robust and lowers the white-box worst case "
+                    f"{pct(acc_white)} by {pts(gain)} (threshold {pts(limit)})")
         return Check("white-box-beats-black-box", "white-box attacks beat the black-box one",
-                     "flag" if flag else "pass", text, numbers, f"{_CARLINI}, Sec. 5.4 and 4.4; {_ATHALYE}, Sec. 3.1")
+                     "flag" if flag else "pass", text, numbers, f"{CARLINI}, Sec. 5.4 and 4.4; {ATHALYE}, Sec. 3.1")
 
     def check_eps(self, chance: float) -> Check:
         curve = self.curves["eps"]
@@ -681,18 +341,18 @@ class _Checker:
         where = f"{self.threat.norm} eps {top_eps:.4g}"
         if high:
             text = (f"at {where}, where any image can become any other, {self.cheap.upper()} still leaves "
-                    f"{_pct(top_acc)} robust, above chance {_pct(chance)} + {_pts(limit)}: the attack cannot "
+                    f"{pct(top_acc)} robust, above chance {pct(chance)} + {pts(limit)}: the attack cannot "
                     "follow the model's gradients (or the threat model is not what it seems)")
         elif rises:
             a, b, d = rises[0]
-            text = (f"robust accuracy rises by {_pts(d)} from eps {a:.4g} to {b:.4g}: a larger budget must "
+            text = (f"robust accuracy rises by {pts(d)} from eps {a:.4g} to {b:.4g}: a larger budget must "
                     "never help the model, so the attack is not finding what exists")
         else:
-            text = (f"robust accuracy falls to {_pct(top_acc)} at {where} (chance {_pct(chance)}) and never "
+            text = (f"robust accuracy falls to {pct(top_acc)} at {where} (chance {pct(chance)}) and never "
                     f"rises with eps by more than the threshold")
         return Check("accuracy-falls-with-eps", "accuracy falls to chance as eps grows",
                      "flag" if high or rises else "pass", text, numbers,
-                     f"{_CARLINI}, Sec. 5.2 and 5.3; {_ATHALYE}, Sec. 3.1")
+                     f"{CARLINI}, Sec. 5.2 and 5.3; {ATHALYE}, Sec. 3.1")
 
     def check_budget(self) -> Check:
         r = self.runs.results
@@ -704,19 +364,19 @@ class _Checker:
         limit = self.threshold(_p(cheap), _p(r[strongest]))
         flag = drop > limit
         numbers = {self.cheap: _acc(cheap), **accs, "drop": drop, "threshold": limit, "strongest": strongest}
-        listing = ", ".join(f"{k.upper()} {_pct(v)}" for k, v in accs.items())
+        listing = ", ".join(f"{k.upper()} {pct(v)}" for k, v in accs.items())
         if flag:
-            text = (f"{self.cheap.upper()} leaves {_pct(_acc(cheap))} robust but {listing}: more budget lowers "
-                    f"it by {_pts(drop)} (threshold {_pts(limit)}), so the cheap evaluation has not converged; "
+            text = (f"{self.cheap.upper()} leaves {pct(_acc(cheap))} robust but {listing}: more budget lowers "
+                    f"it by {pts(drop)} (threshold {pts(limit)}), so the cheap evaluation has not converged; "
                     "evaluate with the larger budget (or more)")
         else:
-            text = (f"{self.cheap.upper()} leaves {_pct(_acc(cheap))} robust and {listing}: more budget lowers "
-                    f"it by {_pts(max(drop, 0.0))} at most (threshold {_pts(limit)})")
+            text = (f"{self.cheap.upper()} leaves {pct(_acc(cheap))} robust and {listing}: more budget lowers "
+                    f"it by {pts(max(drop, 0.0))} at most (threshold {pts(limit)})")
         return Check("attack-converged", "more steps, restarts and APGD do not help the defense",
-                     "flag" if flag else "pass", text, numbers, f"{_CARLINI}, Sec. 4.8 and 4.9")
+                     "flag" if flag else "pass", text, numbers, f"{CARLINI}, Sec. 4.8 and 4.9")
 
     def check_eot(self) -> Check:
-        source = f"{_CARLINI}, Sec. 4.6; {_ATHALYE}, EOT (Attacking Randomized Classifiers)"
+        source = f"{CARLINI}, Sec. 4.6; {ATHALYE}, EOT (Attacking Randomized Classifiers)"
         title = "the evaluation has converged in its EOT draws"
         if not self.randomized:
             return Check("eot-converged", title, "n/a", "the model is deterministic: there is no randomness to "
@@ -733,16 +393,16 @@ class _Checker:
         flag = drop > limit
         numbers = {"curve": [[a, b] for a, b in curve], "last_drop": drop, "threshold": limit}
         if flag:
-            text = (f"going from {n1:.0f} to {n2:.0f} EOT draws still lowers robust accuracy from {_pct(a1)} to "
-                    f"{_pct(a2)} ({_pts(drop)} > {_pts(limit)}): the expectation has not converged; attack with "
+            text = (f"going from {n1:.0f} to {n2:.0f} EOT draws still lowers robust accuracy from {pct(a1)} to "
+                    f"{pct(a2)} ({pts(drop)} > {pts(limit)}): the expectation has not converged; attack with "
                     "more draws")
         else:
-            text = (f"from {n1:.0f} to {n2:.0f} EOT draws robust accuracy moves from {_pct(a1)} to {_pct(a2)} "
-                    f"(threshold {_pts(limit)}): more draws no longer help")
+            text = (f"from {n1:.0f} to {n2:.0f} EOT draws robust accuracy moves from {pct(a1)} to {pct(a2)} "
+                    f"(threshold {pts(limit)}): more draws no longer help")
         return Check("eot-converged", title, "flag" if flag else "pass", text, numbers, source)
 
     def check_bpda(self) -> Check:
-        source = f"{_ATHALYE}, BPDA (Backward Pass Differentiable Approximation); {_CARLINI}, Sec. 4.7"
+        source = f"{ATHALYE}, BPDA (Backward Pass Differentiable Approximation); {CARLINI}, Sec. 4.7"
         title = "the evaluation's gradients are not beaten by the other kind (BPDA vs plain)"
         layers = bpda_layers(self.model)
         if not layers:
@@ -759,15 +419,15 @@ class _Checker:
         numbers = {"evaluation_gradients": self.bpda or "plain", "other": other or "plain", self.cheap: a_mine,
                    alt: a_alt, "difference": drop, "threshold": limit, "bpda_layers": len(layers)}
         if flag and other is not None:
-            text = (f"with BPDA ({other}) {self.cheap.upper()} leaves {_pct(a_alt)} robust, with plain gradients "
-                    f"{_pct(a_mine)} ({_pts(drop)} > {_pts(limit)}): the {len(layers)} non-differentiable "
+            text = (f"with BPDA ({other}) {self.cheap.upper()} leaves {pct(a_alt)} robust, with plain gradients "
+                    f"{pct(a_mine)} ({pts(drop)} > {pts(limit)}): the {len(layers)} non-differentiable "
                     "layer(s) mask the plain gradients; evaluate with bpda=" + repr(other))
         elif flag:
-            text = (f"plain gradients leave {_pct(a_alt)} robust, BPDA ({self.bpda}) {_pct(a_mine)} "
-                    f"({_pts(drop)} > {_pts(limit)}): the chosen surrogate is weaker than the plain gradient")
+            text = (f"plain gradients leave {pct(a_alt)} robust, BPDA ({self.bpda}) {pct(a_mine)} "
+                    f"({pts(drop)} > {pts(limit)}): the chosen surrogate is weaker than the plain gradient")
         else:
-            text = (f"{mine} leaves {_pct(a_mine)} robust, {alt} {_pct(a_alt)}: the other gradient is not "
-                    f"stronger by more than {_pts(limit)}")
+            text = (f"{mine} leaves {pct(a_mine)} robust, {alt} {pct(a_alt)}: the other gradient is not "
+                    f"stronger by more than {pts(limit)}")
         return Check("bpda-vs-plain", title, "flag" if flag else "pass", text, numbers, source)
 
     def check_gradients(self) -> Check:
@@ -776,29 +436,29 @@ class _Checker:
         h = gradient_health(self.model, self.x, self.y, draws=draws, ratio=self.s.exploding_ratio, bpda=self.bpda)
         bad = []
         if h["zero"] > GRADIENT_FRACTION:
-            bad.append(f"{_pct(h['zero'])} all zero")
+            bad.append(f"{pct(h['zero'])} all zero")
         if h["nonfinite"] > GRADIENT_FRACTION:
-            bad.append(f"{_pct(h['nonfinite'])} non-finite")
+            bad.append(f"{pct(h['nonfinite'])} non-finite")
         if h["exploding"] > self.s.exploding_fraction:
-            bad.append(f"{_pct(h['exploding'])} exploding")
+            bad.append(f"{pct(h['exploding'])} exploding")
         numbers = {**h, "draws": draws, "zero_limit": GRADIENT_FRACTION, "nonfinite_limit": GRADIENT_FRACTION,
                    "exploding_limit": self.s.exploding_fraction, "exploding_ratio": self.s.exploding_ratio,
                    "bpda": self.bpda}
         where = f"{h['evaluations']} per-image cross-entropy gradients at the clean images" + (
             f" ({draws} draws each)" if draws > 1 else "")
         if bad:
-            text = (f"of {where}, {', '.join(bad)} (limits {_pct(GRADIENT_FRACTION)} zero or non-finite, "
-                    f"{_pct(self.s.exploding_fraction)} above {self.s.exploding_ratio:g} times the median): "
+            text = (f"of {where}, {', '.join(bad)} (limits {pct(GRADIENT_FRACTION)} zero or non-finite, "
+                    f"{pct(self.s.exploding_fraction)} above {self.s.exploding_ratio:g} times the median): "
                     "gradient attacks cannot follow them; use BPDA, a smooth surrogate or a black-box attack")
         else:
-            text = (f"of {where}, {_pct(h['zero'])} are zero, {_pct(h['nonfinite'])} non-finite and "
-                    f"{_pct(h['exploding'])} exploding: within the limits")
+            text = (f"of {where}, {pct(h['zero'])} are zero, {pct(h['nonfinite'])} non-finite and "
+                    f"{pct(h['exploding'])} exploding: within the limits")
         return Check("gradient-health", "input gradients are neither zero, non-finite nor exploding",
-                     "flag" if bad else "pass", text, numbers, f"{_ATHALYE}, Sec. 3")
+                     "flag" if bad else "pass", text, numbers, f"{ATHALYE}, Sec. 3")
 
     def check_transfer(self) -> Check:
         title = "transfer attacks do not beat white-box ones"
-        source = f"{_CARLINI}, Sec. 4.5; {_ATHALYE}, Sec. 3.1"
+        source = f"{CARLINI}, Sec. 4.5; {ATHALYE}, Sec. 3.1"
         if "transfer" not in self.runs.results:
             why = ("no surrogate model was given (pass surrogate=, e.g. the undefended model or the defense with "
                    "its randomness fixed)" if self.surrogate is None else "the transfer check was switched off")
@@ -809,17 +469,17 @@ class _Checker:
         numbers = {"transfer": _acc(self.runs.results["transfer"]), "white_box_worst": acc_white,
                    "with_transfer": acc_both, "gain": gain, "images_only_transfer_broke": only, "threshold": limit}
         if flag:
-            text = (f"examples crafted on the surrogate lower the white-box worst case from {_pct(acc_white)} to "
-                    f"{_pct(acc_both)} ({_pts(gain)} > {_pts(limit)}; {only} images only transfer broke): the "
+            text = (f"examples crafted on the surrogate lower the white-box worst case from {pct(acc_white)} to "
+                    f"{pct(acc_both)} ({pts(gain)} > {pts(limit)}; {only} images only transfer broke): the "
                     "model's own gradients are worse guides than another model's")
         else:
-            text = (f"the transfer attack leaves {_pct(_acc(self.runs.results['transfer']))} robust and lowers the "
-                    f"white-box worst case {_pct(acc_white)} by {_pts(gain)} (threshold {_pts(limit)})")
+            text = (f"the transfer attack leaves {pct(_acc(self.runs.results['transfer']))} robust and lowers the "
+                    f"white-box worst case {pct(acc_white)} by {pts(gain)} (threshold {pts(limit)})")
         return Check("white-box-beats-transfer", title, "flag" if flag else "pass", text, numbers, source)
 
     def check_disagreement(self) -> Check:
         title = "draws of a randomized model agree, or the evaluation takes their expectation"
-        source = f"{_GAO}; {_CARLINI}, Sec. 4.6"
+        source = f"{GAO}; {CARLINI}, Sec. 4.6"
         if not self.randomized:
             return Check("draw-disagreement", title, "n/a", "the model is deterministic: every draw agrees", {},
                          source)
@@ -833,8 +493,8 @@ class _Checker:
         numbers: dict[str, Any] = {"draws": draws, "clean": float(clean.mean()),
                                    "attack_points": float(at_points.mean()) if at_points.numel() else None,
                                    "attacked_images": int(attacked.shape[0])}
-        measured = (f"two of {draws} draws disagree on {_pct(float(clean.mean()))} of (image, pair) at the clean "
-                    "images" + (f" and on {_pct(float(at_points.mean()))} at {self.cheap.upper()}'s points "
+        measured = (f"two of {draws} draws disagree on {pct(float(clean.mean()))} of (image, pair) at the clean "
+                    "images" + (f" and on {pct(float(at_points.mean()))} at {self.cheap.upper()}'s points "
                                 f"({attacked.shape[0]} images)" if at_points.numel() else ""))
         under = self.battery_result
         if under is None:

@@ -68,7 +68,7 @@ class DemoConfig:
     at_train_limit: int | None = 6_000
     at_steps: int = 5
     at_lr: float = 0.1
-    eval_n: int = 64
+    eval_n: int = 48
     battery: str = "standard"
     eval_batch_size: int = 100
     audit: str | None = "demo"
