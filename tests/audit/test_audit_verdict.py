@@ -202,3 +202,29 @@ def test_the_command_prints_the_verdict_last_and_writes_its_files(tmp_path, digi
     assert last == d["summary"]
     assert last == "TRUSTWORTHY" or last.startswith(("SUSPECT (", "BROKEN EVALUATION"))
     assert (out / "audit.md").exists() and robustlab.evaluate.Ledger(out / "ledger.sqlite").get(1).n == 8
+
+
+# --- the checklist's toys, through the whole audit ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["step", "rounded", "softmax", "phase-noise", "noise-without-eot"])
+def test_the_audit_flags_each_toy_and_its_worst_case_reaches_the_truth(name):
+    """The toys of test_audit_checks (no nn.Linear head, so no binarization test: binarization_n=0)
+    audited whole: the verdict is SUSPECT with the toy's flags, and the audit's worst case (the
+    evaluation under audit and every checklist attack) is within a few points of the closed form."""
+    from dataclasses import replace
+
+    from audit_toys import truth
+    from test_audit_checks import RANDOM_TOL, TOYS, WORST_TOL
+
+    case = TOYS[name](0)
+    model = case.model.eval()
+    res = audit(model, case.x, case.y, threat=THREAT, evaluation=case.battery or create_attack("apgd-ce", THREAT),
+                settings=replace(audit_settings("quick"), binarization_n=0), seed=0, **case.kwargs)
+    assert res.summary.startswith("SUSPECT (") and res.binarization is None
+    assert case.must_flag <= {c.code for c in res.flags}
+    true = float(truth(model, case.x, case.y).mean())
+    if case.random:
+        assert abs(res.worst - true) <= RANDOM_TOL, (res.worst, true)
+    else:
+        assert true - 1e-9 <= res.worst <= true + WORST_TOL, (res.worst, true)

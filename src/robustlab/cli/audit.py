@@ -48,7 +48,7 @@ def audit(
     eps: Annotated[str | None, typer.Option(help="attack radius in [0, 1] pixels, e.g. 0.1 or 8/255 (default: the dataset's for the norm)")] = None,
     norm: Norm = None,
     bpda: Annotated[str | None, typer.Option(help="BPDA for every gradient attack: identity, smooth or bypass (as the evaluation under audit uses it)")] = None,
-    profile: Annotated[str, typer.Option(help="quick (the cheap checklist; binarization on 16 images, 49 inner points), demo (smaller still: the checklist on 16 images, binarization on 8) or full (the reference's 999 inner points on 100 images, the whole checklist; slow)")] = "quick",
+    profile: Annotated[str, typer.Option(help="quick (the cheap checklist; binarization on 16 images, 49 inner points), demo (smaller still: the checklist on 12 images, binarization on 6) or full (the reference's 999 inner points on 100 images, the whole checklist; slow)")] = "quick",
     out: Annotated[Path | None, typer.Option(help="folder for audit.md, audit.json and the plots (default: runs/audit/<checkpoint name>)")] = None,
     surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model for the transfer check")] = None,
     draws: Annotated[int, typer.Option(min=1, help="randomized models: fresh draws per estimate")] = VERDICT_DRAWS,

@@ -145,7 +145,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(min=1, help="epochs of the standard model")] = 3,
     at_epochs: Annotated[int, typer.Option(min=1, help="epochs of the PGD-AT model")] = 3,
-    train_limit: Annotated[int, typer.Option(min=1, help="training images of the standard model (a stratified subset; 60000: all of Fashion-MNIST)")] = 30_000,
+    train_limit: Annotated[int, typer.Option(min=1, help="training images of the standard model (a stratified subset; 60000: all of Fashion-MNIST)")] = 20_000,
     at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 6_000,
     test_limit: Annotated[int | None, typer.Option(min=1, help="test on a subset (default: all 10,000)")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 48,
