@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..audit import AuditResult
     from .study import StudyConfig
 
-__all__ = ["AUDIT_INTRO", "audit_columns", "audit_evaluation", "audit_row", "audit_rows", "audit_section", "audit_summary"]
+__all__ = ["AUDIT_INTRO", "audit_columns", "split_audits", "audit_evaluation", "audit_row", "audit_rows", "audit_section", "audit_summary"]
 
 
 def audit_evaluation(model: nn.Module, data: Any, result: EvalResult, evaluation: Battery | str, *,
@@ -104,6 +104,12 @@ def audit_columns(cfg: StudyConfig, offered: Mapping[str, Column]) -> tuple[Colu
                          "set audited to those roles (or None for all)")
     return tuple(Column(f"audit-{c.name}", "audit", f"Audit: {c.header}", {"column": c.name, "profile": cfg.audit})
                  for role, c in offered.items() if cfg.audited is None or role in cfg.audited)
+
+
+def split_audits(cols: Sequence[Column]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of ``cols``: the evaluations, then the audits (a recipe's jobs run the audits last,
+    on the rows it audits)."""
+    return tuple(c.name for c in cols if c.kind != "audit"), tuple(c.name for c in cols if c.kind == "audit")
 
 
 def audit_rows(records: Sequence[Record], folder: str = "") -> list[dict[str, str]]:

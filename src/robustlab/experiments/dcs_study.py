@@ -23,7 +23,7 @@ from ..core.errors import InputError
 from ..core.markdown import markdown_table
 from ..core.randomness import seed_stochastic
 from ..defenses.dcs import dcs_layers
-from .audits import audit_columns
+from .audits import audit_columns, split_audits
 from .claims import WORST, Claim, Side
 from .columns import Column, pgd_settings
 from .figures import FigureContext, input_width, spread, spread_text
@@ -118,14 +118,12 @@ def training(cfg: DcsStudyConfig, objective: str) -> TrainSpec:
 
 
 def columns(cfg: DcsStudyConfig) -> tuple[Column, ...]:
-    """Every column at ``cfg.eps`` (Sec. 5.1): the paper's protocol (Algorithm 2, ``dcs-paper``:
-    crafted on one sampled path, judged on a fresh one; also the transfer from the fixed-path twin,
-    hence no ``"twin"`` column) and the honest one (EOT, AA ``rand``, Square, transfer); with
-    ``cfg.audit``, the audits of the paper's protocol and of EOT-PGD on DCS + GSAT."""
+    """Every column at ``cfg.eps`` (Sec. 5.1): the paper's protocol (Algorithm 2, ``dcs-paper``: one sampled
+    path, judged on a fresh one; also the fixed-path twin's transfer, hence no ``"twin"`` column), the honest
+    one (EOT, AA ``rand``, Square, transfer), and with ``cfg.audit`` the audits of both on DCS + GSAT."""
     step = cfg.attack_step_fraction * cfg.eps
     pgd = lambda eot: pgd_settings(cfg.attack_steps, step, early_stop=False, eot=eot)  # noqa: E731
-    cols = (
-        Column("clean", "clean", "Clean"),
+    cols = (Column("clean", "clean", "Clean"),
         Column("paper", "battery", f"Paper's protocol: fixed-path PGD-{cfg.attack_steps}",
                {"battery": "dcs-paper", "options": {"steps": cfg.attack_steps, "step_size": step}}, deterministic="pgd"),
         Column("pgd", "pgd", f"PGD-{cfg.attack_steps} (a new path every forward)", pgd(0)),
@@ -134,10 +132,8 @@ def columns(cfg: DcsStudyConfig) -> tuple[Column, ...]:
         Column("square-eot", "square", f"Square {cfg.square_queries} (expected margin)",
                {"queries": cfg.square_queries, "p_init": 0.8, "eot": cfg.square_eot}),
         Column("transfer-at", "transfer", f"Transfer: PGD-{cfg.attack_steps} on PGD-AT",
-               {"source": BASELINE, "attack": "pgd"}),
-    )
-    by = {c.name: c for c in cols}
-    return (*cols, *audit_columns(cfg, {"paper": by["paper"], "adaptive": by["eot"]}))
+               {"source": BASELINE, "attack": "pgd"}))
+    return (*cols, *audit_columns(cfg, {"paper": cols[1], "adaptive": cols[3]}))
 
 
 def plan(cfg: DcsStudyConfig, baseline: str | None = None) -> Plan:
@@ -159,8 +155,7 @@ def plan(cfg: DcsStudyConfig, baseline: str | None = None) -> Plan:
     layer_rows = [Variant(f"{GSAT} at conv {layer}", Train(cfg.model, gsat, (dcs(cfg, layers=(layer,)),)), per_seed)
                   for layer in cfg.layer_ablation if (layer,) != tuple(cfg.layers)]
     cols = columns(cfg)
-    every = tuple(c.name for c in cols if c.kind != "audit")
-    audits, ablation_cols = tuple(c.name for c in cols if c.kind == "audit"), ("clean", "paper", "eot")
+    (every, audits), ablation_cols = split_audits(cols), ("clean", "paper", "eot")
     jobs = [(BASELINE, cfg.baseline_columns), (GSAT, every + audits), (DCS_AT, every if cfg.dcs_at_columns is None else cfg.dcs_at_columns),
             (ENSEMBLE, ablation_cols), *[(v.label, ablation_cols) for v in [*k_rows, *n_rows, *layer_rows]]]
     tables = [

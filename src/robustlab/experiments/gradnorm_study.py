@@ -21,7 +21,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from . import figures as fig
-from .audits import audit_columns
+from .audits import audit_columns, split_audits
 from .claims import Claim, Side
 from .columns import Column, pgd_settings
 from .prose import eps_text, images_text, norm_text, threat_text, train_images
@@ -104,8 +104,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(GradNormStudyConfig(profile="full", audit="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=50,
                                         train_limit=None, eval_batch_size=500, figure_n=256, curve_steps=100),
                     "hours on one GPU (not measured: no GPU lent yet)",
-                    "every table on the whole data, 50 epochs (Table 4.4's length), three seeds"),
-}
+                    "every table on the whole data, 50 epochs (Table 4.4's length), three seeds")}
 
 
 def label(method: str, activation: str) -> str:
@@ -161,9 +160,8 @@ def plan(cfg: GradNormStudyConfig, baseline: str | None = None) -> Plan:
     if baseline is not None:
         raise InputError("gradnorm-study trains every model with its own activation; it takes no --baseline")
     vs, cols = variants(cfg), columns(cfg)
-    jobs = tuple((v.label, tuple(c.name for c in cols if c.kind != "audit")) for v in vs)
-    # the audit of the first GradNorm model's AutoAttack evaluation
-    jobs += ((vs[0].label, tuple(c.name for c in cols if c.kind == "audit")),) if cfg.audit else ()
+    evaluations, audits = split_audits(cols)  # the audit: the first GradNorm model's AutoAttack
+    jobs = (*[(v.label, evaluations) for v in vs], *([(vs[0].label, audits)] if audits else []))
     cells = tuple(Cell(c.name, c.header) for c in cols if c.kind != "audit")
     grid = tuple(label(m, a) for m in (GRADNORM, AT) for a in cfg.activations)
     thesis = "; ".join(f"{label(m, a)} {TABLE44[(m, a)][0]:.2f} / {TABLE44[(m, a)][1]:.2f}"

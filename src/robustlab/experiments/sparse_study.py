@@ -30,7 +30,7 @@ from ..core.randomness import seed_stochastic
 from ..data import as_tensors, get_info, load_dataset
 from ..defenses import dictionary
 from ..train.sparse import find_front_end
-from .audits import audit_columns
+from .audits import audit_columns, split_audits
 from .claims import WORST, Claim, Side
 from .columns import Column, make_attack, pgd_settings
 from .figures import FigureContext, first_conv_weight
@@ -140,13 +140,12 @@ def front_end(cfg: SparseStudyConfig, *, top_t: int | None = None, dropout_p: fl
 
 
 def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
-    """Every column, the paper's attack settings spelled out (Sec. 5, "Default attack parameters");
-    with ``cfg.audit``, the audits of the paper's W-NFGA (smooth) and of AA rand + BPDA on the defense."""
+    """Every column, the paper's attack settings spelled out (Sec. 5, "Default attack parameters"), and
+    with ``cfg.audit`` the audits of W-NFGA smooth (the paper's) and AA rand + BPDA on the defense."""
     def paper(bpda: str | None, normalize: bool = False, eot: int | None = None) -> dict[str, Any]:
         return pgd_settings(cfg.attack_steps, cfg.attack_step_fraction * cfg.eps, random_start=False, early_stop=False,
                             eot=cfg.eot if eot is None else eot, eot_normalize=normalize, bpda=bpda)
-    cols = (
-        Column("clean", "clean", "Clean"),
+    cols = (Column("clean", "clean", "Clean"),
         Column("pgd", "pgd", f"PGD-{cfg.attack_steps}", paper(None, eot=0)),
         Column("w-nfga-id", "pgd", "W-NFGA identity", paper("identity"), deterministic="pgd"),
         Column("w-nfga-smooth", "pgd", "W-NFGA smooth", paper("smooth"), deterministic="pgd"),
@@ -156,10 +155,8 @@ def columns(cfg: SparseStudyConfig) -> tuple[Column, ...]:
         Column("b-t", "transfer", "B-T", {"source": "PGD-AT", "attack": "pgd"}),
         Column("aa-rand", "autoattack", "AA rand + BPDA", {"version": "rand", "eot": cfg.aa_eot, "bpda": "smooth"}),
         Column("square-eot", "square", "Square (expected margin)",
-               {"queries": cfg.square_queries, "p_init": 0.8, "eot": cfg.square_eot}),
-    )
-    by = {c.name: c for c in cols}
-    return (*cols, *audit_columns(cfg, {"paper": by["w-nfga-smooth"], "adaptive": by["aa-rand"]}))
+               {"queries": cfg.square_queries, "p_init": 0.8, "eot": cfg.square_eot}))
+    return (*cols, *audit_columns(cfg, {"paper": cols[3], "adaptive": cols[8]}))  # W-NFGA smooth, AA rand
 
 
 def plan(cfg: SparseStudyConfig, baseline: str | None = None) -> Plan:
@@ -186,8 +183,7 @@ def plan(cfg: SparseStudyConfig, baseline: str | None = None) -> Plan:
     tp = [Variant(f"{OURS} T={t} p={p:g}", Train(cfg.model, train, (front_end(cfg, top_t=t, dropout_p=p),)))
           for t, p in cfg.tp_variants]
     cols = columns(cfg)
-    every = tuple(c.name for c in cols if c.name != "pgd" and c.kind != "audit")
-    audits = tuple(c.name for c in cols if c.kind == "audit")
+    every, audits = split_audits([c for c in cols if c.name != "pgd"])
     jobs = [(TWIN, every if cfg.twin_attacks else ("clean",)), (OURS, every + audits), *[(v.label, every) for v in [*ablations, *tp]],
             *[(v.label, ("clean", "pgd", "aa-rand", "square-eot")) for v in baselines]]
     tables = [Table("table1", "Table 1 analogue: the defense under every attack mode",
@@ -273,8 +269,7 @@ def claims(cfg: SparseStudyConfig, ablations: list[Variant], tp: list[Variant]) 
         Claim("The library's AA rand + BPDA vs the paper's strongest (PW-T)", "not in the paper",
               Side(OURS, "aa-rand"), Side(OURS, "pw-t"), "describe"),
         Claim("The clean accuracy cost of the defense against PGD-AT", "80.06 vs 87.x (PGD-AT), Table 3",
-              Side(OURS, "clean"), Side("PGD-AT", "clean"), "describe"),
-    ]
+              Side(OURS, "clean"), Side("PGD-AT", "clean"), "describe")]
     rows += [Claim(f"Each component raises robustness: full defense vs {v.label[len(OURS) + 1:]}",
                    "Table 2: every ablation loses worst-case accuracy", Side(OURS, WORST), Side(v.label, WORST))
              for v in ablations]
