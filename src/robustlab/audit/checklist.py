@@ -18,7 +18,7 @@ from ..evaluate import (
     battery_threat,
 )
 
-__all__ = ["CHECK_CODES", "EXPLODING_RATIO", "TOLERANCE", "Check", "CheckSettings", "Checklist", "Status"]
+__all__ = ["CHECK_CODES", "EXPLODING_RATIO", "TOLERANCE", "Check", "CheckSettings", "Checklist", "Status", "result_summary"]
 
 Status = Literal["pass", "flag", "n/a"]
 
@@ -183,6 +183,12 @@ class Check:
                    dict(d.get("numbers", {})), str(d.get("source", "")))
 
 
+def result_summary(r: EvalResult) -> dict[str, Any]:
+    """One evaluation in a few JSON-ready numbers: robust and clean accuracy, threat, time, warnings."""
+    return {"robust_acc": r.robust_acc, "clean_acc": r.clean_acc, "threat": battery_threat(r.config),
+            "seconds": r.seconds, "warnings": [w.code for w in r.warnings]}
+
+
 @dataclass
 class Checklist:
     """The outcome of :func:`run_checks`.
@@ -234,10 +240,7 @@ class Checklist:
             "settings": dict(self.settings),
         }
         if results:
-            out["results"] = {label: {"robust_acc": r.robust_acc, "clean_acc": r.clean_acc,
-                                      "threat": battery_threat(r.config), "seconds": r.seconds,
-                                      "warnings": [w.code for w in r.warnings]}
-                              for label, r in self.results.items()}
+            out["results"] = {label: result_summary(r) for label, r in self.results.items()}
         return out
 
     @classmethod

@@ -36,7 +36,7 @@ from ..core.checks import check_int
 from ..core.errors import InputError
 from ..core.randomness import is_frozen, stochastic_layers
 
-__all__ = ["Readout", "binarized", "features", "features_and_outputs", "find_head"]
+__all__ = ["Readout", "binarized", "features", "features_and_outputs", "find_head", "frozen_path"]
 
 _BATCH = 256
 
@@ -150,7 +150,7 @@ def _capture(module: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
         handle.remove()
 
 
-def _frozen_path(model: nn.Module) -> bool:
+def frozen_path(model: nn.Module) -> bool:
     """A frozen random model is one draw per batch shape: forward it one image at a time, as
     the attacks do (``attacks.model.ModelFn``), so the features see the attacks' path."""
     return is_frozen(model) and any(m.stochastic_active for m in stochastic_layers(model))
@@ -196,7 +196,7 @@ def features_and_outputs(
     batch_size = check_int(batch_size, "batch_size", 1)
     name = find_head(model, x[:1]) if head is None else head
     module = _module(model, name)
-    chunk = 1 if _frozen_path(model) else batch_size
+    chunk = 1 if frozen_path(model) else batch_size
     feats: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     for part in x.split(chunk):

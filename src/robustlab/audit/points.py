@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.geometry import enforce, linf_bounds, lp_norm
+from ..core.geometry import enforce, linf_bounds, lp_norm, random_point
 from ..core.types import ThreatModel
 
 
@@ -18,12 +18,15 @@ def _randn(gen: torch.Generator, shape: tuple[int, ...], like: torch.Tensor) -> 
     return torch.randn(shape, generator=gen, dtype=like.dtype).to(like.device)
 
 
-def in_ball(x: torch.Tensor, norm: str, radius: float, n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` points uniform in the ``radius`` ball around ``x`` (``(1, ...)``), clipped to [0, 1]
-    (clipping moves each coordinate toward ``x``, so the points stay in the ball)."""
+def uniform_in_ball(x: torch.Tensor, norm: str, radius: float, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` points uniform in the volume of the ``radius`` ball around ``x`` (``(1, ...)``),
+    clipped to [0, 1] (clipping moves each coordinate toward ``x``, so the points stay in the
+    ball). L-inf is PGD's start (:func:`robustlab.core.geometry.random_point`); L2 draws the radius
+    as ``r * u^(1/d)``, uniform in volume as the reference's inner points are, where PGD's start
+    is uniform in radius."""
     shape = (n, *x.shape[1:])
     if norm == "linf":
-        return (x + (2 * _rand(gen, shape, x) - 1) * radius).clamp(0.0, 1.0)
+        return random_point(x.expand(shape), "linf", radius, gen)
     d = _randn(gen, shape, x)
     d = d / lp_norm(d, "l2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     dims = x[0].numel()

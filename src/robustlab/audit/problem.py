@@ -22,8 +22,8 @@ from ..core.errors import InputError
 from ..core.randomness import is_frozen, seed_stochastic, stochastic_layers
 from ..core.types import ThreatModel
 from ..evaluate import derive_seed
-from .features import binarized, features_and_outputs, find_head
-from .points import in_ball, on_surface
+from .features import binarized, features_and_outputs, find_head, frozen_path
+from .points import on_surface, uniform_in_ball
 
 __all__ = ["READOUTS", "RESCALES", "BinarizationSettings", "BinarizedProblem", "binarize_sample"]
 
@@ -238,7 +238,7 @@ def binarize_sample(
         randomized = model_fn(model, x.expand(2, *x.shape[1:])).randomness in ("protocol", "detected")
     eps = float(threat.eps)
     gen = generator_for(seed, index, "points")
-    inner = torch.cat([x, in_ball(x, threat.norm, settings.eta * eps, settings.inner, gen)])
+    inner = torch.cat([x, uniform_in_ball(x, threat.norm, settings.eta * eps, settings.inner, gen)])
     boundary = on_surface(x, threat.norm, eps, settings.boundary, gen, corners=settings.corners)
     far_off = on_surface(x, threat.norm, settings.xi * eps, settings.far_off, gen)
     points = torch.cat([inner, boundary, far_off])
@@ -321,8 +321,7 @@ def binarize_sample(
 def class_one_votes(model: nn.Module, points: torch.Tensor, draws: int, batch_size: int) -> torch.Tensor:
     """Per point, the fraction of ``draws`` forwards of the binarized model that say class 1
     (a frozen random model is forwarded one image at a time, as attacks see it)."""
-    frozen_path = is_frozen(model) and any(m.stochastic_active for m in stochastic_layers(model))
-    chunk = 1 if frozen_path else batch_size
+    chunk = 1 if frozen_path(model) else batch_size
     votes = torch.zeros(len(points))
     for _ in range(draws):
         pred = torch.cat([logits_of(model(p)).argmax(dim=1).cpu() for p in points.split(chunk)])
@@ -339,7 +338,7 @@ def random_success_of(
     randomized model: for most of ``draws`` fresh draws)."""
     n = settings.random_points
     eps = float(threat.eps)
-    parts = [on_surface(x, threat.norm, eps, n, gen), in_ball(x, threat.norm, eps, n, gen)]
+    parts = [on_surface(x, threat.norm, eps, n, gen), uniform_in_ball(x, threat.norm, eps, n, gen)]
     if threat.norm == "linf":
         parts.append(on_surface(x, threat.norm, eps, n, gen, corners=True))
     votes = class_one_votes(model, torch.cat(parts), draws if randomized else 1, batch_size)

@@ -38,6 +38,7 @@ from ..core.errors import InputError
 from ..core.types import ThreatModel
 from ..evaluate import Battery, EvalResult, battery_threat, model_name, run_battery
 from .binarization import BinarizationResult, BinarizationSettings, binarization_test
+from .checklist import result_summary
 from .checks import Check, Checklist, CheckSettings, run_checks
 from .features import find_head
 
@@ -68,19 +69,7 @@ class AuditSettings:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"profile": self.profile, "binarization_n": self.binarization_n, "checks_n": self.checks_n,
-                "checks": _plain(self.checks), "binarization": _plain(self.binarization)}
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
+                "checks": dataclasses.asdict(self.checks), "binarization": self.binarization.to_dict()}
 
 
 def _quick() -> AuditSettings:
@@ -209,7 +198,7 @@ class AuditResult:
             "flags": [c.code for c in self.flags],
             "checks": [c.to_dict() for c in self.checklist.checks],
             "curves": {k: [list(p) for p in v] for k, v in self.checklist.curves.items()},
-            "evaluations": {label: _eval_summary(res) for label, res in self.evaluations().items()},
+            "evaluations": {label: result_summary(res) for label, res in self.evaluations().items()},
             "binarization": None if self.binarization is None else self.binarization.to_dict(),
             "randomness": self.evaluation_result.randomness,
             "seconds": self.seconds,
@@ -219,11 +208,6 @@ class AuditResult:
     def evaluations(self) -> dict[str, EvalResult]:
         """Every evaluation the audit ran, the one under audit first."""
         return {self.evaluation: self.evaluation_result, **self.checklist.results}
-
-
-def _eval_summary(r: EvalResult) -> dict[str, Any]:
-    return {"robust_acc": r.robust_acc, "clean_acc": r.clean_acc, "threat": battery_threat(r.config),
-            "seconds": r.seconds, "warnings": [w.code for w in r.warnings]}
 
 
 def _label(evaluation: Battery | Attack | str) -> str:

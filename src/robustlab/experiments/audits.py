@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..attacks import logits_of
 from ..core.bpda import BPDAMode
 from ..core.errors import InputError
 from ..core.markdown import format_pct, markdown_table
@@ -50,7 +49,8 @@ def audit_evaluation(model: nn.Module, data: Any, result: EvalResult, evaluation
     x, y = Samples(data, result.n, seed).batch(0, result.n)
     res = audit(model, x.to(device), y.to(device), threat=threat, evaluation=evaluation,
                 settings=audit_settings(profile), seed=seed, bpda=bpda, evaluation_result=result, name=name)
-    write_audit(res, folder, num_classes=int(logits_of(model(x[:1].to(device))).shape[1]))
+    info = getattr(data, "info", None)  # a dataset knows its classes; the chance line needs them
+    write_audit(res, folder, num_classes=getattr(info, "num_classes", None))
     return res
 
 
