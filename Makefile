@@ -1,6 +1,7 @@
 # robustlab: `make demo` runs the main job on Fashion-MNIST; `make test` runs the checks and tests.
 # Both bootstrap what they need on a fresh Debian machine with Python >= 3.10: a .venv here,
-# torch + torchvision, robustlab in editable mode with dev extras, and the Fashion-MNIST files.
+# torch + torchvision, robustlab in editable mode with dev extras, and the Fashion-MNIST files;
+# `make pytest` also installs Debian's chromium + chromium-driver when it can (the browser tests skip without).
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robustlab-installed
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint typecheck pytest data install clean-venv
+.PHONY: demo test lint typecheck pytest data browser install clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +29,9 @@ $(STAMP): pyproject.toml | $(PY)
 data:
 	bash scripts/ensure-data.sh
 
+browser:
+	bash scripts/ensure-browser.sh
+
 demo: $(STAMP) data
 	$(VENV)/bin/robustlab demo
 
@@ -37,7 +41,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy src
 
-pytest: $(STAMP) data
+pytest: $(STAMP) data browser
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..core.plots import write_figure
+
 __all__ = ["plot_histogram", "plot_lines", "pyplot", "save_figure"]
 
 
@@ -23,10 +25,11 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
-    """Lay ``fig`` out tightly, write it to ``path`` at ``dpi`` and close it; returns the path."""
+    """Lay ``fig`` out tightly, write it to ``path`` at ``dpi`` (and an SVG twin beside it,
+    :func:`~robustlab.core.plots.write_figure`) and close it; returns the path."""
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=dpi)
+    write_figure(fig, out, dpi)
     pyplot().close(fig)
     return out
 

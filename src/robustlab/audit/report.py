@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..core.checkpoint import write_text_atomic
 from ..core.markdown import format_pct, markdown_table
+from ..core.plots import write_figure
 from ..evaluate.result import format_eps
 from .verdict import AuditResult
 
@@ -24,7 +25,7 @@ _STATUS = {"pass": "pass", "flag": "**FLAG**", "n/a": "n/a"}
 
 def plot_curve(points: Sequence[Sequence[float]], path: Path, xlabel: str, title: str,
                chance: float | None = None, log_x: bool = False) -> None:
-    """Robust accuracy (%) against ``xlabel`` as a PNG, written atomically."""
+    """Robust accuracy (%) against ``xlabel`` as a PNG and its SVG twin, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,11 +43,8 @@ def plot_curve(points: Sequence[Sequence[float]], path: Path, xlabel: str, title
     ax.set_ylim(-2, 102)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def audit_markdown(result: AuditResult, plots: dict[str, str] | None = None) -> str:

@@ -18,9 +18,10 @@ from torch import nn
 from ..analysis import gradients
 from ..core.checkpoint import write_text_atomic
 from ..core.errors import InputError
+from ..core.plots import write_figure
 from ..data import as_tensors
 from .columns import EvalContext
-from .records import RecordStore, slugify
+from .records import Lookup, RecordStore, WorstOf, slugify
 from .report import epoch_seconds
 from .stats import unpaired
 
@@ -37,6 +38,11 @@ class FigureContext:
     out: Path
     model_of: Callable[[str, int], nn.Module]
     ctx: EvalContext
+    get: Lookup | None = None
+    """The run's records: ``(variant, seed, column) -> Record | None``."""
+    worst_of: WorstOf | None = None
+    """Per (variant, seed), the per-image worst case over every attack of the row."""
+    seeds: tuple[int, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -144,8 +150,7 @@ def curve_plot(curves: Mapping[str, list[dict[str, float]]], path: Path, xlabel:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
