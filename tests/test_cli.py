@@ -94,13 +94,13 @@ def test_run_list_names_every_study_with_its_profiles_and_time():
     assert "about 2.5 min on 2 CPU" in r.output and "hours on one GPU" in r.output
     r = runner.invoke(app, ["run"])
     assert r.exit_code == 2 and r.output.strip() == (
-        "error: name a study to run: dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
+        "error: name a study to run: arena, dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
         "(robustlab run --list)")
 
 
 def test_run_rejects_unknown_recipe_and_profile(tmp_path):
     r = runner.invoke(app, ["run", "sd-studdy", "--out", str(tmp_path / "a")])
-    assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: dcs-study, gradnorm-study, sd-study," in r.output
+    assert r.exit_code != 0 and "unknown recipe 'sd-studdy'; known recipes: arena, dcs-study, gradnorm-study, sd-study," in r.output
     r = runner.invoke(app, ["run", "sd-study", "--profile", "huge", "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "known profiles: quick, cpu, full" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -177,11 +177,11 @@ def test_run_describe_tells_the_paper_profiles_and_settings():
 def test_run_describe_refuses_an_unknown_study_in_one_line():
     r = runner.invoke(app, ["run", "sd-studdy", "--describe"])
     assert r.exit_code == 2 and r.output.strip() == (
-        "error: unknown recipe 'sd-studdy'; known recipes: dcs-study, gradnorm-study, sd-study, sparse-study, "
+        "error: unknown recipe 'sd-studdy'; known recipes: arena, dcs-study, gradnorm-study, sd-study, sparse-study, "
         "strides-study")
     r = runner.invoke(app, ["run", "--describe"])
     assert r.exit_code == 2 and r.output.strip() == (
-        "error: name a study to describe: dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
+        "error: name a study to describe: arena, dcs-study, gradnorm-study, sd-study, sparse-study, strides-study "
         "(robustlab run --list)")
 
 
@@ -197,7 +197,7 @@ def test_convert_has_a_flag_for_every_option_a_method_declares():
 @pytest.mark.parametrize("choice, message", [
     ("sd-study", "--study takes NAME=PROFILE (e.g. sd-study=none), got 'sd-study'"),
     ("nope=none", "--study: unknown demo study 'nope'; the demo's studies: sd-study, strides-study, sparse-study, "
-                  "dcs-study, gradnorm-study"),
+                  "dcs-study, gradnorm-study, arena"),
     ("sd-study=huge", "unknown sd-study profile 'huge'; known profiles: quick, cpu, full"),
 ])
 def test_demo_study_choices_come_from_the_registry_and_fail_before_training(tmp_path, choice, message):

@@ -37,6 +37,8 @@ BEFORE = {
                        "resnet-mini with its activations swapped (ReLU, GELU), trained from scratch with GradNorm (Eq. "
                        "4.1, double backprop) and with PGD-3 AT, plus a natural and an EdgeAlign GELU model, all with "
                        "the thesis' AdamW recipe; L-inf eps = 0.1."),
+    "arena": ("The arena", "Every defense the studies below trained, side by side under one adaptive battery (L-inf "
+                           "eps = 0.1, 32 images): the answer first, the details after."),
 }
 
 
@@ -46,7 +48,9 @@ def test_the_demo_runs_the_studies_its_recipes_declare_in_their_order():
     parts = {s.name: s.demo for s in studies}
     assert {n: p.baseline for n, p in parts.items()} == {"sd-study": "standard", "strides-study": None,
                                                          "sparse-study": "pgd-at", "dcs-study": "pgd-at",
-                                                         "gradnorm-study": None}
+                                                         "gradnorm-study": None, "arena": None}
+    # the arena loads the models the demo and the studies made, and audits them (the studies do not, in the demo)
+    assert {n for n, p in parts.items() if p.reuse is not None} == {n for n, p in parts.items() if p.audits} == {"arena"}
     assert {n: p.inherits for n, p in parts.items() if p.inherits != ("dataset", "model")} == {
         "strides-study": ("dataset",)}  # its stride patterns are resnet-mini's
     assert all(p.profile == "quick" for p in parts.values())
@@ -91,7 +95,7 @@ def test_a_recipe_with_a_demo_part_joins_the_demo_and_an_unknown_study_is_refuse
     registry.register("no-demo", Study("no-demo", "Not in the demo", "x.txt", {}, extra.plan, extra.intro))
     monkeypatch.setattr(demo_module, "STUDIES", registry)
     assert [s.name for s in demo_studies()] == ["sd-study", "strides-study", "new-study", "sparse-study",
-                                                "dcs-study", "gradnorm-study"]  # order 3 ties: by name
+                                                "dcs-study", "gradnorm-study", "arena"]  # order 3 ties: by name
     with pytest.raises(UnknownNameError, match="unknown study 'nope'"):
         run_demo(tmp_path, DemoConfig(studies={"nope": "quick"}))
     assert not any(tmp_path.iterdir())  # refused before any training
@@ -120,11 +124,15 @@ TINY_GRADNORM = study_config(
     "gradnorm-study", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8, activations=("gelu",),
     natural=False, edge_align=False, epochs=1, train_limit=64, batch_size=32, pgd_steps=2, at_steps=1, figure_n=0,
 )
+TINY_ARENA = study_config(
+    "arena", "quick", dataset="digits", eval_n=8, clean_n=40, eval_batch_size=8, aa_eot=1, square_queries=4,
+    square_eot=1, paper_steps=2, paper_eot=1,
+)
 TINY = DemoConfig(
     dataset="digits", epochs=1, at_epochs=1, batch_size=64, train_limit=512, at_train_limit=256,
     test_limit=200, eval_n=60, battery="quick", eval_batch_size=30, at_steps=2,
     studies={"sd-study": TINY_SD, "strides-study": TINY_STRIDES, "sparse-study": TINY_SPARSE, "dcs-study": TINY_DCS,
-             "gradnorm-study": TINY_GRADNORM},
+             "gradnorm-study": TINY_GRADNORM, "arena": TINY_ARENA},
 )
 
 
@@ -140,14 +148,22 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     assert "resnet-mini (pgd-at)" in report and "worst case (%)" in report and "60 attacked" in report
     assert json.loads((tmp_path / "results.json").read_text())["eval_n"] == 60
     rows = Ledger(tmp_path / "ledger.sqlite").rows()
-    assert len(rows) == 3  # both evaluations and the audit of PGD-AT's (its worst case, with the verdict)
-    audit_row = json.loads((tmp_path / "audit" / "pgd-at" / "audit.json").read_text())
-    assert rows[2].robust_acc == pytest.approx(audit_row["worst"]) and audit_row["worst"] <= rows[1].robust_acc
-    # one audit table: PGD-AT's evaluation and each randomized study's adaptive evaluation
+    assert len(rows) == 2  # the first look at both models; AutoAttack and the audits are the arena's
+    # the report opens with the arena's answer, one row per model the demo and the studies made
+    assert report.index("## The arena: the answer (quick profile)") < report.index("## Clean and robust accuracy")
+    answer = report.split("## The arena: the answer (quick profile)")[1].split("\n## ")[0]
+    arena_rows = ["Standard", "PGD-AT", "SD", "Sparse encoder", "Shrunk strides + TRADES", "GradNorm GELU", "DCS + GSAT"]
+    assert [line.split(" | ")[0].lstrip("| ") for line in answer.splitlines() if line.startswith("| ")][1:] == arena_rows
+    arena_cfg = json.loads((tmp_path / "arena" / "config.json").read_text())["config"]
+    assert dict(arena_cfg["reuse"])["PGD-AT"] == str(tmp_path / "pgd-at" / "model.safetensors")
+    assert not (tmp_path / "arena" / "models" / "pgd-at" / "shared" / "model.safetensors").exists()  # loaded, not trained
+    # one audit table: every arena row's adaptive evaluation, audited once (the studies ran without theirs)
     audits = report.split("## Audits\n\n")[1].split("\n## ")[0]
     models = [line.split(" | ")[0].lstrip("| ") for line in audits.splitlines() if line.startswith("| ")][1:]
-    assert models == ["resnet-mini (pgd-at)", "SD", "Ours", "DCS + GSAT"], audits
-    assert audit_row["summary"] in audits
+    assert models == sorted(arena_rows), audits
+    assert not list((tmp_path / "sd-study").glob("audits/*"))
+    audit_row = json.loads((tmp_path / "arena" / "audits" / "pgd-at" / "seed0" / "audit-aa" / "audit.json").read_text())
+    assert audit_row["summary"] in audits and (tmp_path / "report.html").exists()
     # the study's quick profile ran on the demo's standard model and its Table 1 is in the report
     table1 = report.split("Stochastic Downsampling study (quick profile)")[1]
     rows = [line.split(" | ")[0] for line in table1.split("\n\n| claim |")[0].splitlines() if line.startswith("| ")]
@@ -187,6 +203,6 @@ def test_demo_trains_both_models_attacks_them_and_reports(tmp_path):
     for a, b in zip(r["models"], again["models"], strict=True):
         assert a["clean_accuracy"] == b["clean_accuracy"]
         assert a["robust_accuracy"] == b["robust_accuracy"]
-    # each resumed evaluation adds its row again; the finished audit is read back, not re-run
-    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 5
+    # each resumed evaluation adds its row again; the finished audits are read back, not re-run
+    assert len(Ledger(tmp_path / "ledger.sqlite").rows()) == 4
     assert again["audits"] == r["audits"]

@@ -149,7 +149,7 @@ def demo(
     at_train_limit: Annotated[int, typer.Option(min=1, help="training images of the PGD-AT model")] = 6_000,
     test_limit: Annotated[int | None, typer.Option(min=1, help="test on a subset (default: all 10,000)")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test images the attack battery runs on")] = 48,
-    battery: Annotated[str, typer.Option(help=f"attack battery: {BATTERY_NAMES}")] = "standard",
+    battery: Annotated[str, typer.Option(help=f"first-look battery on the two models (the arena runs AutoAttack on them): {BATTERY_NAMES}")] = "quick",
     study_choices: Annotated[list[str] | None, typer.Option(
         "--study", help="NAME=PROFILE: run this profile of a study in the demo, or NAME=none to leave it out; repeatable "
              "(default: each study's demo profile; robustlab run --list names them)")] = None,

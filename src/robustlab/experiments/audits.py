@@ -72,7 +72,7 @@ def _audit(ctx: EvalContext, model: nn.Module, column: Column, variant: str, see
     # the audited column's own evaluation: read back from the run's state when it already ran
     evaluated = run_battery(model, ctx.eval_set, battery, threat=ctx.threat, n=len(ctx.eval_set),
                             batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device,
-                            state_dir=ctx.out / "eval-state", name=f"{variant} s{seed} {target.name}")
+                            state_dir=ctx.states(target), name=f"{variant} s{seed} {target.name}")
     folder = ctx.out / "audits" / slugify(variant) / f"seed{seed}" / slugify(column.name)
     res = audit_evaluation(model, ctx.eval_set, evaluated, battery, threat=ctx.threat,
                            profile=str(column.settings.get("profile", "quick")), seed=seed, folder=folder,

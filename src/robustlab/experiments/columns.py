@@ -45,8 +45,10 @@ from ..attacks import (
     model_fn,
 )
 from ..core import Registry
+from ..core.bpda import bpda_layers
+from ..core.errors import InputError
 from ..core.metrics import predict
-from ..core.randomness import seed_stochastic
+from ..core.randomness import is_stochastic, seed_stochastic
 from ..core.types import ThreatModel
 from ..data import as_tensors, load_dataset, make_loader, select_subset
 from ..data.base import ImageDataset
@@ -54,7 +56,7 @@ from ..defenses import deterministic_twin
 from ..evaluate import Battery, Ledger, create_battery, evaluate_corruptions, run_battery
 from .records import Record
 
-__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "battery_of", "evaluate_column", "pgd_settings"]
+__all__ = ["COLUMN_KINDS", "Column", "ColumnKind", "EvalContext", "autoattack_version", "battery_of", "evaluate_column", "pgd_settings"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,18 @@ class EvalContext:
     columns: Mapping[str, Column]
     model_of: Callable[[str, int], nn.Module]
     ledger_extra: Mapping[str, Any] = field(default_factory=dict)
+    state_dir: Path | None = None
+    """Where evaluations keep their resumable state (default ``<run folder>/eval-state``). The
+    state is keyed by content (weights, images, battery, seed), so runs that share a folder (the
+    demo's studies) read an identical evaluation back instead of repeating it."""
+
+    def states(self, column: Column) -> Path:
+        """Where ``column``'s evaluation keeps its state: the shared folder for a registered
+        battery (its name is the registry's, its slot is keyed by content), the run's own folder
+        for a single attack (named after the column: two studies' ``pgd`` columns with other
+        settings would otherwise take turns over one slot)."""
+        own = self.out / "eval-state"
+        return self.state_dir if self.state_dir is not None and column.kind in ("autoattack", "battery") else own
 
     @cached_property
     def clean_set(self) -> ImageDataset:
@@ -181,18 +195,33 @@ def make_attack(ctx: EvalContext, column: Column) -> Attack:
     if column.kind == "square":
         return Square(ctx.threat, int(s["queries"]), p_init=float(s["p_init"]), eot=int(s.get("eot", 1)))
     if column.kind == "autoattack":
+        if s["version"] == "auto":
+            raise InputError(f"column {column.name!r}: AutoAttack version 'auto' picks its version per model, so it "
+                             "cannot be carried to a surrogate; carry a PGD column or name the version")
         return AutoAttack(ctx.threat, s["version"], eot=int(s["eot"]), bpda=s.get("bpda"))
     raise ValueError(f"column {column.name!r} ({column.kind}) is not a single attack")
+
+
+def autoattack_version(model: nn.Module, settings: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The AutoAttack version and BPDA mode an ``autoattack`` column runs on ``model``: its
+    ``version`` and ``bpda`` as given, or with ``version="auto"`` the one that fits the model:
+    ``rand`` (EOT over ``eot`` draws) on a randomized model, ``standard`` on a deterministic one,
+    and ``bpda`` only where the model declares BPDA layers (its surrogates)."""
+    if settings["version"] != "auto":
+        return str(settings["version"]), settings.get("bpda")
+    randomized = is_stochastic(model)
+    return ("rand" if randomized else "standard"), (settings.get("bpda") if randomized and bpda_layers(model) else None)
 
 
 def battery_of(ctx: EvalContext, model: nn.Module, column: Column) -> Battery:
     """The battery an attack column runs on ``model`` (what an ``audit`` column audits)."""
     s = column.settings
     if column.kind == "autoattack":  # the registered battery keeps AutoAttack's per-attack columns
-        options: dict[str, Any] = {"eot": int(s["eot"])} if s["version"] == "rand" else {}
-        if s.get("bpda") is not None:
-            options["bpda"] = s["bpda"]
-        return create_battery(s["version"], ctx.threat, **options)
+        version, bpda = autoattack_version(model, s)
+        options: dict[str, Any] = {"eot": int(s["eot"])} if version == "rand" else {}
+        if bpda is not None:
+            options["bpda"] = bpda
+        return create_battery(version, ctx.threat, **options)
     if column.kind == "battery":  # a registered battery by name, with its options
         return create_battery(s["battery"], ctx.threat, **dict(s.get("options", {})))
     if column.kind == "transfer":
@@ -208,17 +237,20 @@ def _attack(ctx: EvalContext, model: nn.Module, column: Column, variant: str, se
     if column.kind == "transfer" and column.settings["source"] != "twin":
         column = Column(column.name, column.kind, column.header, {**column.settings, "seed": seed})
     name = f"{variant} s{seed} {column.name}"
-    res = run_battery(model, ctx.eval_set, battery_of(ctx, model, column), threat=ctx.threat, n=len(ctx.eval_set),
+    battery = battery_of(ctx, model, column)
+    res = run_battery(model, ctx.eval_set, battery, threat=ctx.threat, n=len(ctx.eval_set),
                       batch_size=ctx.eval_batch_size, seed=seed, device=ctx.device,
-                      state_dir=ctx.out / "eval-state", name=name)
+                      state_dir=ctx.states(column), name=name)
     Ledger(ctx.out / "ledger.sqlite").add(res, extra={**ctx.ledger_extra, "run": name, "column": column.name})
     probs = res.probabilities()
     select = tuple(probs["select"][0].tolist()) if res.config.get("stochastic") else ()
-    return Record.of_outcomes(
+    rec = Record.of_outcomes(
         variant, seed, column.name, "attack", probs["robust"][0].tolist(),
         clean_per_image=tuple(probs["clean"][0].tolist()), per_image_select=select,
         per_attack={k: a.robust_acc for k, a in res.per_attack.items()}, indices_sha256=res.indices_sha256,
         randomness=res.randomness, warnings=tuple(w.to_dict() for w in res.warnings))
+    # the battery that ran (an ``auto`` AutoAttack column names its version only here)
+    return replace(rec, settings={"battery": battery.name}) if column.settings.get("version") == "auto" else rec
 
 
 def _unchanged(ctx: EvalContext, model: nn.Module, column: Column, variant: str, seed: int) -> Record:

@@ -77,12 +77,12 @@ class DcsStudyConfig(TrainingStudyConfig):
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(DcsStudyConfig(
-        profile="quick", audit="demo", audited=("adaptive",), eval_n=48, clean_n=1000, epochs=3, train_limit=6000, at_steps=3, attack_steps=10, eot=4,
+        profile="quick", audit="demo", audited=("adaptive",), eval_n=32, clean_n=1000, epochs=3, train_limit=6000, at_steps=3, attack_steps=10, eot=4,
         aa_eot=2, square_queries=100, square_eot=2, ensemble_draws=4, k_ablation=(), n_ablation=(), layer_ablation=(),
         dcs_at_columns=("clean", "paper", "eot"), baseline_columns=("clean", "paper", "pgd", "eot", "square-eot"),
-        figure_n=32), "about 100 s on 2 CPU cores with a given baseline (99 s measured in the demo)",
+        figure_n=32), "about 2 min on 2 CPU cores with a given baseline (105 s in the demo on 2026-12-07, which runs it without its audit)",
         "DCS + GSAT (3 epochs on 6000 images, the demo's PGD-AT budget, with PGD-3 inside) under both protocols "
-        "(48 images, PGD-10, 4 EOT draws, one seed), DCS + PGD-AT under the paper's protocol and EOT-PGD, the "
+        "(32 images, PGD-10, 4 EOT draws, one seed), DCS + PGD-AT under the paper's protocol and EOT-PGD, the "
         "ensemble row, against the shared PGD-AT baseline (no AutoAttack on it: its worst case is over PGD and "
         "Square only, which favours the baseline); no k / n / layer ablation"),
     "cpu": Profile(DcsStudyConfig(

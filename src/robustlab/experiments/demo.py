@@ -6,18 +6,17 @@
    audits); clean accuracy on the full 10,000-image test set.
 2. Train ``resnet-mini`` with PGD adversarial training (Madry et al., 2018; L-inf eps 0.1, the
    dataset's default threat) on a stratified training subset, sized to fit the CPU budget.
-3. Evaluate both with the ``standard`` battery (AutoAttack standard at the reference settings:
-   APGD-CE, APGD-T, FAB-T at 100 iterations, Square at 5,000 queries) on ``eval_n``
-   test images, keeping the per-sample worst case. Each evaluation is a row of the ledger
-   ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``).
-   The PGD-AT model's evaluation is audited (:mod:`robustlab.audit`: the passive checklist and the
-   binarization test, ``audit`` profile) and opens the report's audit table.
+3. A first look at both: the ``quick`` battery (PGD-20) on ``eval_n`` test images, each a row of
+   the ledger ``runs/demo/ledger.sqlite`` (``robustlab leaderboard --ledger runs/demo/ledger.sqlite``);
+   the arena (step 4, last) runs AutoAttack on them beside every defense.
 4. Every registered study whose recipe declares a demo part (:class:`~.study.DemoPart`), in the
    order the parts give (:func:`demo_studies`): its demo profile (``quick``) on this dataset (and
    model, where the recipe takes it), with the standard model of step 1 or the PGD-AT model of
    step 2 as its baseline where the recipe asks for one. Each study's full report is
    ``runs/demo/<study>/report.md``; the demo's repeats its first table and its verdict, after the
-   recipe's sentence on it, and its audit columns' verdicts join the audit table.
+   recipe's sentence on it. The arena (:mod:`.arena_study`) runs last on the models the
+   demo and the studies made, audits every row (the other studies run without their audits, so
+   each model is audited once) and opens the report with its answer.
 
 Everything resumes: training from its last epoch, the battery from its last finished batch, the
 study from its last finished model and evaluation. Subset sizes are printed in the reports.
@@ -45,7 +44,8 @@ from ..data.base import ImageDataset
 from ..models import create_model
 from ..train import Callback, TrainConfig, Trainer
 from ..train.objectives import create_objective
-from .audits import AUDIT_INTRO, audit_evaluation, audit_row, audit_rows, audit_summary
+from .audits import AUDIT_INTRO, audit_rows
+from .html import write_html
 from .records import RecordStore
 from .study import STUDIES, Study, StudyConfig, run_study, study_config
 
@@ -69,11 +69,12 @@ class DemoConfig:
     at_steps: int = 5
     at_lr: float = 0.1
     eval_n: int = 48
-    battery: str = "standard"
+    battery: str = "quick"
+    """The first look at the two models (PGD-20); the arena runs AutoAttack on them."""
     eval_batch_size: int = 100
     audit: str | None = "demo"
-    """The audit profile of the PGD-AT model's evaluation and of each study's audit columns
-    (:data:`robustlab.audit.AUDIT_PROFILES`); ``None``: no audit table."""
+    """The audit profile of the studies that audit in the demo (the arena: every row's adaptive
+    evaluation, :data:`robustlab.audit.AUDIT_PROFILES`); ``None``: no audit table."""
     studies: Mapping[str, str | StudyConfig | None] = field(default_factory=dict)
     """Per study name (``sd-study``): a profile name (run on this dataset, and model where the
     recipe takes it), a full config, or ``None`` to skip the study; a study not named runs its
@@ -174,17 +175,6 @@ def run_demo(
         )
         m["battery"] = result
         ledger.add(result, extra={"checkpoint": str(out / name / "model.safetensors")})
-        if name == "pgd-at" and cfg.audit is not None:  # the demo's audit table opens with the baseline's evaluation
-            done = out / "audit" / name / "audit.json"
-            if resume and done.exists():  # written last: a whole audit
-                res: Any = json.loads(done.read_text())
-            else:
-                res = audit_evaluation(model, test, result, cfg.battery, threat=threat, profile=cfg.audit, seed=cfg.seed,
-                                       folder=done.parent, name=name, device=device)
-                ledger.add(res.worst_result(), extra={"checkpoint": str(out / name / "model.safetensors"),
-                                                      "audit": res.summary})
-            audits.append(audit_row(f"{cfg.model} ({name})", audit_summary(res, f"`{cfg.battery}` battery", "audit.md"),
-                                    f"audit/{name}/"))
         m["eval_seconds"] = time.perf_counter() - t0
         rows.append({
             "name": name,
@@ -215,12 +205,17 @@ def run_demo(
         t0 = time.perf_counter()
         scfg = (study_config(study, chosen, **{k: getattr(cfg, k) for k in part.inherits}) if isinstance(chosen, str)
                 else chosen)
-        if cfg.audit is None and scfg.audit is not None:  # no audit table: the studies skip their audits too
-            scfg = dataclasses.replace(scfg, audit=None)
+        # the demo audits each model once, in the study whose part asks (the arena)
+        scfg = dataclasses.replace(scfg, audit=cfg.audit if part.audits and scfg.audit is not None else None)
+        if part.reuse is not None and not getattr(scfg, "reuse", ()):  # the models the demo already made, loaded
+            scfg = _reusing(scfg, part.reuse(out))
+        # one evaluation state for the whole demo: an evaluation two studies share (the arena's
+        # AutoAttack rand on the sparse encoder is the sparse study's) runs once
         sres = run_study(study, out / study.name, scfg, device=device, log=log, callbacks=callbacks,
+                         state_dir=out / "eval-state",
                          baseline=None if part.baseline is None else baselines[part.baseline])
         study_results[key] = {"profile": scfg.profile, "seconds": round(time.perf_counter() - t0, 1),
-                              "eps": scfg.eps, "summary_markdown": sres.summary}
+                              "eps": scfg.eps, "summary_markdown": sres.summary, "answer_markdown": sres.answer}
         sections[key] = (part.heading or study.title, part.about(scfg), study.name)
         audits += audit_rows(list(RecordStore(out / study.name / "records")), f"{study.name}/")
     elapsed = time.perf_counter() - t_start
@@ -245,6 +240,15 @@ def run_demo(
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _write_report(out, results, sections)
     return results
+
+
+def _reusing(scfg: StudyConfig, reuse: Mapping[str, str]) -> StudyConfig:
+    """``scfg`` loading the models ``reuse`` names; a study with ``rows`` keeps only those rows."""
+    known = {f.name for f in fields(scfg)}
+    changes: dict[str, Any] = {"reuse": tuple(sorted(reuse.items()))} if "reuse" in known else {}
+    if "rows" in known:
+        changes["rows"] = tuple(row for row in getattr(scfg, "rows") if row in reuse)  # noqa: B009
+    return dataclasses.replace(scfg, **changes)
 
 
 def _write_report(out: Path, r: dict[str, Any], sections: Mapping[str, tuple[str, str, str]]) -> None:
@@ -279,6 +283,13 @@ def _write_report(out: Path, r: dict[str, Any], sections: Mapping[str, tuple[str
         f"subset, as `robustlab evaluate --n {r['eval_n']}` picks), per-sample worst case "
         "(a sample counts as robust only if every attack fails on it). "
         f"Device: {r['device']} ({r['threads']} threads), torch {r['torch']}, Python {r['python']}.\n\n",
+    ]
+    for key, (heading, about, name) in sections.items():  # the answer first: a study's one-table answer
+        if r[key].get("answer_markdown"):
+            parts += [f"## {heading}: the answer ({r[key]['profile']} profile)\n\n", about,
+                      f" Every table, setting and figure: [{name}/report.md]({name}/report.md).\n\n",
+                      r[key]["answer_markdown"], "\n"]
+    parts += [
         "## Clean and robust accuracy\n\n", markdown_table(summary),
         "\nThe `after ...` columns are cumulative: robust accuracy once that attack and all before it "
         "have run.\n\n## Battery details\n\n",
@@ -299,4 +310,6 @@ def _write_report(out: Path, r: dict[str, Any], sections: Mapping[str, tuple[str
         parts += ["## Audits\n\n", AUDIT_INTRO, "\n\n", markdown_table(r["audits"]), "\n"]
     parts += ["## Time\n\n", markdown_table(timing), f"\nThe whole demo took {r['total_seconds']} s "
               "(resumed steps count only the time spent in this run).\n"]
-    (out / "report.md").write_text("".join(parts))
+    report = "".join(parts)
+    (out / "report.md").write_text(report)
+    write_html(out / "report.html", report, title="robustlab demo report")

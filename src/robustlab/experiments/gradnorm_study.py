@@ -95,7 +95,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(GradNormStudyConfig(
         profile="quick", eval_n=48, clean_n=1000, activations=("relu", "gelu"), natural=True, edge_align=True,
         epochs=3, train_limit=2000, aa_version="rand", figure_n=32, curve_eps=(0.0, 0.05, 0.1, 0.2), curve_steps=10),
-        "about 2 min on 2 CPU cores (107 s measured in the demo)",
+        "about 1.5 min on 2 CPU cores (83 s in the demo on 2026-12-07)",
         "ReLU and GELU x {GradNorm, PGD-3 AT}, a natural and an EdgeAlign GELU model, 3 epochs on 2000 images, "
         "48 attacked images, APGD-CE + APGD-DLR in place of AutoAttack standard; no SiLU"),
     "cpu": Profile(GradNormStudyConfig(profile="cpu", audit="full", eval_n=200, epochs=10, train_limit=10_000),

@@ -9,22 +9,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.markdown import markdown_table
+from ..core.plots import write_figure
 from .columns import Column
 from .records import Lookup, Record, WorstOf
 from .stats import mean_std
 
 __all__ = ["Cell", "Plot", "Table", "at_chance", "cells", "chance_warnings", "cost_section", "epoch_seconds",
-           "ledger_section", "render_table", "scatter_plot", "warnings_section"]
+           "ledger_section", "render_table", "scatter_plot", "training_seconds", "warnings_section"]
 
 
 @dataclass(frozen=True)
 class Cell:
     """A table column: a study column's headline number, or one attack of its battery (``part``:
-    the robust accuracy once that attack and every one before it ran, as AutoAttack reports)."""
+    the robust accuracy once that attack and every one before it ran, as AutoAttack reports).
+
+    ``per_row``: ``(row label, column)`` pairs where a row's number comes from another column
+    (each defense's own protocol in one "paper's protocol" cell, say); ``""`` leaves the row
+    without one (``n/a``)."""
 
     column: str
     header: str
     part: str | None = None
+    per_row: tuple[tuple[str, str], ...] = ()
+
+    def column_for(self, row: str) -> str:
+        """The column that row ``row``'s number comes from (``""``: none)."""
+        return dict(self.per_row).get(row, self.column)
 
 
 def cells(columns: Iterable[Column], names: Iterable[str]) -> tuple[Cell, ...]:
@@ -62,8 +72,11 @@ class Plot:
 def _cell_values(get: Lookup, variant: str, seeds: Sequence[int], cell: Cell) -> tuple[list[float], bool]:
     """Per seed with a record, the cell's number in percent; and whether it is not applicable."""
     vals, not_applicable = [], False
+    column = cell.column_for(variant)
+    if not column:
+        return [], True
     for s in seeds:
-        rec = get(variant, s, cell.column)
+        rec = get(variant, s, column)
         if rec is None:
             continue
         if not rec.applies:
@@ -132,7 +145,7 @@ def scatter_plot(path: Path, plot: Plot, rows: Sequence[str], seeds: Sequence[in
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -201,27 +214,52 @@ def ledger_section(records: Sequence[Record], ledger: str) -> str:
 def epoch_seconds(folder: Path) -> float | None:
     """Mean seconds per training epoch of the model ``folder`` (``models/<variant>``), over the
     epochs of every seed's ``metrics.jsonl``; ``None`` before any epoch."""
-    epochs = [json.loads(line).get("seconds", 0.0) for p in sorted(folder.glob("*/metrics.jsonl"))
+    files = sorted(folder.glob("*/metrics.jsonl")) or sorted(folder.glob("metrics.jsonl"))  # or one checkpoint's
+    epochs = [json.loads(line).get("seconds", 0.0) for p in files
               for line in p.read_text().splitlines() if line.strip()]
     return sum(epochs) / len(epochs) if epochs else None
 
 
-def cost_section(models: Path, rows: Sequence[tuple[str, str]]) -> str:
+def training_seconds(folder: Path) -> float | None:
+    """Seconds of one training of the model ``folder`` (a ``models/<variant>`` folder: mean over
+    its seeds' ``metrics.jsonl``; or the folder of one checkpoint); ``None`` when none is there."""
+    files = sorted(folder.glob("*/metrics.jsonl")) or sorted(folder.glob("metrics.jsonl"))
+    runs = [sum(json.loads(line).get("seconds", 0.0) for line in p.read_text().splitlines() if line.strip())
+            for p in files]
+    return sum(runs) / len(runs) if runs else None
+
+
+def cost_section(models: Path, rows: Sequence[tuple[str, str]], passes: Mapping[str, float] | None = None,
+                 eval_seconds: Mapping[str, float] | None = None, trained_at: Mapping[str, Path] | None = None) -> str:
     """The cost of each variant from the files beside its model: seconds per training epoch (its
     ``metrics.jsonl``, mean over epochs and seeds), FLOPs and activation memory of one forward on
-    one image and parameters (``cost.json``). ``rows`` pairs each label with its folder name."""
+    one image and parameters (``cost.json``). ``rows`` pairs each label with its folder name.
+
+    With ``passes`` (label -> forward-backward passes per training image), ``eval_seconds``
+    (label -> seconds of its evaluations) and ``trained_at`` (label -> the folder a loaded
+    checkpoint was trained in), the table states each row's whole training (passes and seconds)
+    and evaluation time too."""
     out = []
     for label, slug in rows:
         costs = [json.loads(p.read_text()) for p in sorted((models / slug).glob("*/cost.json"))]
-        seconds = epoch_seconds(models / slug)
+        trained = (trained_at or {}).get(label, models / slug)
+        seconds = epoch_seconds(trained)
         if not costs:
             continue
         c = costs[0]
-        out.append({"variant": label, "s / epoch": "—" if seconds is None else f"{seconds:.1f}",
-                    "MFLOPs / image": f"{c['flops'] / 1e6:.2f}", "activations (MB)": f"{c['activation_bytes'] / 2**20:.2f}",
-                    "parameters": f"{c['params']:,}"})
+        row = {"variant": label, "s / epoch": "—" if seconds is None else f"{seconds:.1f}"}
+        if passes is not None:
+            total = training_seconds(trained)
+            row.update({"training passes / image": f"{passes[label]:g}" if label in passes else "—",
+                        "training (s)": "—" if total is None else f"{total:.0f}",
+                        "evaluation (s)": f"{(eval_seconds or {}).get(label, 0.0):.0f}"})
+        out.append({**row, "MFLOPs / image": f"{c['flops'] / 1e6:.2f}",
+                    "activations (MB)": f"{c['activation_bytes'] / 2**20:.2f}", "parameters": f"{c['params']:,}"})
     if not out:
         return ""
     return ("\n## Cost\n\nSeconds per training epoch on this run's device (mean over epochs and seeds), and one "
-            "forward on one image: FLOPs (a multiply-add counts 2) and the memory of every layer's output.\n\n"
+            "forward on one image: FLOPs (a multiply-add counts 2) and the memory of every layer's output."
+            + (" Training passes: forward-backward passes through the network per training image over the whole "
+               "training (an attack step counts one; a finetuned row adds its source's); training and evaluation "
+               "seconds are per seed." if passes is not None else "") + "\n\n"
             + markdown_table(out))

@@ -93,7 +93,7 @@ PROFILES: dict[str, Profile] = {
         profile="quick", audit="demo", audited=("adaptive",), eval_n=32, clean_n=500, dict_images=400, dict_patches=5000, dict_iter=30, epochs=3,
         decoder_epochs=2, train_limit=3000, ablation=False, tp_variants=(), baselines=("pgd-at",), at_epochs=3,
         at_steps=5, eot=4, aa_eot=2, square_queries=100, square_eot=2, twin_attacks=False),
-        "about 2 min on 2 CPU cores with the demo's PGD-AT model (120 s measured in the demo)", "the nominal defense under every attack mode (32 images, 4 EOT draws), its "
+        "about 3 min on 2 CPU cores with the demo's PGD-AT model (158 s in the demo on 2026-12-07, which runs it without its audit)", "the nominal defense under every attack mode (32 images, 4 EOT draws), its "
         "unsupervised twin as PW-T's source, against the shared PGD-AT baseline; no ablation"),
     "cpu": Profile(SparseStudyConfig(profile="cpu", audit="full", eval_n=200, epochs=10, decoder_epochs=10, train_limit=10_000),
                    "several hours on 2 CPU cores (not run in full)", "every table, one seed, N_E = 40"),

@@ -42,6 +42,7 @@ from .audits import audit_section
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
 from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
 from .figures import FigureContext
+from .html import first_heading, write_html
 from .prose import verdict_opening
 from .records import Record, RecordStore
 from .report import (
@@ -55,7 +56,7 @@ from .report import (
     warnings_section,
 )
 from .stats import worst_case
-from .variants import Convert, Train, Variant, Workshop
+from .variants import Convert, Load, Train, Variant, Workshop
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ class Plan:
     cost: bool = False
     resources: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)
     figures: Callable[[FigureContext], str] | None = None
+    answer: Callable[[FigureContext], str] | None = None
+    """The study's answer in one table (markdown), written right after the intro, partial runs
+    included, and returned as :attr:`StudyResult.answer` (the demo opens with the arena's)."""
+    passes: Mapping[str, float] = field(default_factory=dict)
+    """Per variant, its training's forward-backward passes per training image (the cost table's
+    budget column; a variant not named has none stated)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,12 @@ class DemoPart:
             study trains its own.
         heading: the demo report's heading (default: the study's title).
         profile: the profile the demo runs unless told otherwise.
+        reuse: ``(demo folder) -> {variant label: checkpoint}``: models the demo already made
+            (the studies' quick models) that the study loads instead of training; the demo passes
+            the ones that exist as the config's ``reuse`` setting.
+        audits: the study's audit columns run in the demo (at the demo's audit profile); the
+            demo audits each model once, in the study that sets this (the arena), and runs the
+            others without their audits.
     """
 
     order: int
@@ -178,6 +191,8 @@ class DemoPart:
     baseline: Literal["standard", "pgd-at"] | None = None
     heading: str = ""
     profile: str = "quick"
+    reuse: Callable[[Path], Mapping[str, str]] | None = None
+    audits: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,7 @@ class StudyResult:
     partial: bool
     seconds: float
     facts: dict[str, Any]
+    answer: str = ""
 
 
 def study_config(study: Study | str, profile: str, **overrides: Any) -> StudyConfig:
@@ -243,7 +259,7 @@ class _Run:
     """One run folder of one study: its records, models and the worst case per (variant, seed)."""
 
     def __init__(self, study: Study, cfg: StudyConfig, plan: Plan, out: Path, device: torch.device,
-                 log: Callable[[str], None], callbacks: Sequence[Callback]) -> None:
+                 log: Callable[[str], None], callbacks: Sequence[Callback], state_dir: Path | None = None) -> None:
         self.cfg, self.plan, self.out, self.log = cfg, plan, out, log
         self.store = RecordStore(out / "records")
         self.columns = {c.name: c for c in plan.columns}
@@ -253,7 +269,7 @@ class _Run:
         self.workshop = Workshop(out, plan.variants, cfg.dataset, device, callbacks, log, resources)
         self.ctx = EvalContext(cfg.dataset, ThreatModel(cfg.norm, cfg.eps), cfg.eval_n, cfg.clean_n, cfg.eval_batch_size,
                                device, out, self.columns, self.workshop.model,
-                               {"recipe": study.name, "profile": cfg.profile})
+                               {"recipe": study.name, "profile": cfg.profile}, state_dir)
         # per variant, its columns in job order (a set's order would follow the string hash, and
         # the worst case's tie-break with it, so a report would change from one process to the next)
         self.planned: dict[str, dict[str, None]] = {}
@@ -317,6 +333,21 @@ def _compute_seconds(out: Path, records: Sequence[Record]) -> float:
     return total
 
 
+def _eval_seconds(records: Sequence[Record]) -> dict[str, float]:
+    """Per variant, its evaluations' seconds (every column), mean over the seeds evaluated."""
+    total: dict[str, dict[int, float]] = {}
+    for r in records:
+        per_seed = total.setdefault(r.variant, {})
+        per_seed[r.seed] = per_seed.get(r.seed, 0.0) + r.seconds
+    return {v: sum(s.values()) / len(s) for v, s in total.items()}
+
+
+def _trained_at(variants: Sequence[Variant]) -> dict[str, Path]:
+    """Per loaded variant, the folder of its checkpoint (its training's ``metrics.jsonl``, when
+    the checkpoint was trained by robustlab)."""
+    return {v.label: Path(v.make.path).parent for v in variants if isinstance(v.make, Load)}
+
+
 def _same_config(saved: Any, cfg: StudyConfig) -> bool:
     """Whether a run folder's saved config is ``cfg``; a setting added to the library after the
     run was written counts as equal when ``cfg`` holds that setting's default."""
@@ -338,6 +369,7 @@ def run_study(
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
     report_only: bool = False,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> StudyResult:
     """Run a study (resuming from what ``out_dir`` holds) and write its report.
 
@@ -351,6 +383,8 @@ def run_study(
         callbacks: training callbacks (progress bars).
         report_only: compute nothing; write the report from the records ``out_dir`` holds (cells
             not computed yet show ``—``); ``config.json`` is left as the run wrote it.
+        state_dir: the evaluations' state folder (default ``out_dir/eval-state``); runs sharing
+            one reuse each other's identical evaluations (same weights, images, battery, seed).
 
     Raises:
         InputError: for an unknown study or profile, or a folder holding another configuration.
@@ -370,7 +404,7 @@ def run_study(
     if not report_only:
         write_text_atomic(saved, json.dumps(resolved, indent=1))
     t_start = time.perf_counter()
-    run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks)
+    run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks, None if state_dir is None else Path(state_dir))
     if not report_only:
         for seed in cfg.seeds:
             for label, cols in plan.jobs:
@@ -404,10 +438,14 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
                                                             for v, s in chance)
                    + " scored no better than chance on clean images (see Sanity checks); the claims that "
                    "involve it are void, whatever their verdict below.\n\n" + verdict)
+    fc = FigureContext(out, run.workshop.model, run.ctx, run.get, run.worst_of, tuple(seeds))
+    answer = plan.answer(fc) if plan.answer is not None else ""
     parts = [f"# {study.title} ({cfg.profile} profile)\n\n", study.intro(cfg, facts),
              " Numbers are percentages, mean ± std over seeds; `(k/K)`: k of the K seeds done. Device "
              f"{facts['device']} ({facts['threads']} threads), torch {facts['torch']}; training and evaluation of "
              f"everything below took {facts['compute_seconds']:.0f} s (summed over resumed runs).\n\n"]
+    if answer:
+        parts.append(answer + "\n")
     if facts["partial"]:
         parts.append("**Partial report**, written from an incomplete run: `—` marks cells not computed yet, a "
                      "cell's `(k/K)` counts the seeds done of those planned, and a worst case appears once "
@@ -420,17 +458,19 @@ def _write_report(study: Study, cfg: StudyConfig, plan: Plan, run: _Run, out: Pa
             parts.append(f"\n![{plan.plot.title}]({plan.plot.file})\n")
         parts.append("\n")
     if plan.cost:
-        parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants]))
+        parts.append(cost_section(out / "models", [(v.label, v.slug) for v in plan.variants], plan.passes,
+                                  _eval_seconds(records), _trained_at(plan.variants)))
     if plan.figures is not None and not facts["partial"]:
-        parts.append(plan.figures(FigureContext(out, run.workshop.model, run.ctx)))
+        parts.append(plan.figures(fc))
     parts += [audit_section(records), warnings_section(records, plan.notes, len(seeds) > 1, chance),
               "\n## Verdict\n\n", verdict,
               ledger_section(records, "ledger.sqlite")]
     report = "".join(parts)
     write_text_atomic(out / "report.md", report)
+    write_html(out / "report.html", report, title=first_heading(report))
     summary = (tables[plan.tables[0].key] if plan.tables else "") + "\n" + verdict
     result = StudyResult(study.name, resolved["config"], report, summary, checked, bool(facts["partial"]),
-                         round(seconds, 1), facts)
+                         round(seconds, 1), facts, answer)
     claims_json = [{"claim": r.claim.claim, "verdict": r.verdict, "seeds": r.seeds,
                     **({} if r.comparison is None else {k: getattr(r.comparison, k) for k in
                                                         ("a", "b", "diff", "se", "low", "high", "n")})}

@@ -208,7 +208,8 @@ class Workshop:
         if key not in self._models:
             model = self._make(v, key[1]).to(self.device).eval()
             folder = self.folder(v, key[1])
-            if not isinstance(v.make, Load) and not (folder / "cost.json").exists():
+            if not (folder / "cost.json").exists():  # a loaded checkpoint's too, in this run's folder
+                folder.mkdir(parents=True, exist_ok=True)
                 info = get_info(self.dataset)
                 measured = cost(model, (1, info.in_channels, *info.image_size))
                 write_text_atomic(folder / "cost.json", json.dumps(measured.to_dict()))
