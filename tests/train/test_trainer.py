@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -407,3 +408,29 @@ def test_a_state_from_before_pixel_fingerprints_resumes_with_a_warning(tmp_path,
     with pytest.warns(UserWarning, match=r"older robustlab that did not record data.options, data.pixels"):
         result = Trainer(model, "standard", cfg, out_dir=tmp_path).fit(data, resume=True)
     assert [h["epoch"] for h in result.history] == [1, 2]
+
+
+def test_channels_last_training_returns_the_usual_layout_and_resumes_either_way(tmp_path):
+    """Trained in channels-last on the CPU, the model (with its EMA) comes back contiguous and
+    computes what a contiguous copy of the same weights computes; a run started contiguous resumes
+    in channels-last (a layout, not the arithmetic) and ends where the uninterrupted run does up
+    to float rounding."""
+    data, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, schedule="cosine", ema_decay=0.9, seed=3, channels_last=True)
+    trained = Trainer(model, "standard", cfg).fit(data).model
+    convs = [m.weight for m in trained.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous() for w in convs)
+    x = torch.rand(5, 1, 12, 12)
+    copy = create_model("resnet-mini", num_classes=4, in_channels=1, seed=0)
+    copy.load_state_dict({k: v.clone().contiguous() for k, v in trained.state_dict().items()})
+    assert torch.allclose(trained.eval()(x), copy.eval()(x), atol=1e-6)
+
+    plain = dataclasses.replace(cfg, channels_last=False)
+    data, model = _setup()
+    whole = Trainer(model, "standard", plain).fit(data).model
+    data, model = _setup()
+    with pytest.raises(Crash):
+        Trainer(model, "standard", plain, out_dir=tmp_path, callbacks=[CrashAfter(1)]).fit(data)
+    _, fresh = _setup(seed=99)
+    resumed = Trainer(fresh, "standard", cfg, out_dir=tmp_path).fit(data, resume=True).model
+    assert torch.allclose(whole.eval()(x), resumed.eval()(x), atol=1e-3)
