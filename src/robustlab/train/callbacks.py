@@ -222,7 +222,7 @@ class BestRobust(Callback):
             trainer._write_metrics()  # the trainer wrote metrics.jsonl before calling back
 
     def _write(self, trainer: Trainer, model: nn.Module, metrics: dict[str, Any]) -> None:
-        if self.path is None:
+        if self.path is None or not trainer.world.main:  # under torchrun, rank 0 writes
             return
         if getattr(model, "robustlab_recipe", None) is None:
             logger.info("best-robust weights kept in memory only: the model carries no recipe")
