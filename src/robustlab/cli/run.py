@@ -96,10 +96,18 @@ def run(
     eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked (default: the profile's)")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="compute nothing; write the report from what OUT holds")] = False,
     device: Device = "auto",
+    executor: Annotated[str, typer.Option(help="where trainings and evaluations run: local (one after another, in this process), processes (a pool of --workers local processes) or ray (tasks on a Ray cluster, pip install \"robustlab\\[ray]\"; every node must see OUT on a shared filesystem); any of them resumes a run another began")] = "local",
+    workers: Annotated[int | None, typer.Option(min=1, help="tasks run at a time by --executor processes or ray (default: the cores over --threads; with --address, the cluster's CPUs over --threads)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads per worker of --executor processes or ray (default: the cores over --workers; 1 with --address)")] = None,
+    address: Annotated[str | None, typer.Option(help="the Ray cluster of --executor ray (auto: the one this machine belongs to; default: start a local one)")] = None,
 ) -> None:
     """Run a study that reproduces a paper's tables; writes OUT/report.md and resumes when rerun.
 
-    Example: robustlab run sd-study --profile quick --out runs/sd-quick
+    Trainings and evaluations run one after another in this process, or, with --executor
+    processes or ray, as parallel tasks in dependency order (a converted model after its source,
+    an evaluation after the models it reads); every executor writes the same files.
+
+    Example: robustlab run sd-study --profile quick --out runs/sd-quick --executor processes --workers 4
     """
     from ..experiments import STUDIES, run_study, study_config
 
@@ -128,7 +136,8 @@ def run(
     torch.manual_seed(0)
     with on_interrupt(lambda: f"interrupted: what finished is kept in {folder}; to resume, rerun: {rerun()}"):
         r = run_study(recipe, folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
-                      log=_log, callbacks=train_progress(), report_only=report_only)
+                      log=_log, callbacks=train_progress(), report_only=report_only, executor=executor,
+                      workers=workers, threads=threads, address=address)
     report = folder / "report.md"
     if report_only:
         state = "partial: some cells are not computed yet" if r.partial else "complete"

@@ -41,6 +41,7 @@ from ..train import Callback
 from .audits import audit_section
 from .claims import WORST, Claim, ClaimResult, check_claims, render_verdict
 from .columns import COLUMN_KINDS, Column, EvalContext, evaluate_column
+from .executor import check_executor, fan_out
 from .figures import FigureContext
 from .html import first_heading, write_html
 from .prose import verdict_opening
@@ -280,6 +281,12 @@ class _Run:
                     raise InputError(f"{study.name}: job {label!r} names unknown column {c!r}")
             self.planned.setdefault(label, {}).update(dict.fromkeys(cols))
 
+    def reload(self) -> None:
+        """Forget the records read and the models held in memory, so the next reads come from the
+        folder (which other processes write too: the parallel executors' workers)."""
+        self.store = RecordStore(self.out / "records")
+        self.workshop.forget()
+
     def run_job(self, label: str, seed: int, cols: Sequence[str]) -> None:
         todo = [c for c in cols if not self.store.has(label, seed, c)]
         if not todo:
@@ -370,8 +377,18 @@ def run_study(
     callbacks: Sequence[Callback] = (),
     report_only: bool = False,
     state_dir: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    address: str | None = None,
 ) -> StudyResult:
     """Run a study (resuming from what ``out_dir`` holds) and write its report.
+
+    The trainings and evaluations run one after another in this process (``executor="local"``),
+    or fan out as tasks in dependency order (:mod:`.executor`) to a pool of local processes
+    (``"processes"``) or a Ray cluster (``"ray"``, whose nodes must share the run folder's
+    filesystem). Every executor writes the same files, so any of them resumes a run any other
+    began, and the records are the same bit for bit at the same number of torch threads.
 
     Args:
         study: a :class:`Study` or a name in :data:`STUDIES`.
@@ -385,10 +402,21 @@ def run_study(
             not computed yet show ``—``); ``config.json`` is left as the run wrote it.
         state_dir: the evaluations' state folder (default ``out_dir/eval-state``); runs sharing
             one reuse each other's identical evaluations (same weights, images, battery, seed).
+        executor: ``local``, ``processes`` or ``ray`` (:mod:`.executor`).
+        workers: tasks run at a time by ``processes`` or ``ray`` (default: this machine's cores
+            over ``threads``; on a Ray cluster at ``address``, its CPUs over ``threads``).
+        threads: torch threads per worker (default: the cores over ``workers``, at least 1;
+            1 on a Ray cluster at ``address``).
+        address: the Ray cluster to join (``"auto"``: the one this machine belongs to); default:
+            a local one of ``workers * threads`` CPUs.
 
     Raises:
-        InputError: for an unknown study or profile, or a folder holding another configuration.
+        InputError: for an unknown study, profile or executor, a folder holding another
+            configuration, or ``executor="ray"`` without Ray installed.
+        RobustlabError: when a worker process dies; everything finished is kept, and running
+            the same call again resumes.
     """
+    check_executor(executor, workers, threads, address)
     study = STUDIES.get(study) if isinstance(study, str) else study
     cfg = study_config(study, config) if isinstance(config, str) else config
     out = Path(out_dir)
@@ -405,10 +433,15 @@ def run_study(
         write_text_atomic(saved, json.dumps(resolved, indent=1))
     t_start = time.perf_counter()
     run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks, None if state_dir is None else Path(state_dir))
-    if not report_only:
+    if not report_only and executor == "local":
         for seed in cfg.seeds:
             for label, cols in plan.jobs:
                 run.run_job(label, seed, cols)
+    elif not report_only:
+        fan_out(study, cfg, run, executor=executor, workers=workers, threads=threads, address=address,
+                device=str(device), baseline=None if baseline is None else str(baseline),
+                state_dir=None if state_dir is None else str(state_dir), log=say)
+        run.reload()  # the workers' records and models, for the report
     return _write_report(study, cfg, plan, run, out, resolved, time.perf_counter() - t_start, str(device))
 
 

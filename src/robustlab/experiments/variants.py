@@ -216,6 +216,11 @@ class Workshop:
             self._models[key] = model
         return self._models[key]
 
+    def forget(self) -> None:
+        """Drop the models held in memory (they stay on disk): a worker process of a parallel
+        executor runs many tasks, each of which loads the models it needs."""
+        self._models.clear()
+
     def _make(self, v: Variant, seed: int) -> nn.Module:
         if isinstance(v.make, Load):
             return load(v.make.path, device=self.device)
@@ -228,7 +233,8 @@ class Workshop:
         if (folder / "model.safetensors").exists():
             return load(folder / "model.safetensors", device=self.device)
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(saved, json.dumps(recipe, indent=1))
+        if not saved.exists():  # a conversion without finetuning is remade by every process that uses it
+            write_text_atomic(saved, json.dumps(recipe, indent=1))
         t0 = time.perf_counter()
         if isinstance(v.make, Train):
             info = get_info(self.dataset)
