@@ -1,5 +1,5 @@
-"""``robustlab evaluate`` (a checkpoint under an attack battery, resumable) and ``robustlab
-leaderboard`` (the ledger's rows, ranked)."""
+"""``robustlab evaluate`` (a checkpoint under an attack battery, resumable, sharded under
+``torchrun``) and ``robustlab leaderboard`` (the ledger's rows, ranked)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..attacks.verdict import VERDICT_DRAWS
 from ..core import RobustlabError
+from ..core.distributed import World
 from ..evaluate import BATTERIES
 from .console import console, note
 from .errors import boundary, on_interrupt, rerun
@@ -33,8 +34,17 @@ from .options import (
 from .progress import BatteryProgress
 
 
-def interrupted(bar: BatteryProgress, state: Path | None) -> str:
-    """What an interrupted evaluation saved, and how to resume it."""
+def interrupted(bar: BatteryProgress, state: Path | None, world: World | None = None) -> str:
+    """What an interrupted evaluation saved, and how to resume it (under torchrun, rank 0 says it
+    for its own shard; every rank saved its own)."""
+    if world is not None and world.distributed:
+        if not world.main:
+            return f"rank {world.rank} of {world.size} interrupted (rank 0 says what was saved)"
+        if state is None:
+            return "interrupted: none saved (--no-state); rerun without --no-state to make it resumable"
+        return (f"interrupted: rank 0 finished {bar.completed or 0} of the {bar.total} batches of its shard, and "
+                f"every rank saved its own shard under {state}; to resume, rerun the same torchrun command "
+                f"(any number of processes), or `{rerun()}` in one")
     if bar.completed is None:
         return "interrupted before the first batch; nothing to resume"
     done = f"{bar.completed} of {bar.total} batches finished"
@@ -75,9 +85,21 @@ def evaluate(
     Progress is saved per batch (under eval-state/ beside the ledger unless --state-dir or
     --no-state says otherwise): an interrupted evaluation resumes when the same command is rerun.
 
+    On several GPUs or CPU processes, launch it with torchrun:
+    torchrun --nproc_per_node 4 -m robustlab evaluate CHECKPOINT ... Each process attacks its
+    share of the batches and the results are gathered: the numbers are identical to one process
+    with the same --seed and --batch-size (the batch size, not the number of processes, is what
+    they depend on). Rank 0 prints and writes the one ledger row; every rank saves its own state,
+    and a rerun on any number of processes resumes from them. If a process dies, the others
+    stop with an error (after ROBUSTLAB_DIST_TIMEOUT seconds at most) and no row is written.
+
     Example: robustlab evaluate runs/fm/model.safetensors --n 1000 --battery standard --eps 0.1
     """
+    import torch
+    import torch.distributed as dist
+
     from .. import load
+    from ..core.distributed import current_world
     from ..core.metrics import accuracy
     from ..data import load_dataset, make_loader
     from ..evaluate import Ledger, run_battery
@@ -85,45 +107,61 @@ def evaluate(
 
     bar = BatteryProgress()
     state: Path | None = None
-    with on_interrupt(lambda: interrupted(bar, state)), closing(bar):
-        dev = parse_device(device)
-        if bpda is not None and bpda not in ("identity", "smooth", "bypass"):
-            raise RobustlabError(f"unknown --bpda {bpda!r}; use identity, smooth or bypass")
-        check_dataset_and_threat(dataset, norm, eps)
-        battery_name = battery.strip().lower()
-        if battery_name != "none":
-            BATTERIES.get(battery_name)  # an unknown battery lists the known ones, before any work
-        if surrogate is not None and battery_name not in ("full", "sparse"):
-            raise RobustlabError("--surrogate is used by the full and sparse batteries only; add --battery full")
-        if no_state and state_dir is not None:
-            raise RobustlabError("--no-state and --state-dir contradict each other; pass one of them")
-        if battery_name != "none":
-            check_writable(ledger, "--ledger", folder=False)
-            state = None if no_state else (state_dir if state_dir is not None else ledger.parent / "eval-state")
-            if state is not None:
-                check_writable(state, "--state-dir", folder=True)
-        model, kw, info, threat = load_for_dataset(checkpoint, dev, dataset, root, force_dataset, norm, eps)
-        if download:
-            kw["download"] = True
-        test = load_dataset(info.name, "test", limit=n, seed=seed, **kw)
-        if n is not None and len(test) < n:
-            note(f"--n {n} > {len(test)} test images: evaluating all {len(test)}")
-        if battery_name == "none":
-            acc = accuracy(model, make_loader(test, batch_size), dev)
-            t = Table(title=f"{checkpoint}")
-            for c in ("dataset", "images", "clean accuracy (%)"):
-                t.add_column(c)
-            t.add_row(info.name, str(len(test)), f"{100 * acc:.2f}")
-            console.print(t)
+    world: World | None = None
+    owned_group = not (dist.is_available() and dist.is_initialized())  # the group torchrun's env makes
+    try:
+        with on_interrupt(lambda: interrupted(bar, state, world)), closing(bar):
+            dev = parse_device(device)
+            if bpda is not None and bpda not in ("identity", "smooth", "bypass"):
+                raise RobustlabError(f"unknown --bpda {bpda!r}; use identity, smooth or bypass")
+            check_dataset_and_threat(dataset, norm, eps)
+            battery_name = battery.strip().lower()
+            if battery_name != "none":
+                BATTERIES.get(battery_name)  # an unknown battery lists the known ones, before any work
+            if surrogate is not None and battery_name not in ("full", "sparse"):
+                raise RobustlabError("--surrogate is used by the full and sparse batteries only; add --battery full")
+            if no_state and state_dir is not None:
+                raise RobustlabError("--no-state and --state-dir contradict each other; pass one of them")
+            if battery_name != "none":
+                check_writable(ledger, "--ledger", folder=False)
+                state = None if no_state else (state_dir if state_dir is not None else ledger.parent / "eval-state")
+                if state is not None:
+                    check_writable(state, "--state-dir", folder=True)
+            # under torchrun: join its process group; rank 0 prints and writes, every rank attacks
+            world = current_world()
+            if world.distributed and dev.type == "cuda" and dev.index is None:
+                dev = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
+            model, kw, info, threat = load_for_dataset(checkpoint, dev, dataset, root, force_dataset, norm, eps)
+            if download:
+                kw["download"] = True
+            test = load_dataset(info.name, "test", limit=n, seed=seed, **kw)
+            if n is not None and len(test) < n and world.main:
+                note(f"--n {n} > {len(test)} test images: evaluating all {len(test)}")
+            if battery_name == "none":  # clean accuracy only: cheap, not sharded
+                acc = accuracy(model, make_loader(test, batch_size), dev)
+                if world.main:
+                    t = Table(title=f"{checkpoint}")
+                    for c in ("dataset", "images", "clean accuracy (%)"):
+                        t.add_column(c)
+                    t.add_row(info.name, str(len(test)), f"{100 * acc:.2f}")
+                    console.print(t)
+                return
+            options: dict[str, Any] = {}
+            if surrogate is not None:
+                options["surrogate"] = load(surrogate, device=dev)
+            result = run_battery(model, test, battery_name, threat=threat, batch_size=batch_size,
+                                 battery_options=options, repeats=repeats, ensemble=ensemble, draws=draws,
+                                 seed=seed, device=dev, state_dir=state, progress=bar if world.main else None,
+                                 bpda=bpda,  # type: ignore[arg-type]
+                                 name=checkpoint.stem if checkpoint.stem != "model" else None, world=world)
+            # every rank holds the gathered result; one row, written by rank 0 while the others wait
+            row = Ledger(ledger).add(result, extra={"checkpoint": str(checkpoint)}) if world.main else None
+            world.barrier()
+        if not world.main:
             return
-        options: dict[str, Any] = {}
-        if surrogate is not None:
-            options["surrogate"] = load(surrogate, device=dev)
-        result = run_battery(model, test, battery_name, threat=threat, batch_size=batch_size,
-                             battery_options=options, repeats=repeats, ensemble=ensemble, draws=draws,
-                             seed=seed, device=dev, state_dir=state, progress=bar, bpda=bpda,  # type: ignore[arg-type]
-                             name=checkpoint.stem if checkpoint.stem != "model" else None)
-        row = Ledger(ledger).add(result, extra={"checkpoint": str(checkpoint)})
+    finally:
+        if owned_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     t = Table(title=f"{checkpoint}: {result.battery} on {info.name} ({threat.norm} eps={threat.eps:.4g})")
     rows = result.table_rows()
     for c in rows[0]:
@@ -134,8 +172,9 @@ def evaluate(
     pm = " ± " if result.repeats > 1 else ""
     clean = f"{100 * result.clean_acc:.2f}" + (f"{pm}{100 * result.clean_std:.2f}" if pm else "")
     robust = f"{100 * result.robust_acc:.2f}" + (f"{pm}{100 * result.robust_std:.2f}" if pm else "")
+    ranks = f" by {world.size} processes" if world.distributed else ""
     console.print(f"clean accuracy {clean}%, {robust_measure(result.config)}: {robust}% on {result.n} "
-                  f"{info.name} test images in {result.seconds:.1f} s; ledger row {row} in [bold]{ledger}[/]")
+                  f"{info.name} test images in {result.seconds:.1f} s{ranks}; ledger row {row} in [bold]{ledger}[/]")
     if result.config.get("stochastic"):
         console.print(f"the model is randomized ({result.randomness}): per image, the probability that a "
                       f"draw classifies the worst point found correctly, on "

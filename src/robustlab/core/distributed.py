@@ -163,5 +163,7 @@ def current_world(backend: str | None = None) -> World:
     try:
         dist.init_process_group(backend=backend, timeout=_timeout())
     except (RuntimeError, ValueError) as e:
-        raise RobustlabError(f"rank {rank} of {size} could not join the process group ({e})") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RobustlabError(f"rank {rank} of {size}: joining the process group failed ({first}); another rank "
+                             "probably died or never started: see its output above") from e
     return World(rank, size)

@@ -27,17 +27,23 @@ plus one attack.
 
 ``n`` samples are chosen by the one rule of the library (:func:`robustlab.data.select_subset`):
 the deterministic class-balanced subset ``load_dataset(..., limit=n, seed=seed)`` keeps.
+
+Under ``torchrun`` the batches are sharded: each rank attacks a contiguous range of whole
+batches, every seed keeps the global batch index, and the per-sample results are gathered, so
+every rank returns the result one process would (same seed, same batch size: the batch size,
+not the number of ranks, is what a result depends on; see :func:`run_battery`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +70,12 @@ from ..attacks.verdict import VERDICT_DRAWS
 from ..core.bpda import BPDA_MODES, BPDAMode
 from ..core.checkpoint import content_hash
 from ..core.checks import check_int
+from ..core.distributed import World, current_world
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 from .battery import Battery, create_battery, jsonable
-from .fingerprint import behaviour_key
-from .job import Job, ProgressCallback, ProgressEvent, derive_seed
+from .fingerprint import behaviour_key, key_mismatch
+from .job import Job, ProgressCallback, ProgressEvent, derive_seed, seed_global
 from .result import AttackSummary, EvalResult, indices_hash, mean_std
 from .samples import Samples
 from .state import EvalState
@@ -88,7 +95,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 4
+STATE_FORMAT = 5  # 5: per-batch counters and pending incumbents, one file per rank
 STATE_DIR_NAME = "eval-state"
 """The evaluation-state folder's name inside a run folder (``runs/<name>/eval-state``)."""
 FINGERPRINT_PROBE = 16
@@ -154,6 +161,76 @@ def state_dir_for(run_folder: str | os.PathLike[str]) -> Path:
     return Path(run_folder) / STATE_DIR_NAME
 
 
+@contextlib.contextmanager
+def _fp32_and_own_rng(dev: torch.device) -> Iterator[None]:
+    """The numerics and the randomness of an evaluation, restored afterwards.
+
+    fp32 only: TF32 matmuls and convolutions off, and no autocast, because attacks follow
+    gradients and low precision masks them (a TF32 or fp16 forward rounds away the small
+    input gradients a PGD step or a margin comparison needs, and an evaluation under it reports
+    gradient masking as robustness). ``cudnn.benchmark`` is left as the caller set it (off by
+    default: deterministic algorithm choice); turn it on yourself for speed at the cost of bit
+    repeatability.
+
+    Randomness: the global CPU (and ``dev``'s CUDA) generator is forked, so the seeds
+    :func:`~robustlab.evaluate.job.seed_global` sets per stage never leak to the caller.
+    """
+    b = torch.backends
+    # torch >= 2.9 has per-backend fp32_precision flags; reading the legacy allow_tf32 flags
+    # after a caller set the new ones raises, so the new ones are used where they exist
+    flags = []
+    for path in ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn"):
+        obj: Any = b
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(getattr(obj, "fp32_precision", None), str):
+            flags.append(obj)
+    old_precision = [m.fp32_precision for m in flags]
+    old_legacy = None if flags else (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    autocast_off = (torch.autocast(device_type=dev.type, enabled=False) if dev.type in ("cpu", "cuda")
+                    else contextlib.nullcontext())
+    try:
+        for m in flags:
+            m.fp32_precision = "ieee"
+        if old_legacy is not None:
+            b.cuda.matmul.allow_tf32 = False
+            b.cudnn.allow_tf32 = False
+        with torch.random.fork_rng(devices=devices), autocast_off:
+            yield
+    finally:
+        for m, value in zip(flags, old_precision, strict=True):
+            m.fp32_precision = value
+        if old_legacy is not None:
+            b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = old_legacy
+
+
+def _agree(world: World, key: str, config: Mapping[str, Any], randomness: str) -> str:
+    """Check that every rank evaluates the same thing (same key), and return rank 0's randomness.
+
+    A model built differently on some rank (an unseeded initialisation, another checkpoint)
+    would silently mix two models into one result; this refuses it on every rank at once.
+    """
+    if not world.distributed:
+        return randomness
+    mine: dict[str, Any] = {"key": key, "config": dict(config), "randomness": randomness}
+    views = world.all_gather(mine)
+    first = views[0]
+    for rank, view in enumerate(views):
+        if view["key"] == first["key"]:
+            continue
+        old, new = first["config"], view["config"]
+        reasons = key_mismatch(old.get("behaviour") or {}, new.get("behaviour") or {})
+        reasons += [f"{k} differs" for k in sorted(set(old) | set(new))
+                    if k != "behaviour" and old.get(k) != new.get(k)]
+        raise InputError(
+            f"rank {rank} evaluates something else than rank 0 ({'; '.join(reasons) or 'the key differs'}): "
+            "every rank must evaluate the same model on the same data with the same battery and options; "
+            "build the model identically on every rank (a fixed seed, or robustlab.load of one checkpoint)"
+        )
+    return str(first["randomness"])
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -182,6 +259,7 @@ def run_battery(
     train_mode_ok: bool = False,
     save_interval: float = 60.0,
     draws: int = VERDICT_DRAWS,
+    world: World | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
 
@@ -209,7 +287,33 @@ def run_battery(
 
     The model's train/eval mode is not changed, and the model is not moved. The seeds of its
     random layers are set per stage from ``seed`` (:func:`core.randomness.seed_stochastic`);
-    they keep the last one afterwards.
+    they keep the last one afterwards. The global generator is seeded per stage too (for
+    models that draw from it), inside ``torch.random.fork_rng``: the caller's is left as it was.
+
+    Numerics: attacks run in fp32. TF32 matmuls and convolutions are switched off for the call
+    and autocast is disabled (low precision rounds away the small gradients attacks follow and
+    would report gradient masking as robustness); the flags are restored afterwards, and
+    ``cudnn.benchmark`` is left as the caller set it (off by default, for repeatable numbers).
+
+    Sharded evaluation: launched by ``torchrun --nproc_per_node N`` (``world``, default
+    :func:`core.distributed.current_world`, which joins torchrun's process group; gloo on
+    CPU, NCCL on GPUs), each rank attacks a contiguous range of whole batches
+    (:func:`core.distributed.shard_range` over the batches), with every seed derived from the
+    *global* batch index, and the per-sample results are gathered to every rank: every rank
+    returns the same result, identical to a one-process run with the same ``seed`` and
+    ``batch_size``. It is the batch size, not the number of ranks, that a result depends on (a
+    random layer may share one draw across its batch, so the batch is the unit of randomness;
+    seeds are per batch, not per sample). Every rank must call it, with the same arguments (to
+    evaluate on one rank of a torchrun job only, pass ``world=World()``); every rank checks that
+    the others evaluate the same thing (the state key: weights, behaviour, data, battery,
+    options) and refuses a model built differently on some rank. Progress events count each
+    rank's own batches (:class:`ProgressEvent`). With ``state_dir`` each rank saves its own file
+    (``state.rank<r>-of-<N>.safetensors``); a resumed run, on any number of ranks, takes every
+    batch some file of the same key finished (or got furthest with), so an interrupted 2-rank
+    run resumed on 2 ranks or on 1 gives the uninterrupted numbers. A rank that dies makes the
+    others fail at the next collective (its timeout: :data:`core.distributed.DEFAULT_TIMEOUT`)
+    with a :class:`RobustlabError`; nothing is returned. ``result.seconds`` is the time spent
+    on the batches, summed over the ranks.
 
     Args:
         model: the classifier, taking [0, 1] images (see ``attacks.logits_of`` for outputs).
@@ -235,7 +339,8 @@ def run_battery(
             judged by one forward.
         seed: the root of every generator of the run.
         device: where the inputs go; default the model's device. The model must be there.
-        state_dir: save the per-sample state under ``state_dir/<key>/state.safetensors`` and
+        state_dir: save the per-sample state under ``state_dir/<key>/state.safetensors`` (one
+            file per rank under torchrun) and
             resume from it: after every batch, and after any attack that ends more than
             ``save_interval`` seconds after the last save (a resumed batch continues with the
             next attack, with exactly an uninterrupted run's numbers); on ``KeyboardInterrupt``
@@ -254,6 +359,8 @@ def run_battery(
             statistics would be updated by the attacks, dropout would be active).
         save_interval: seconds between saves inside a batch (``0``: after every attack);
             used with ``state_dir`` only.
+        world: the processes sharing the run (see "Sharded evaluation" above); default
+            :func:`core.distributed.current_world` (one process unless launched by torchrun).
 
     Returns:
         An :class:`~robustlab.evaluate.EvalResult`.
@@ -261,7 +368,9 @@ def run_battery(
     Raises:
         UnknownNameError: for an unknown battery name (listing the known ones).
         InputError: for bad arguments, ``n`` larger than the data, a named battery with no
-            threat, a model on another device than ``device``, or a model in training mode.
+            threat, a model on another device than ``device``, or a model in training mode;
+            under torchrun, when the ranks do not evaluate the same model, data and battery.
+        RobustlabError: under torchrun, when another rank died or a collective timed out.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -297,6 +406,10 @@ def run_battery(
             "train_mode_ok=True if training mode is what you mean to evaluate"
         )
     draws = check_int(draws, "draws", 1)
+    if world is None:
+        world = current_world()
+    elif not isinstance(world, World):
+        raise InputError(f"world must be a robustlab.core.distributed.World, got {type(world).__name__}")
     mhash = model_hash(model)
     recipe = getattr(model, "robustlab_recipe", None)
     header = getattr(model, "robustlab_header", None)
@@ -318,38 +431,46 @@ def run_battery(
         config["bpda"] = bpda
     if model.training:
         config["train_mode"] = True
-    probe_x, _ = samples.batch(0, min(n_total, DETECTION_BATCH))
-    probe_x = probe_x.to(dev)
-    # behaviour, not weights alone: every layer's configuration, the outputs on a fixed probe
-    # and every attack's full configuration (robustlab.evaluate.fingerprint)
-    behaviour, problems = behaviour_key(model, battery, probe_x[:FINGERPRINT_PROBE], seed=0)
-    config["behaviour"] = behaviour
-    key = hashlib.sha256(
-        json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-    # one state slot per (weights, data, battery name, seed, sizes): a state there with another
-    # key is a changed model or battery, started over with the reason said
-    slot = hashlib.sha256(json.dumps(
-        [mhash, config["dataset"], samples.indices, battery.name, list(battery.labels), seed, repeats,
-         batch_size], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    folder = Path(state_dir) / slot[:20] if state_dir is not None else None
-    if folder is not None and problems:
-        warnings.warn("this evaluation cannot be resumed (its state is not saved): "
-                      + "; ".join(problems), stacklevel=2)
-        config["not_resumable"] = problems
-        folder = None
-    # randomness, established on the first batch (the protocol, else two forwards differ)
-    randomness = model_fn(model, probe_x).randomness
-    if isinstance(header, Mapping) and header.get("content_hash"):
-        config["checkpoint_hash"] = str(header["content_hash"])
-    job = Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
-               save_interval, progress)
-    try:
-        state = job.run(randomness)
-    except LateRandomness:
-        # random only near the decision boundary: everything is judged again as randomized
-        job.config["late_randomness"] = True
-        state = job.run("detected", fresh=True)
+    with _fp32_and_own_rng(dev):
+        probe_x, _ = samples.batch(0, min(n_total, DETECTION_BATCH))
+        probe_x = probe_x.to(dev)
+        # behaviour, not weights alone: every layer's configuration, the outputs on a fixed probe
+        # and every attack's full configuration (robustlab.evaluate.fingerprint)
+        behaviour, problems = behaviour_key(model, battery, probe_x[:FINGERPRINT_PROBE], seed=0)
+        config["behaviour"] = behaviour
+        key = hashlib.sha256(
+            json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        # one state slot per (weights, data, battery name, seed, sizes): a state there with another
+        # key is a changed model or battery, started over with the reason said
+        slot = hashlib.sha256(json.dumps(
+            [mhash, config["dataset"], samples.indices, battery.name, list(battery.labels), seed, repeats,
+             batch_size], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        folder = Path(state_dir) / slot[:20] if state_dir is not None else None
+        if folder is not None and problems:
+            if world.main:
+                warnings.warn("this evaluation cannot be resumed (its state is not saved): "
+                              + "; ".join(problems), stacklevel=2)
+            config["not_resumable"] = problems
+            folder = None
+        # randomness, established on the first batch (the protocol, else two forwards differ),
+        # with the global generator seeded so every rank probes the same draws. These forwards
+        # also draw a frozen model's one inference path (a frozen layer draws at its first
+        # forward, from a generator forked from the global one unless seeded): from the seed, the
+        # same on every rank, not at whichever batch a rank happens to start with
+        seed_global(derive_seed(seed, "detect"), dev)
+        randomness = _agree(world, key, config, model_fn(model, probe_x).randomness)
+        if isinstance(header, Mapping) and header.get("content_hash"):
+            config["checkpoint_hash"] = str(header["content_hash"])
+        job = Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
+                  save_interval, progress, world)
+        try:
+            state = job.run(randomness)
+        except LateRandomness:
+            # random only near the decision boundary: everything is judged again as randomized
+            # (on every rank: the ranks agree on it when they gather their shards)
+            job.config["late_randomness"] = True
+            state = job.run("detected", fresh=True)
     return _result(state, battery, samples, name or model_name(model), recipe, job.config)
 
 
@@ -362,12 +483,12 @@ def _warnings(state: EvalState, battery: Battery, config: Mapping[str, Any]) -> 
         found.append(late_randomness_warning(f"battery {battery.name!r}"))
     found += randomness_warnings(str(config.get("randomness", "none")),
                                  any(a.expects_randomness for a in battery.attacks), f"battery {battery.name!r}")
-    rows, checked = (int(v) for v in state.probability_rows.sum(dim=0))
+    rows, checked = (int(v) for v in state.probability_rows.sum(dim=(0, 1)))
     prob = probability_warning(rows, checked)
     if prob is not None:
         found.append(prob)
     for i, label in enumerate(battery.labels):
-        evals, zero, nonfinite = (int(v) for v in state.gradients[:, i].sum(dim=0))
+        evals, zero, nonfinite = (int(v) for v in state.gradients[:, :, i].sum(dim=(0, 1)))
         found += gradient_warnings(evals, zero, nonfinite, label)
     broken = [int(state.success[:, i].sum()) for i in range(len(battery.labels))]
     seen = [int(state.seen[:, i].sum()) for i in range(len(battery.labels))]
@@ -404,9 +525,9 @@ def _result(
             success_rate=broken / seen if seen else float("nan"),
             seen=seen,
             broken=broken,
-            forward_passes=int(state.forward[:, i].sum()),
-            backward_passes=int(state.backward[:, i].sum()),
-            seconds=float(state.attack_seconds[:, i].sum()),
+            forward_passes=int(state.forward[:, :, i].sum()),
+            backward_passes=int(state.backward[:, :, i].sum()),
+            seconds=float(state.attack_seconds[:, :, i].sum()),
         )
     return EvalResult(
         clean_acc=clean_mean,

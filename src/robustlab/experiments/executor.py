@@ -298,12 +298,17 @@ def _init_worker(started: Any) -> None:
     _STARTED = started
 
 
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+
+
 def _execute(spec: WorkerSpec, task: Task) -> TaskResult:
     """Run ``task`` in this worker process."""
     t0 = time.perf_counter()
     if _STARTED is not None:
         _STARTED.put((task.key, os.getpid()))
     torch.set_num_threads(spec.threads)
+    for name in _TORCHRUN_ENV:  # a task is one process: never join a torchrun group it inherited
+        os.environ.pop(name, None)
     run, lines = _open(spec)
     del lines[:]
     if task.kind == "model":
