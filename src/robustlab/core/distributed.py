@@ -98,7 +98,9 @@ class World:
         """This rank's contiguous ``[lo, hi)`` of ``n`` items (:func:`shard_range`)."""
         return shard_range(n, self.rank, self.size)
 
-    def _run(self, what: str, fn: Callable[[], T]) -> T:
+    def collective(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, a collective named ``what``; a failure (a timeout, a dead or stuck peer)
+        becomes a :class:`RobustlabError` that names it."""
         try:
             return fn()
         except RuntimeError as e:  # gloo/NCCL timeouts and closed connections
@@ -109,14 +111,14 @@ class World:
 
     def barrier(self) -> None:
         if self.distributed:
-            self._run("barrier", dist.barrier)
+            self.collective("barrier", dist.barrier)
 
     def all_gather(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order, on every rank (plain Python data only)."""
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.size
-        self._run("all_gather_object", lambda: dist.all_gather_object(out, obj))
+        self.collective("all_gather_object", lambda: dist.all_gather_object(out, obj))
         return out
 
     def broadcast(self, obj: T, src: int = 0) -> T:
@@ -124,13 +126,13 @@ class World:
         if not self.distributed:
             return obj
         box: list[Any] = [obj]
-        self._run("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=src))
+        self.collective("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=src))
         return box[0]
 
     def all_reduce_(self, tensor: torch.Tensor, average: bool = False) -> torch.Tensor:
         """Sum (or average) ``tensor`` over the ranks, in place."""
         if self.distributed:
-            self._run("all_reduce", lambda: dist.all_reduce(tensor))
+            self.collective("all_reduce", lambda: dist.all_reduce(tensor))
             if average:
                 tensor.div_(self.size)
         return tensor

@@ -50,14 +50,14 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..core import InputError, RobustlabError
+from ..core import InputError
 from ..core.distributed import World
 
 __all__ = [
@@ -72,8 +72,6 @@ __all__ = [
 
 BUCKET_BYTES = 25 * 2**20
 """Bytes of gradient reduced per ``all_reduce`` (DDP's default bucket size)."""
-
-T = TypeVar("T")
 
 
 def rank_seed(seed: int, rank: int, *salt: int) -> int:
@@ -90,19 +88,6 @@ def local_cuda_device() -> torch.device:
     """The GPU of this process under torchrun (``cuda:LOCAL_RANK``), else the current GPU."""
     local = os.environ.get("LOCAL_RANK")
     return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
-
-
-def _guarded(world: World, what: str, fn: Callable[[], T]) -> T:
-    """``fn()``, a collective; a failure (a timeout, a dead peer) becomes a RobustlabError naming
-    it, as :class:`World`'s own collectives report theirs."""
-    try:
-        return fn()
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RobustlabError(
-            f"rank {world.rank} of {world.size}: {what} failed ({first}); another rank probably "
-            "died or is stuck: see its output above"
-        ) from e
 
 
 def _buckets(tensors: Sequence[torch.Tensor], bucket_bytes: int) -> Iterator[list[int]]:
@@ -147,7 +132,7 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], world: World, *, src: int
     items = [t for t in tensors if t.numel()]
     if not world.distributed or not items:
         return
-    _coalesced(items, lambda flat: _guarded(world, "broadcast", lambda: dist.broadcast(flat, src)),
+    _coalesced(items, lambda flat: world.collective("broadcast", lambda: dist.broadcast(flat, src)),
                bucket_bytes)
 
 
