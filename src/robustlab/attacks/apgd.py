@@ -176,7 +176,10 @@ class APGD(GradientAttack):
         rho: the fraction of increasing steps below which the step size is halved.
         momentum: ``alpha`` of Alg. 1.
         early_stop: drop samples from the batch once confirmed adversarial (see
-            :class:`~robustlab.attacks.Attack`).
+            :class:`~robustlab.attacks.Attack`); on a randomized model, at each checkpoint,
+            once the candidate every draw of its step got wrong, proposed to the incumbent,
+            fools every fresh draw of the comparison (broken by the worst-case rule,
+            :meth:`~robustlab.attacks.gradient.Tracker.settle`).
         grad: gradient estimator (``EOT(20)`` in AutoAttack's ``rand`` version).
         bpda: see :class:`~robustlab.attacks.base.Attack`.
     """
@@ -231,7 +234,8 @@ class APGD(GradientAttack):
             success_targets=ctx.targets[idx] if ctx.targets is not None else None,
         )
         # randomized: the candidate is the iterate most step draws call a success, not the
-        # highest-loss one (confirmed is never true there, so the rows stay aligned)
+        # highest-loss one (confirmed is never true there; ``rows`` maps the state's rows to
+        # the pick's, which differ once settled samples leave at a checkpoint)
         pick = Pick(x_adv) if ctx.stochastic else None
         rows = torch.arange(idx.numel(), device=x_adv.device)
         if pick is not None:
@@ -258,11 +262,30 @@ class APGD(GradientAttack):
             if i + 1 in checkpoints:
                 st.checkpoint(i + 1 - last_check, self.rho)
                 last_check = i + 1
+                if pick is not None and shrink and i + 1 < self.steps:
+                    st, rows = self._settle(track, pick, st, rows)
             if shrink and bool(confirmed.any()):
                 st = st.index(~confirmed)
         if pick is not None:  # the iterate most draws got wrong, then the highest-loss one
-            track.fallback(st.ids, pick.x)
+            track.fallback(st.ids, pick.x[rows])
         track.fallback(st.ids, st.x_best)
+
+    @staticmethod
+    def _settle(track: Tracker, pick: Pick, st: _State, rows: torch.Tensor) -> tuple[_State, torch.Tensor]:
+        """At a checkpoint on a randomized model: the samples whose candidate every draw of
+        its step called a success propose it to the incumbent now (on fresh draws); those whose
+        incumbent then fools every fresh draw are broken by the worst-case rule and leave the
+        run (:meth:`Tracker.settle`). The step's draws only choose whom to propose; fresh
+        draws decide."""
+        assert pick.badness is not None
+        ready = pick.badness.wrong[rows] >= 1.0
+        if not bool(ready.any()):
+            return st, rows
+        done = torch.zeros_like(ready)
+        done[ready] = track.settle(st.ids[ready], pick.x[rows[ready]])
+        if not bool(done.any()):
+            return st, rows
+        return st.index(~done), rows[~done]
 
     def _clean(self, ctx: RunContext, targets: torch.Tensor | None) -> Tracker:
         """A tracker that holds the clean inputs, with the samples confirmed adversarial at the

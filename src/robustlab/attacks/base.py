@@ -204,9 +204,12 @@ class RunContext:
         On a deterministic model, those the logits misclassify (or put on the target). On a randomized model
         none: a step's draw, or the mean softmax over a step's EOT draws, is one more random
         sample and can be lucky, and a point just across the averaged boundary fools a fresh
-        draw only about half the time; so every sample runs the attack's full budget, and
-        its candidate is the iterate that most of its step's draws call a success
-        (:meth:`pick`), proposed to the incumbent at the end of the restart.
+        draw only about half the time; so a sample runs on until the worst-case rule breaks
+        it (PGD and APGD check at intervals: the candidate every draw of its step got wrong is
+        proposed to the incumbent, and the sample leaves once its incumbent fools every
+        *fresh* draw of the comparison, :meth:`~robustlab.attacks.gradient.Tracker.settle`)
+        or its budget is spent; its candidate is the iterate that most of its step's draws
+        call a success (:class:`Pick`), proposed to the incumbent at the end of the restart.
         """
         if self.stochastic:
             return torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
@@ -277,10 +280,13 @@ class Attack(abc.ABC):
     deterministic model a step's prediction confirms it. On a randomized model nothing does:
     neither one draw nor the mean softmax over one step's EOT draws (measured: stopping at
     the first point whose EOT-20 mean softmax is wrong leaves points that fool a fresh draw
-    about half the time, weaker than running on), so every sample gets the attack's full
-    budget, and each restart proposes its candidates to the incumbent (the iterate most of its
-    step's draws got wrong, and the last or highest-loss one). Either way the verdict, with
-    fresh draws, decides the result. Runs with ``full_budget=True`` (transfer
+    about half the time, weaker than running on), so a sample runs on until its incumbent
+    fools every fresh draw of a comparison (the worst-case rule's "broken": PGD and APGD
+    propose mid-run, at intervals, the candidates every draw of their step got wrong, and
+    drop the samples this settles; a sequence's later attacks skip such samples too) or the
+    budget is spent, and each restart proposes its candidates to the incumbent (the iterate
+    most of its step's draws got wrong, and the last or highest-loss one). Either way the
+    verdict, with fresh draws, decides the result. Runs with ``full_budget=True`` (transfer
     attacks, which maximize the loss on the surrogate) never stop early.
 
     The model's train/eval mode is never changed: call ``model.eval()`` first (batch-norm in

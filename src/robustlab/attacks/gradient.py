@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..core.bpda import BPDAMode
@@ -65,6 +67,18 @@ class Tracker:
         keep = ~self.found[ids]
         if bool(keep.any()):
             self._x[ids[keep]] = x[keep]
+
+    def settle(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Randomized model, mid-run: propose candidates ``x`` of samples ``ids`` to the
+        incumbent now (fresh draws, as :meth:`fallback` does) and return, per row, whether the
+        sample is settled after it: its incumbent fooled every fresh draw of the comparison.
+        Such a sample is broken by the worst-case rule (no point can be worse for the model on
+        the decision; a later attack of a sequence would skip it too), so the attack stops
+        spending passes on it."""
+        if self.incumbent is None or ids.numel() == 0:
+            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        self.incumbent.offer(self.ctx.model, self.ctx.verdict, ids, x)
+        return self.incumbent.settled()[ids]
 
     def open(self) -> torch.Tensor:
         """Indices of the samples a restart attacks: those without an adversarial point
@@ -175,10 +189,12 @@ class PGD(GradientAttack):
         step_size: ``alpha``; default ``2.5 * eps / steps`` (Madry et al., 2018).
         random_start: start from a random point of the ball instead of ``x``.
         restarts: number of random restarts.
-        early_stop: stop attacking a sample once it is confirmed adversarial (the base
-            class's rule: on a randomized model only by an EOT step's mean softmax). Saves
-            passes; the per-sample verdict is the same. Off inside ``frozen`` and for
-            ``full_budget`` runs.
+        early_stop: stop attacking a sample once it is broken: on a deterministic model when a
+            step's prediction is adversarial (the base class's rule); on a randomized one when,
+            checked every quarter of the steps (at least 5), the candidate every draw of its
+            step got wrong, proposed to the incumbent, fools every fresh draw of the comparison
+            (:meth:`Tracker.settle`). Saves passes; the per-sample verdict is the same on a
+            deterministic model. Off inside ``frozen`` and for ``full_budget`` runs.
         loss, grad, bpda: see :class:`GradientAttack`.
     """
 
@@ -228,6 +244,7 @@ class PGD(GradientAttack):
             state = self._init_state(cur)
             pick = Pick(cur) if ctx.stochastic else None
             rows = torch.arange(ids.numel(), device=x.device)
+            every = max(self.steps // 4, 5)  # randomized: how often broken samples are settled
             for _step in range(self.steps):
                 est = self._estimate(ctx.model, cur, labels, goal)
                 if pick is not None:
@@ -237,22 +254,39 @@ class PGD(GradientAttack):
                 grad = est.grad
                 if shrink and bool(confirmed.any()):
                     keep = ~confirmed
-                    ids, labels, cur, grad, ball = ids[keep], labels[keep], cur[keep], grad[keep], ball[keep]
-                    goal = goal[keep] if goal is not None else None
-                    state = {k: v[keep] for k, v in state.items()}
+                    ids, labels, cur, grad, rows, goal = _kept(keep, ids, labels, cur, grad, rows, goal)
+                    ball, state = ball[keep], {k: v[keep] for k, v in state.items()}
                     if ids.numel() == 0:
                         break
                 direction = self._direction(grad, state)
                 cur = ball.project(cur + self._ascent_step(direction, self.step_size))
-            if pick is not None:  # two candidates: the iterate most draws got wrong, the last one
+                if pick is not None and shrink and (_step + 1) % every == 0 and _step + 1 < self.steps:
+                    # randomized: samples broken by the worst-case rule leave the run
+                    assert pick.badness is not None
+                    ready = pick.badness.wrong[rows] >= 1.0
+                    done = torch.zeros_like(ready)
+                    if bool(ready.any()):
+                        done[ready] = track.settle(ids[ready], pick.x[rows[ready]])
+                    if bool(done.any()):
+                        keep = ~done
+                        ids, labels, cur, rows, goal = _kept(keep, ids, labels, cur, rows, goal)
+                        ball, state = ball[keep], {k: v[keep] for k, v in state.items()}
+                        if ids.numel() == 0:
+                            break
+            if pick is not None and ids.numel():  # two candidates: the iterate most draws got wrong, the last one
                 pick.observe(rows, cur, self._grad.predict(ctx.model, cur).samples, labels, goal)
-                track.fallback(ids, pick.x)
+                track.fallback(ids, pick.x[rows])
                 track.fallback(ids, cur)
             elif ids.numel():  # the last iterate
                 confirmed = ctx.confirmed(ctx.model.predict(cur), labels, goal)
                 track.adversarial(ids[confirmed], cur[confirmed])
                 track.fallback(ids, cur)
         return track.x
+
+
+def _kept(keep: torch.Tensor, *rows: torch.Tensor | None) -> tuple[Any, ...]:
+    """Each per-row tensor restricted to rows ``keep`` (``None`` stays ``None``)."""
+    return tuple(None if r is None else r[keep] for r in rows)
 
 
 @register_attack("mifgsm", "Dong et al. 2018")

@@ -95,8 +95,10 @@ class Square(Attack):
     ``z_y - max_{j != y} z_j`` decreases, as the reference code does. The window covers a
     fraction ``p`` of the image that follows the paper's schedule from ``p_init``
     (:func:`square_p_schedule`). A sample leaves the search once it is confirmed adversarial
-    (the base class's rule: never on a randomized model, where every sample gets the whole
-    budget). A proposal that leaves a point unchanged (all its window's
+    (the base class's rule); on a randomized model, where no step confirms anything, once
+    its incumbent fools every fresh draw: every tenth of the budget (at least 10 queries) the
+    current points whose fresh estimate has a negative mean margin are proposed to the
+    incumbent (:meth:`~robustlab.attacks.gradient.Tracker.settle`). A proposal that leaves a point unchanged (all its window's
     pixels already at the drawn vertex, or clipped by the box) is not evaluated: it could not
     improve, so only the model call is saved; ``queries`` counts the evaluations actually made.
 
@@ -240,6 +242,7 @@ class Square(Attack):
         draws = self.eot if fm.stochastic else 1
         shrink = ctx.shrink
         track = Tracker(ctx) if fm.stochastic else None
+        every = max(self.n_queries // 10, 10)  # randomized: how often broken samples are settled
         for _ in range(self.restarts):
             idx = (~done).nonzero().squeeze(1) if track is None else track.open()
             if idx.numel() == 0:
@@ -254,47 +257,74 @@ class Square(Attack):
             confirmed = ctx.confirmed(logits, ys, ts)
             done[idx[confirmed]] = True
             active = (~confirmed).nonzero().squeeze(1) if shrink else torch.arange(idx.numel(), device=x.device)
+            # The per-sample state of the active rows. On a model the attack does not break (the
+            # common case of a robust model) every row stays active for all n_queries iterations:
+            # the full tensors are used as they are, and the rows are gathered again only when
+            # the active set shrinks, not on every iteration.
+            ball_a, ys_a, ts_a = self._rows(active, idx.numel(), ball, ys, ts)
             for it in range(self.n_queries):
                 if active.numel() == 0:
                     break
                 p = square_p_schedule(it, self.n_queries, self.p_init, self.rescale_schedule)
-                x_new = self._propose(ball[active], x_cur[active], p, ctx.generator)
+                cur_a = x_cur if active.numel() == idx.numel() else x_cur[active]
+                x_new = self._propose(ball_a, cur_a, p, ctx.generator)
                 # A proposal that leaves the point unchanged (its window already holds those
                 # signs, or the box clips the change away) cannot improve. The AutoAttack
                 # reference (and torchattacks) spend a query on it and change nothing; skipping
                 # the query keeps the iteration (and the p schedule) and saves the forward pass.
-                moved = (x_new != x_cur[active]).flatten(1).any(dim=1)
-                evaluated = active
+                moved = (x_new != cur_a).flatten(1).any(dim=1)
+                evaluated, ys_e, ts_e = active, ys_a, ts_a
                 if not bool(moved.all()):
-                    evaluated, x_new = active[moved], x_new[moved]
+                    evaluated, x_new, ys_e = active[moved], x_new[moved], ys_a[moved]
+                    ts_e = ts_a[moved] if ts_a is not None else None
                     if evaluated.numel() == 0:
                         continue
-                ts_e = ts[evaluated] if ts is not None else None
                 if fm.stochastic:
                     # candidate and current point on fresh draws, in one forward: a stored
                     # estimate of the current point is the luckiest one that made it win, and
                     # real improvements would rarely beat it
                     both, logits = self._margin(fm, torch.cat([x_new, x_cur[evaluated]]),
-                                                ys[evaluated].repeat(2), ts_e.repeat(2) if ts_e is not None else None)
+                                                ys_e.repeat(2), ts_e.repeat(2) if ts_e is not None else None)
                     m_new, m_cur[evaluated] = both[: x_new.shape[0]], both[x_new.shape[0]:]
                     logits = logits[: x_new.shape[0]]
                     counts[idx[evaluated]] += 2 * draws
                 else:
-                    m_new, logits = self._margin(fm, x_new, ys[evaluated], ts_e)
+                    m_new, logits = self._margin(fm, x_new, ys_e, ts_e)
                     counts[idx[evaluated]] += draws
                 improved = m_new < m_cur[evaluated]
                 updated = evaluated[improved]
                 x_cur[updated], m_cur[updated] = x_new[improved], m_new[improved]
                 self._keep_best(idx[updated], x_new[improved], m_new[improved], best, margin)
-                confirmed = ctx.confirmed(logits, ys[evaluated], ts[evaluated] if ts is not None else None)
+                confirmed = ctx.confirmed(logits, ys_e, ts_e)
                 confirmed &= improved
-                if bool(confirmed.any()):
+                leave = bool(confirmed.any())
+                if leave:
                     done[idx[evaluated[confirmed]]] = True
-                    if shrink:
-                        active = active[~done[idx[active]]]
+                if track is not None and shrink and (it + 1) % every == 0 and it + 1 < self.n_queries:
+                    # randomized: the current points whose fresh estimate calls them a success
+                    # are proposed to the incumbent; samples it then breaks on every fresh draw
+                    # of the comparison leave the search (Tracker.settle)
+                    ready = active[m_cur[active] < 0]
+                    if ready.numel():
+                        settled = ready[track.settle(idx[ready], x_cur[ready])]
+                        done[idx[settled]] = True
+                        leave = leave or settled.numel() > 0
+                if leave and shrink:
+                    active = active[~done[idx[active]]]
+                    ball_a, ys_a, ts_a = self._rows(active, idx.numel(), ball, ys, ts)
             if track is not None:  # the restart's point, proposed to the incumbent
                 track.fallback(idx, x_cur)
         return best if track is None else track.x
+
+    @staticmethod
+    def _rows(
+        active: torch.Tensor, n: int, ball: Ball, ys: torch.Tensor, ts: torch.Tensor | None
+    ) -> tuple[Ball, torch.Tensor, torch.Tensor | None]:
+        """The ball, labels and targets of rows ``active`` of ``n`` (the full ones, uncopied,
+        when every row is active)."""
+        if active.numel() == n:
+            return ball, ys, ts
+        return ball[active], ys[active], ts[active] if ts is not None else None
 
     @staticmethod
     def _keep_best(

@@ -33,7 +33,9 @@ Cost on a randomized model, counted apart from an attack's search passes
 incumbent, both fresh) and ``k`` per sample for the final estimate. Per attack: PGD, MI-FGSM
 and APGD propose two candidates per restart (the iterate most of its step's draws got wrong,
 chosen from the draws the EOT steps already made, and the last / highest-loss iterate): ``4 k``
-per restart; APGD-T ``4 k`` per target; FAB-T, DeepFool and Square ``2 k`` per target or
+per restart, plus ``2 k`` per mid-run proposal of a sample whose step draws all got its
+candidate wrong (at APGD's checkpoints, every quarter of PGD's steps), which lets a sample
+its incumbent then breaks on every fresh draw leave the run; APGD-T ``4 k`` per target; FAB-T, DeepFool and Square ``2 k`` per target or
 restart (Square also re-estimates its current point beside every candidate: ``2 eot``
 forwards per query instead of ``eot``); ``Attack.run`` proposes the search's point to an
 incumbent at the clean input (``2 k``, plus ``k`` for the clean estimate) and judges it
