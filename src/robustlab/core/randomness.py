@@ -10,7 +10,11 @@ subclasses :class:`Stochastic`:
 - inside ``with frozen(model):`` it reuses one draw (one inference path): the first forward of
   a given input shape draws, later forwards of that shape reuse it;
 - :func:`resample` forces a new draw; :func:`is_stochastic` tells whether a model has any
-  active, unfrozen random layer, i.e. whether EOT and repeated evaluation are needed.
+  active, unfrozen random layer, i.e. whether EOT and repeated evaluation are needed;
+- a layer whose every forward draws independently for each batch row declares it
+  (:attr:`Stochastic.rowwise`), and :func:`rowwise_random` tells whether all of a model's
+  randomness is of that kind: then ``n`` draws of a batch can be taken in one forward of the
+  batch repeated ``n`` times (batched EOT), since each copy of a row gets its own draw.
 
 A layer writes its forward with :meth:`Stochastic.draw`::
 
@@ -40,6 +44,7 @@ __all__ = [
     "outputs_differ",
     "resample",
     "rows_differ",
+    "rowwise_random",
     "seed_stochastic",
     "seeded",
     "stochastic_layers",
@@ -75,6 +80,23 @@ class Stochastic(nn.Module):
     def stochastic_active(self) -> bool:
         """Whether the layer currently draws randomness (override to switch it off)."""
         return True
+
+    @property
+    def rowwise(self) -> bool:
+        """Whether every forward draws independent randomness for each batch row.
+
+        ``True`` promises: in a forward of ``N`` rows, row ``i``'s random quantity is drawn
+        afresh, is independent of every other row's, and has the same distribution whatever
+        the other rows are and however many there are (i.i.d. noise of the input's shape, one
+        mask or offset set per sample). Then a forward of a batch repeated ``n`` times gives
+        ``n`` independent draws for each row, exactly as ``n`` forwards would, and EOT may take
+        them in one pass (:class:`~robustlab.attacks.estimators.EOT`). A layer that draws one
+        quantity per forward shared by the whole batch (one kernel, one jitter grid) must
+        return ``False``: the ``n`` copies of a row would share its draw. The default is
+        ``False``; override it only where the sampling code shows the property (it may depend
+        on the layer's options and contexts, hence a property).
+        """
+        return False
 
     @property
     def is_frozen(self) -> bool:
@@ -146,6 +168,20 @@ def is_stochastic(model: nn.Module) -> bool:
     and evaluators should repeat predictions. Inside :func:`frozen` a model is deterministic.
     """
     return any(m.stochastic_active and not m.is_frozen for m in stochastic_layers(model))
+
+
+def rowwise_random(model: nn.Module) -> bool:
+    """Whether ``model``'s randomness is all drawn independently per batch row.
+
+    ``True`` when ``model`` has at least one active random layer, none of its active random
+    layers is frozen, and every one of them is :attr:`Stochastic.rowwise`. Only declarations
+    are read: randomness outside the protocol (``torch.randn`` in a forward, dropout in
+    training mode) is not seen here, and a model whose randomness was only detected
+    empirically is never treated as row-wise by the attacks. Rows must not interact otherwise
+    either (batch norm in training mode couples them): callers check the model's mode.
+    """
+    active = [m for m in stochastic_layers(model) if m.stochastic_active]
+    return bool(active) and all(m.rowwise and not m.is_frozen for m in active)
 
 
 def is_frozen(model: nn.Module) -> bool:

@@ -195,6 +195,20 @@ class RandomKernelConv2d(Stochastic):
         """Random unless every window position is kept (``n = k * k``) and none is excluded."""
         return self.n < self.kernel_size**2 or self._exclude is not None
 
+    @property
+    def rowwise(self) -> bool:
+        """With ``per_sample`` and ``redraw="forward"``: every forward draws one i.i.d. set of
+        positions per row (:meth:`sample_positions` with ``m = N``). Not row-wise when the
+        positions are shared by the batch, held across forwards (``redraw="batch"``), fixed
+        (:meth:`use_positions`) or excluded per sample (:meth:`excluding` with ``N`` sets,
+        which ties the draw to one batch size)."""
+        return (
+            self.per_sample
+            and self.redraw == "forward"
+            and self._fixed is None
+            and (self._exclude is None or self._exclude.shape[0] == 1)
+        )
+
     def extra_repr(self) -> str:
         out = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, n={self.n}, "

@@ -97,6 +97,12 @@ class AddNoise(Stochastic):
         """No randomness when ``std`` is 0."""
         return self.std > 0
 
+    @property
+    def rowwise(self) -> bool:
+        """Always: the noise is i.i.d. per entry of the input's shape (``forward``), so each
+        row gets its own independent draw."""
+        return True
+
     def extra_repr(self) -> str:
         return f"std={self.std}, distribution={self.distribution!r}"
 

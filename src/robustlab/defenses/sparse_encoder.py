@@ -172,6 +172,12 @@ class SparseEncoder(Stochastic):
         return self.dropout_p > 0
 
     @property
+    def rowwise(self) -> bool:
+        """Always: the dropout mask is i.i.d. per coefficient of the code's shape
+        (:meth:`keep_mask`), so each row gets its own independent draw."""
+        return True
+
+    @property
     def num_atoms(self) -> int:
         """``L``, the code's channel count."""
         return int(self.atoms.shape[0])

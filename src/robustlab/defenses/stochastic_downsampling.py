@@ -219,6 +219,14 @@ class StochasticDownsample(Stochastic):
         """Random unless ``deterministic`` (centre sampling)."""
         return not self.deterministic
 
+    @property
+    def rowwise(self) -> bool:
+        """With ``per_sample``: the jitter is drawn with one i.i.d. slice per row
+        (``_draw_jitter(n, ...)``; a linked partner takes the same per-row draw, still
+        independent across rows). The default shares one jitter tensor by the whole batch: not
+        row-wise."""
+        return self.per_sample and not self.deterministic
+
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """The output size for an ``h`` x ``w`` input."""
         if self.size is not None:
