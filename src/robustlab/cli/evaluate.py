@@ -79,6 +79,8 @@ def evaluate(
     no_state: Annotated[bool, typer.Option("--no-state", help="save no state: an interrupted evaluation starts over")] = False,
     surrogate: Annotated[Path | None, typer.Option(help="checkpoint of a surrogate model: the full battery adds a transfer attack from it, the sparse battery its PW-T attacks (the unsupervised-decoder twin)")] = None,
     bpda: Annotated[str | None, typer.Option(help="BPDA for every gradient attack of the battery: identity or smooth (for non-differentiable layers), bypass (through autoencoding front ends as the identity)")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="fast path: attack a channels_last copy of the model (same numbers up to float rounding; recorded in the row)")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="fast path: attack torch.compile of the model (compiles first, falls back with a warning if that fails; recorded in the row)")] = False,
 ) -> None:
     """Evaluate a checkpoint: clean accuracy and worst-case robust accuracy under an attack battery.
 
@@ -92,6 +94,11 @@ def evaluate(
     they depend on). Rank 0 prints and writes the one ledger row; every rank saves its own state,
     and a rerun on any number of processes resumes from them. If a process dies, the others
     stop with an error (after ROBUSTLAB_DIST_TIMEOUT seconds at most) and no row is written.
+
+    --channels-last and --compile are opt-in fast paths for the model under attack: checked on
+    the first images against the plain model (logits within 1e-4 of a row's scale, else dropped
+    with a warning), fp32 throughout, and recorded in the ledger row; a saved state of a run
+    with other fast paths is kept apart, never mixed in.
 
     Example: robustlab evaluate runs/fm/model.safetensors --n 1000 --battery standard --eps 0.1
     """
@@ -153,7 +160,8 @@ def evaluate(
                                  battery_options=options, repeats=repeats, ensemble=ensemble, draws=draws,
                                  seed=seed, device=dev, state_dir=state, progress=bar if world.main else None,
                                  bpda=bpda,  # type: ignore[arg-type]
-                                 name=checkpoint.stem if checkpoint.stem != "model" else None, world=world)
+                                 name=checkpoint.stem if checkpoint.stem != "model" else None, world=world,
+                                 fast=[p for p, on in (("channels_last", channels_last), ("compile", compile_model)) if on])
             # every rank holds the gathered result; one row, written by rank 0 while the others wait
             row = Ledger(ledger).add(result, extra={"checkpoint": str(checkpoint)}) if world.main else None
             world.barrier()
@@ -175,6 +183,12 @@ def evaluate(
     ranks = f" by {world.size} processes" if world.distributed else ""
     console.print(f"clean accuracy {clean}%, {robust_measure(result.config)}: {robust}% on {result.n} "
                   f"{info.name} test images in {result.seconds:.1f} s{ranks}; ledger row {row} in [bold]{ledger}[/]")
+    if result.config.get("fast_check"):
+        check = result.config["fast_check"]
+        dropped = f" ({', '.join(check['fallbacks'])} dropped: see the warning)" if check["fallbacks"] else ""
+        console.print(f"fast paths: {', '.join(check['applied']) or 'none'}{dropped}; on the first images the "
+                      f"logits were within {check['logit_diff']:.2g} of the plain model's (relative to each "
+                      f"row's scale)")
     if result.config.get("stochastic"):
         console.print(f"the model is randomized ({result.randomness}): per image, the probability that a "
                       f"draw classifies the worst point found correctly, on "

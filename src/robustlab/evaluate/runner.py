@@ -43,7 +43,7 @@ import logging
 import os
 import platform
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ from ..core.distributed import World, current_world
 from ..core.errors import InputError
 from ..core.types import ThreatModel
 from .battery import Battery, create_battery, jsonable
+from .fast import check_fast, prepare_fast
 from .fingerprint import behaviour_key, key_mismatch
 from .job import Job, ProgressCallback, ProgressEvent, derive_seed, seed_global
 from .result import AttackSummary, EvalResult, indices_hash, mean_std
@@ -260,6 +261,7 @@ def run_battery(
     save_interval: float = 60.0,
     draws: int = VERDICT_DRAWS,
     world: World | None = None,
+    fast: Iterable[str] = (),
 ) -> EvalResult:
     """Evaluate ``model`` with ``battery``: clean accuracy and per-sample worst-case robustness.
 
@@ -294,6 +296,21 @@ def run_battery(
     and autocast is disabled (low precision rounds away the small gradients attacks follow and
     would report gradient masking as robustness); the flags are restored afterwards, and
     ``cudnn.benchmark`` is left as the caller set it (off by default, for repeatable numbers).
+    This holds for the fast paths too: they never lower the precision.
+
+    Fast paths (``fast``, opt-in, never default; :mod:`robustlab.evaluate.fast`):
+    ``"channels_last"`` attacks a copy of the model in that memory format, ``"compile"`` a
+    ``torch.compile`` of it. Each is checked on the first images before any attack (forward and
+    backward at two seeds of the model's randomness) and dropped with a warning when it fails
+    or its logits differ from the plain model's by more than
+    :data:`~robustlab.evaluate.fast.FAST_RTOL` of a row's scale. They change logits at
+    float-rounding level only (about 2e-7 of a row's scale on resnet-mini), so per-sample
+    results equal the plain path's except at near-ties; the paths in use are recorded
+    (``config["fast"]``, part of the state key and of the state folder, so a resumed state
+    never mixes results with and without them) with what was asked for, any fallback and the
+    differences measured (``config["fast_check"]``). Randomized models keep their treatment
+    (the random layers stay visible through the wrappers), and the fingerprint, the model hash
+    and the name are the caller's model's.
 
     Sharded evaluation: launched by ``torchrun --nproc_per_node N`` (``world``, default
     :func:`core.distributed.current_world`, which joins torchrun's process group; gloo on
@@ -346,8 +363,8 @@ def run_battery(
             next attack, with exactly an uninterrupted run's numbers); on ``KeyboardInterrupt``
             the last finished attack's state is saved before the interrupt propagates. The key
             hashes the model weights, the data (name, split, pixel content) and its indices,
-            the battery configuration, ``seed``, ``repeats``, ``ensemble``, ``batch_size`` and
-            ``bpda``; a finished state is returned at once. A run folder's default is
+            the battery configuration, ``seed``, ``repeats``, ``ensemble``, ``batch_size``,
+            ``bpda`` and the fast paths in use; a finished state is returned at once. A run folder's default is
             :func:`state_dir_for` (``<run folder>/eval-state``).
         progress: called with a :class:`ProgressEvent` at the start, after every attack and
             batch, and at the end.
@@ -361,13 +378,16 @@ def run_battery(
             used with ``state_dir`` only.
         world: the processes sharing the run (see "Sharded evaluation" above); default
             :func:`core.distributed.current_world` (one process unless launched by torchrun).
+        fast: opt-in fast paths for the model under attack, names of
+            :data:`~robustlab.evaluate.fast.FAST_PATHS` (``("channels_last",)``,
+            ``("compile",)``, both, or ``()``: none); see "Fast paths" above.
 
     Returns:
         An :class:`~robustlab.evaluate.EvalResult`.
 
     Raises:
         UnknownNameError: for an unknown battery name (listing the known ones).
-        InputError: for bad arguments, ``n`` larger than the data, a named battery with no
+        InputError: for bad arguments (an unknown fast path among them), ``n`` larger than the data, a named battery with no
             threat, a model on another device than ``device``, or a model in training mode;
             under torchrun, when the ranks do not evaluate the same model, data and battery.
         RobustlabError: under torchrun, when another rank died or a collective timed out.
@@ -406,6 +426,7 @@ def run_battery(
             "train_mode_ok=True if training mode is what you mean to evaluate"
         )
     draws = check_int(draws, "draws", 1)
+    fast = check_fast(fast)
     if world is None:
         world = current_world()
     elif not isinstance(world, World):
@@ -438,14 +459,20 @@ def run_battery(
         # and every attack's full configuration (robustlab.evaluate.fingerprint)
         behaviour, problems = behaviour_key(model, battery, probe_x[:FINGERPRINT_PROBE], seed=0)
         config["behaviour"] = behaviour
+        # the model the attacks call: the caller's, or its fast paths, checked on the probe; the
+        # paths in use are part of the key and the slot (results with and without them never mix)
+        prepared = prepare_fast(model, fast, probe_x[:FINGERPRINT_PROBE], bpda=bpda)
+        if prepared.applied:
+            config["fast"] = list(prepared.applied)
         key = hashlib.sha256(
             json.dumps({**config, "indices": samples.indices}, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
-        # one state slot per (weights, data, battery name, seed, sizes): a state there with another
-        # key is a changed model or battery, started over with the reason said
+        # one state slot per (weights, data, battery name, seed, sizes, fast paths in use): a state
+        # there with another key is a changed model or battery, started over with the reason said
         slot = hashlib.sha256(json.dumps(
             [mhash, config["dataset"], samples.indices, battery.name, list(battery.labels), seed, repeats,
-             batch_size], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+             batch_size] + ([config["fast"]] if "fast" in config else []),
+            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         folder = Path(state_dir) / slot[:20] if state_dir is not None else None
         if folder is not None and problems:
             if world.main:
@@ -459,10 +486,12 @@ def run_battery(
         # forward, from a generator forked from the global one unless seeded): from the seed, the
         # same on every rank, not at whichever batch a rank happens to start with
         seed_global(derive_seed(seed, "detect"), dev)
-        randomness = _agree(world, key, config, model_fn(model, probe_x).randomness)
+        randomness = _agree(world, key, config, model_fn(prepared.model, probe_x).randomness)
+        if fast:  # what was asked for and measured: recorded, outside the key
+            config["fast_check"] = prepared.record()
         if isinstance(header, Mapping) and header.get("content_hash"):
             config["checkpoint_hash"] = str(header["content_hash"])
-        job = Job(model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
+        job = Job(prepared.model, samples, battery, config, key, folder, dev, seed, batch_size, bpda,
                   save_interval, progress, world)
         try:
             state = job.run(randomness)
