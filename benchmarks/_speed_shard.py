@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 import robustlab
 from robustlab.core import ThreatModel
@@ -28,7 +29,7 @@ from robustlab.evaluate import run_battery
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--images", type=int, required=True)  # not --n: torchrun would take it for its --nnodes
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -37,10 +38,10 @@ def main() -> None:
     model = robustlab.load(args.checkpoint).eval()
     for q in model.parameters():
         q.requires_grad_(False)
-    ds = load_dataset("fashion-mnist", "test", limit=args.n)  # the images speed.py attacks
-    images = ds.images[: args.n]
+    ds = load_dataset("fashion-mnist", "test", limit=args.images)  # the images speed.py attacks
+    images = ds.images[: args.images]
     x = (images.float() / 255 if images.dtype == torch.uint8 else images.float()).contiguous()
-    y = torch.as_tensor(ds.targets[: args.n]).long()
+    y = torch.as_tensor(ds.targets[: args.images]).long()
     world = current_world()
     start = time.perf_counter()
     result = run_battery(model, (x, y), "standard", threat=ThreatModel("linf", args.eps), batch_size=args.batch_size,
@@ -50,6 +51,10 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "seconds": seconds, "robust_acc": result.robust_acc, "ranks": world.size,
             "threads": torch.get_num_threads(), "p_robust": result.p_robust.flatten().tolist()}))
+    if world.distributed:  # every rank leaves together (a rank exiting with the group alive aborts)
+        world.barrier()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -173,8 +173,8 @@ class Row:
 class Alternation:
     """The order libraries run in: reversed at every call (ABBA across repeats and rows)."""
 
-    def __init__(self) -> None:
-        self.turn = 0
+    def __init__(self, turn: int = 0) -> None:
+        self.turn = turn
 
     def order(self, names: list[str]) -> list[str]:
         out = names if self.turn % 2 == 0 else names[::-1]
@@ -348,7 +348,7 @@ def bench_shard(ctx: Context) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in ctx.alternation.order(["1 process", f"{ranks} ranks"]):
             target = Path(tmp) / f"{name.replace(' ', '-')}.json"
-            args = [script, "--checkpoint", ctx.checkpoint, "--n", str(n), "--eps", str(ctx.eps),
+            args = [script, "--checkpoint", ctx.checkpoint, "--images", str(n), "--eps", str(ctx.eps),
                     "--batch-size", str(bs), "--out", str(target)]
             if name == "1 process":
                 cmd, threads = [sys.executable, *args], ranks
@@ -659,6 +659,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke check: 5 iterations, 100 Square queries, EOT-2 (not the targets' settings)")
     p.add_argument("--out", type=Path, help="write settings, times, per-image results and digests here (JSON)")
+    p.add_argument("--peers-first", action="store_true",
+                   help="start the alternation with the peers (robustlab runs first otherwise)")
     p.add_argument("--no-aa-torchattacks", action="store_true",
                    help="leave torchattacks out of the aa row (its slowest run; the eot and pgd rows keep it)")
     p.add_argument("--baseline", type=Path, help="an earlier --out file: print the rand row's ratio to it")
@@ -703,7 +705,7 @@ def main() -> None:
           + (" (--quick budgets)" if a.quick else ""))
     ctx = Context(model, sd_model, x, y, a.eps, ThreatModel("linf", a.eps), device, budget, a.repeats,
                   a.eot_n, a.rand_n, reference, reason, checkpoint=str(a.checkpoint), threads=a.threads,
-                  aa_torchattacks=not a.no_aa_torchattacks)
+                  aa_torchattacks=not a.no_aa_torchattacks, alternation=Alternation(1 if a.peers_first else 0))
     rows: list[Row] = []
     if "aa" in modes:
         rows += bench_aa(ctx)
