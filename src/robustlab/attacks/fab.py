@@ -173,20 +173,7 @@ class FABT(GradientAttack):
         for i in range(self.steps):
             if n == 0:
                 break
-            w = g.flatten(1)
-            b = (w * x1.flatten(1)).sum(dim=1) - f
-            d = project_hyperplane_box(
-                torch.cat([x1.flatten(1), x0.flatten(1)]),
-                torch.cat([w, w]),
-                torch.cat([b, b]),
-                norm,
-            )
-            d1, d2 = d[:n].view_as(x1), d[n:].view_as(x1)
-            a1 = lp_norm(d1, norm).clamp_min(1e-8)
-            a2 = lp_norm(d2, norm).clamp_min(1e-8)
-            alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max)
-            alpha = batch_view(alpha, x1)
-            x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
+            x1 = self._step(x0, x1, g, f)
             pred = self._grad.predict(ctx.model, x1)
             candidate, confirmed = ctx.is_adversarial(pred, y, None), ctx.confirmed(pred.logits, y, None)
             done = self._record(x0, x1, candidate, ids, best_x, best_d) & confirmed
@@ -205,6 +192,21 @@ class FABT(GradientAttack):
                     break
             est = self._diff(ctx, x1, y, t)
             g, f = est.grad, est.loss
+
+    def _step(self, x0: torch.Tensor, x1: torch.Tensor, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """One FAB step from iterate ``x1`` (original points ``x0``; gradient ``g`` and value
+        ``f`` of the linearized boundary at ``x1``): both points projected onto the linearized
+        boundary inside the box, combined with the bias toward ``x0`` and the overshoot."""
+        norm, n = self.threat.norm, x0.shape[0]
+        w = g.flatten(1)
+        b = (w * x1.flatten(1)).sum(dim=1) - f
+        d = project_hyperplane_box(torch.cat([x1.flatten(1), x0.flatten(1)]), torch.cat([w, w]),
+                                   torch.cat([b, b]), norm)
+        d1, d2 = d[:n].view_as(x1), d[n:].view_as(x1)
+        a1 = lp_norm(d1, norm).clamp_min(1e-8)
+        a2 = lp_norm(d2, norm).clamp_min(1e-8)
+        alpha = batch_view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x1)
+        return ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
 
     def _attack_targets(
         self,
@@ -233,16 +235,7 @@ class FABT(GradientAttack):
         est = self._diff(ctx, x1, y, t)
         g, f = est.grad, est.loss
         for i in range(self.steps):
-            n = x0.shape[0]
-            w = g.flatten(1)
-            b = (w * x1.flatten(1)).sum(dim=1) - f
-            d = project_hyperplane_box(torch.cat([x1.flatten(1), x0.flatten(1)]), torch.cat([w, w]),
-                                       torch.cat([b, b]), norm)
-            d1, d2 = d[:n].view_as(x1), d[n:].view_as(x1)
-            a1 = lp_norm(d1, norm).clamp_min(1e-8)
-            a2 = lp_norm(d2, norm).clamp_min(1e-8)
-            alpha = batch_view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x1)
-            x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(0.0, 1.0)
+            x1 = self._step(x0, x1, g, f)
             pred = self._grad.predict(ctx.model, x1)
             candidate, confirmed = ctx.is_adversarial(pred, y, None), ctx.confirmed(pred.logits, y, None)
             if bool(candidate.any()):
