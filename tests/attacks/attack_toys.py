@@ -84,3 +84,16 @@ def train_fgsm_at(
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class CountCalls(nn.Module):
+    """The wrapped module, counting its forwards (model calls, not rows)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from attack_toys import CountCalls
 from torch import nn
 from toys import Linear2
 
@@ -55,18 +56,6 @@ class SharedShift(Stochastic):
         shift = self.draw(lambda g: torch.randn((), generator=g, device=x.device), key=tuple(x.shape), device=x.device)
         return x + self.std * shift
 
-
-class CountCalls(nn.Module):
-    """The wrapped module, counting its forwards (model calls, not rows)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.inner(x)  # type: ignore[no-any-return]
 
 
 def _toy(noise: nn.Module | None = None, seed: int = 0) -> tuple[CountCalls, torch.Tensor]:

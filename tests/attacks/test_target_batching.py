@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from attack_toys import CountCalls
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "evaluate"))
@@ -23,17 +24,6 @@ from robustlab.attacks import FABT  # noqa: E402
 from robustlab.core import ThreatModel  # noqa: E402
 
 K, TARGETS, EPS = 10, 9, 0.05
-
-
-class _Calls(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.net(x)
 
 
 def _closed_form(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -63,7 +53,7 @@ def test_batched_targets_break_the_same_samples_as_one_target_after_another(n: i
     threat = ThreatModel("linf", EPS)
     out = {}
     for rows in (0, 256):
-        model = _Calls(net).eval()
+        model = CountCalls(net).eval()
         res = FABT(threat, 20, n_target_classes=TARGETS, batch_rows=rows).run(model, x, y)
         out[rows] = (res, model.calls)
     (seq, seq_calls), (bat, bat_calls) = out[0], out[256]
