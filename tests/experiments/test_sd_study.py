@@ -43,6 +43,21 @@ def test_quick_profile_runs_no_autoattack_and_cpu_runs_every_column():
                                                                   "SD (spp=16)")]
 
 
+def test_cpu_plan_runs_what_the_worst_case_verdict_needs_before_the_other_rows():
+    # the headline claim compares SD's and the baseline's per-sample worst case, which waits for
+    # every column of the row, Table 4's transferred AutoAttack included: a run stopped after the
+    # verdict's rows must be able to report it, so those transfers come before Table 1's other rows
+    jobs = plan(CPU).jobs
+    first_other = next(i for i, (row, _) in enumerate(jobs) if row == "ASAP")
+    done_before = {(row, c) for row, cs in jobs[:first_other] for c in cs}
+    for row in ("Baseline", "SD", "AddNoise (std=0.75)"):
+        assert {(row, "tb-pgd"), (row, "tb-aa"), (row, "aa-rand") if row != "Baseline" else (row, "aa")} <= done_before
+    # and nothing is dropped: every transfer row still gets both transfers, the AutoAttack one once
+    pairs = [(row, c) for row, cs in jobs for c in cs if c.startswith("tb-")]
+    assert set(pairs) == {(r, c) for r in CPU.transfer_from_baseline for c in ("tb-pgd", "tb-aa")}
+    assert sorted(r for r, c in pairs if c == "tb-aa") == sorted(CPU.transfer_from_baseline)
+
+
 def test_columns_spell_out_the_papers_attack_settings():
     cols = {c.name: c for c in plan(QUICK).columns}
     # Sec. 4.1: L-inf, alpha = 0.01; the quick profile's 10 steps and 200 Square queries

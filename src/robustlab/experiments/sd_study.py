@@ -206,11 +206,13 @@ def plan(cfg: SDStudyConfig, baseline: str | None = None) -> Plan:
     cells3 = (Cell("clean", "i.i.d. acc"), *(aa_parts if cfg.autoattack else [Cell("pgd", "PGD")]), Cell("mce", "mCE"),
               *([Cell("aa-rand", "AA rand (EOT)")] if cfg.aa_rand else []))
     # seed-major, what the verdict needs first: Table 1's baseline, SD and AddNoise rows, Table 5,
-    # the transferred PGD of Table 4; then Table 1's other rows; the costly extras last
+    # the transferred PGD of Table 4, then Table 4's AutoAttack on those three rows (their worst
+    # case waits for it); then Table 1's other rows; the costly extras last
     needed = ("Baseline", "SD", "AddNoise (std=0.75)")
     jobs = [*[(r, cols1) for r in cfg.table1 if r in needed], *[(r, cols5) for r in rows5],
-            *[(r, ("tb-pgd",)) for r in cfg.transfer_from_baseline], *[(r, cols1) for r in cfg.table1 if r not in needed],
-            *[(r, cols4) for r in cfg.transfer_from_baseline], *[(r, cols3) for r in rows3]]
+            *[(r, ("tb-pgd",)) for r in cfg.transfer_from_baseline],
+            *[(r, cols4) for r in cfg.transfer_from_baseline if r in needed], *[(r, cols1) for r in cfg.table1 if r not in needed],
+            *[(r, cols4) for r in cfg.transfer_from_baseline if r not in needed], *[(r, cols3) for r in rows3]]
     jobs += [("SD", tuple(c.name for c in cols if c.kind == "audit"))] if cfg.audit and "SD" in cfg.table1 else []
     eots = ", ".join(f"EOT-{k}" for k in cfg.eot_draws)
     tables = (
