@@ -127,11 +127,17 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_the_task_graph_puts_each_model_before_what_reads_it(tmp_path):
     run = _Run(TOY_STUDY, TOY, toy_plan(TOY, None), tmp_path, torch.device("cpu"), lambda s: None, ())
-    models = [Task("model", v, s, needs=(("model", "base", s),) if v == "silu" else ())
-              for v, s in [("base", 0), ("silu", 0), ("other", 0), ("base", 1), ("silu", 1), ("other", 1)]]
-    evals = [Task("evaluate", v, s, cols, (("model", v, s),) + ((("model", "base", s),) if v == "other" else ()))
-             for s in (0, 1) for v, cols in JOBS]
-    assert study_tasks(run, TOY.seeds) == models + evals
+    def model(v: str, s: int) -> Task:
+        return Task("model", v, s, needs=(("model", "base", s),) if v == "silu" else ())
+
+    def evaluate(v: str, s: int) -> Task:
+        return Task("evaluate", v, s, dict(JOBS)[v], (("model", v, s),) + ((("model", "base", s),) if v == "other" else ()))
+
+    # the plan's job order, each model listed just before the first evaluation that reads it (so a
+    # free worker starts seed 0's evaluations before seed 1's trainings, as the local executor would)
+    assert study_tasks(run, TOY.seeds) == [
+        model("base", 0), evaluate("base", 0), model("silu", 0), evaluate("silu", 0), model("other", 0), evaluate("other", 0),
+        model("base", 1), evaluate("base", 1), model("silu", 1), evaluate("silu", 1), model("other", 1), evaluate("other", 1)]
     RecordStore(tmp_path / "records").put(Record.of_outcomes("base", 1, "pgd", "attack", [1.0]))
     run.reload()
     # a record on disk is not computed again; a model still needed by others is still made

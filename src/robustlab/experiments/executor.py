@@ -24,8 +24,12 @@ One evaluation task per (variant, seed), not per column: a model's columns depen
 other (a column that repeats another on a deterministic model, an audit that reads its
 target's evaluation state), so only whole-model tasks guarantee that two workers never compute,
 or write, the same record or evaluation state; a task also loads its model once. Studies have
-variants times seeds to spread (tens), which is the parallelism that pays. Model tasks come
-before evaluations and are keyed by the model, so no model is ever trained twice, and the
+variants times seeds to spread (tens), which is the parallelism that pays. The tasks are listed
+in the plan's job order, each model just before the first evaluation that reads it, and a free
+worker takes the first task that is ready: the verdict's evaluations (a plan lists them first)
+start as soon as their models exist, not after every model of the study, so a long run stopped
+early has the rows its verdict needs, as the local executor's has. Model tasks are keyed by the
+model, so no model is ever trained twice, and the
 plan's resources (a learned dictionary) are made by the driver before any task starts, so
 workers only read them.
 
@@ -207,9 +211,10 @@ def model_sources(columns: Mapping[str, Column], name: str) -> list[str]:
 
 def study_tasks(run: _Run, seeds: Iterable[int]) -> list[Task]:
     """The tasks that complete ``run``'s folder for ``seeds``, each after the tasks it needs:
-    the models first (a source before its conversion), then the evaluations in the plan's order
-    (seed by seed, job by job). Records already on disk are left out, and models already
-    trained are not remade (an evaluation then loads them)."""
+    the evaluations in the plan's order (seed by seed, job by job), each preceded by the models
+    it reads that no earlier evaluation read (a source before its conversion). Records already
+    on disk are left out, and models already trained are not remade (an evaluation then loads
+    them)."""
     models: dict[TaskKey, Task] = {}
 
     def model(label: str, seed: int) -> TaskKey | None:
@@ -230,11 +235,23 @@ def study_tasks(run: _Run, seeds: Iterable[int]) -> list[Task]:
             missing = [c for c in cols if not run.store.has(label, seed, c)]
             if missing:
                 todo.setdefault((label, seed), {}).update(dict.fromkeys(missing))
-    evaluations = []
+    tasks: list[Task] = []
+    listed: set[TaskKey] = set()
+
+    def list_model(key: TaskKey) -> None:
+        if key not in listed:
+            listed.add(key)
+            for need in models[key].needs:
+                list_model(need)
+            tasks.append(models[key])
+
     for (label, seed), names in todo.items():
         needs = [model(label, seed), *(model(source, seed) for c in names for source in model_sources(run.columns, c))]
-        evaluations.append(Task("evaluate", label, seed, tuple(names), tuple(dict.fromkeys(k for k in needs if k))))
-    return [*models.values(), *evaluations]
+        keys = tuple(dict.fromkeys(k for k in needs if k))
+        for key in keys:
+            list_model(key)
+        tasks.append(Task("evaluate", label, seed, tuple(names), keys))
+    return tasks
 
 
 def _make_resources(run: _Run, labels: Iterable[str]) -> None:
