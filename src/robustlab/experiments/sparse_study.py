@@ -96,9 +96,7 @@ PROFILES: dict[str, Profile] = {
         "about 3 min on 2 CPU cores with the demo's PGD-AT model (158 s in the demo on 2026-12-07, which runs it without its audit)", "the nominal defense under every attack mode (32 images, 4 EOT draws), its "
         "unsupervised twin as PW-T's source, against the shared PGD-AT baseline; no ablation"),
     "cpu": Profile(SparseStudyConfig(profile="cpu", audit="full", eval_n=200, epochs=10, decoder_epochs=10, train_limit=10_000),
-                   "more than seven hours on 2 CPU cores (estimated from a partial run on 2026-12-07: one W-NFGA column "
-                   "with EOT-40 on 200 images took 1,948 s on one thread; the nominal model has six more attacks of that "
-                   "cost or more, each ablation row two or three)", "every table, one seed, N_E = 40"),
+                   "more than seven hours on 2 CPU cores (2026-12-07: W-NFGA, EOT-40, 200 images: 1,948 s on 1 thread)", "every table, one seed, N_E = 40"),
     "full": Profile(SparseStudyConfig(profile="full", audit="full", seeds=(0, 1, 2), eval_n=1000, clean_n=None, epochs=30,
                                       decoder_epochs=50, train_limit=None, at_epochs=30, eval_batch_size=500,
                                       dict_images=10_000, dict_patches=100_000, dict_iter=1000),
