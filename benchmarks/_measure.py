@@ -1,4 +1,6 @@
-"""Measurement helpers shared by the layer benchmarks (``sd_layer.py``, ``dcs_layer.py``).
+"""Measurement helpers shared by the benchmarks: the layer benchmarks (``sd_layer.py``,
+``dcs_layer.py``) time and measure memory; ``speed.py`` and ``aa_trees.py`` load the frozen model
+and the Fashion-MNIST test images the same way and alternate what they compare (ABBA).
 
 Time: the median (or best) wall time of a forward + backward, with CUDA synchronized around it.
 Memory: on CUDA the allocator's peak above what was allocated before the call; on CPU, where
@@ -72,3 +74,36 @@ def _status_kib(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+class Alternation:
+    """The order compared things run in: reversed at every call (ABBA across repeats and rows)."""
+
+    def __init__(self, turn: int = 0) -> None:
+        self.turn = turn
+
+    def order(self, names: list[str]) -> list[str]:
+        out = names if self.turn % 2 == 0 else names[::-1]
+        self.turn += 1
+        return out
+
+
+def load_model(path: str, device: torch.device) -> torch.nn.Module:
+    """A robustlab checkpoint in eval mode with frozen parameters, on ``device`` (robustlab from
+    whichever tree is on the path: ``aa_trees.py`` runs it under an older one)."""
+    import robustlab
+
+    model = robustlab.load(path).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` Fashion-MNIST test images ``load_dataset(..., limit=n)`` keeps, in [0, 1]."""
+    from robustlab.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", "test", limit=n)
+    images = ds.images[:n]
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return x.contiguous().to(device), torch.as_tensor(ds.targets[:n]).long().to(device)

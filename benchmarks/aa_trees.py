@@ -33,27 +33,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 NOW = HERE.parents[1] / "src"
+sys.path.insert(0, str(HERE.parent))
+
+from _measure import Alternation  # noqa: E402  (the sibling module, found through the line above)
 
 
 def worker(checkpoint: str, n: int, eps: float, threads: int) -> None:
     """One timed AutoAttack run under whichever tree ``PYTHONPATH`` names; prints one JSON line.
     Uses only API that every tree since the first AutoAttack has: load, load_dataset, ThreatModel,
-    AutoAttack(...).run(model, x, y, generator=...)."""
+    AutoAttack(...).run(model, x, y, generator=...) (the model and images as ``speed.py`` loads them)."""
     import torch
+    from _measure import load_images, load_model
 
     import robustlab
     from robustlab.attacks import AutoAttack
     from robustlab.core import ThreatModel
-    from robustlab.data import load_dataset
 
     torch.set_num_threads(threads)
-    model = robustlab.load(checkpoint).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    ds = load_dataset("fashion-mnist", "test", limit=n)
-    x = ds.images[:n]
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    y = torch.as_tensor(ds.targets[:n]).long()
+    model = load_model(checkpoint, torch.device("cpu"))
+    x, y = load_images(n, torch.device("cpu"))
     attack = AutoAttack(ThreatModel("linf", eps), "standard")
     start = time.perf_counter()
     result = attack.run(model, x, y, generator=torch.Generator().manual_seed(0))
@@ -92,13 +90,10 @@ def main() -> None:
                          "make one with: git worktree add /tmp/before <commit>, then --before /tmp/before/src")
     if not a.checkpoint.is_file():
         raise SystemExit(f"no checkpoint at {a.checkpoint}: train one (make demo writes runs/demo/pgd-at/model.safetensors)")
-    order: list[tuple[str, Path]] = []
-    for r in range(a.repeats):
-        pair = [("before", a.before), ("now", NOW)]
-        order += pair if r % 2 == 0 else pair[::-1]
+    trees, alternation = {"before": a.before, "now": NOW}, Alternation()
     runs: dict[str, list[dict]] = {"before": [], "now": []}
-    for name, src in order:
-        row = run_tree(src, a)
+    for name in [name for _ in range(a.repeats) for name in alternation.order(list(trees))]:
+        row = run_tree(trees[name], a)
         runs[name].append(row)
         print(f"{name:6s} {row['seconds']:8.1f} s  robust {100 * row['robust']:.2f}%  forward {row['forward']:,}  "
               f"backward {row['backward']:,}  success {row['success_digest']}", flush=True)

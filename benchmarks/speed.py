@@ -92,6 +92,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _speed_peers as peers  # noqa: E402  (the sibling module, found through the line above)
+from _measure import Alternation, load_images, load_model  # noqa: E402
 
 import robustlab  # noqa: E402
 from robustlab.attacks import APGD, EOT, PGD, AutoAttack  # noqa: E402
@@ -168,18 +169,6 @@ class Row:
     @property
     def ratio(self) -> float | None:
         return self.ours.time / self.peer.time if self.peer is not None else None
-
-
-class Alternation:
-    """The order libraries run in: reversed at every call (ABBA across repeats and rows)."""
-
-    def __init__(self, turn: int = 0) -> None:
-        self.turn = turn
-
-    def order(self, names: list[str]) -> list[str]:
-        out = names if self.turn % 2 == 0 else names[::-1]
-        self.turn += 1
-        return out
 
 
 def clock(fn: Callable[[], Outcome], device: torch.device) -> tuple[float, Outcome]:
@@ -547,23 +536,6 @@ class Context:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
-
-
-def load_model(path: str, device: torch.device) -> nn.Module:
-    """A robustlab checkpoint in eval mode with frozen parameters, on ``device``."""
-    model = robustlab.load(path).to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def load_images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustlab.data import load_dataset
-
-    ds = load_dataset("fashion-mnist", "test", limit=n)
-    images = ds.images[:n]
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    return x.contiguous().to(device), torch.as_tensor(ds.targets[:n]).long().to(device)
 
 
 def fp32_only(device: torch.device) -> None:
