@@ -32,7 +32,16 @@ from robustlab.experiments.columns import COLUMN_KINDS, Column, ColumnKind, Eval
 from robustlab.experiments.executor import Task, TaskResult, _Backend, _drive, study_tasks
 from robustlab.experiments.records import Record, RecordStore
 from robustlab.experiments.report import Cell, Table
-from robustlab.experiments.study import STUDIES, Plan, Profile, Study, StudyConfig, _Run, run_study
+from robustlab.experiments.study import (
+    STUDIES,
+    Plan,
+    Profile,
+    Study,
+    StudyConfig,
+    _Run,
+    run_study,
+    select_jobs,
+)
 from robustlab.experiments.variants import Convert, Train, TrainSpec, Variant
 
 KILL = "ROBUSTLAB_TEST_EXECUTOR_KILL"
@@ -246,6 +255,55 @@ def test_ray_matches_the_serial_run(serial, tmp_path):
     result = run_study(TOY_STUDY, out, TOY, executor="ray", workers=2, threads=1)
     assert not result.partial and result.summary == serial[1]
     assert_same_run(out, serial[0])
+
+
+def test_a_selection_keeps_the_named_rows_and_columns_in_plan_order():
+    plan = toy_plan(TOY, None)
+    assert select_jobs(plan) == JOBS
+    assert select_jobs(plan, rows=("other", "base")) == (("base", ("clean", "pgd")), ("other", ("clean", "transfer-base")))
+    assert select_jobs(plan, columns=("pgd",)) == (("base", ("pgd",)), ("silu", ("pgd",)))  # other has no pgd: dropped
+    assert select_jobs(plan, rows=("silu",), columns=("pgd", "clean")) == (("silu", ("clean", "pgd")),)
+    with pytest.raises(InputError, match="unknown row 'bsae'; this study's rows with these settings: 'base', 'silu', 'other'"):
+        select_jobs(plan, rows=("bsae",))
+    with pytest.raises(InputError, match="unknown column 'aa'; this study's columns .*'transfer-base'"):
+        select_jobs(plan, columns=("aa",))
+    with pytest.raises(InputError, match="no row among 'other' has any of the columns 'pgd': nothing to run"):
+        select_jobs(plan, rows=("other",), columns=("pgd",))
+
+
+def test_the_task_graph_of_a_selection_has_its_cells_and_the_models_they_read(tmp_path):
+    run = _Run(TOY_STUDY, TOY, toy_plan(TOY, None), tmp_path, torch.device("cpu"), lambda s: None, ())
+    jobs = (("other", ("transfer-base",)),)
+    # no silu and no clean column; base's model only as the transfer's surrogate
+    assert study_tasks(run, (1,), jobs) == [
+        Task("model", "other", 1), Task("model", "base", 1),
+        Task("evaluate", "other", 1, ("transfer-base",), (("model", "other", 1), ("model", "base", 1)))]
+
+
+@pytest.mark.slow
+def test_a_selected_run_computes_only_its_cells_and_a_later_run_completes_it(serial, tmp_path):
+    out = tmp_path / "selected"
+    with one_thread():
+        result = run_study(TOY_STUDY, out, TOY, rows=("other",), columns=("transfer-base",))
+    assert result.partial
+    assert sorted(records(out)) == [("other", 0, "transfer-base"), ("other", 1, "transfer-base")]
+    assert sorted(p.parent.parent.name for p in (out / "models").glob("*/*/model.safetensors")) == [
+        "base", "base", "other", "other"]  # silu was not needed
+    assert "—" in (out / "report.md").read_text()  # the cells not computed
+    with one_thread():  # the same folder without a selection: the whole study, as if run at once
+        result = run_study(TOY_STUDY, out, TOY)
+    assert not result.partial and result.summary == serial[1]
+    assert_same_run(out, serial[0])
+
+
+def test_an_unknown_row_is_refused_before_the_folder_is_made(tmp_path):
+    out = tmp_path / "none"
+    r = CliRunner().invoke(app, ["run", "sd-study", "--out", str(out), "--row", "SD", "--row", "Basline"],
+                           terminal_width=400)
+    assert r.exit_code == 2, r.output
+    error = " ".join(r.output[r.output.index("error: "):].split())
+    assert "unknown row 'Basline'; this study's rows with these settings: 'Baseline'," in error
+    assert not out.exists()
 
 
 def test_bad_executor_settings_are_refused_before_anything_runs(tmp_path, monkeypatch):

@@ -61,7 +61,8 @@ def _shown(value: Any) -> str:
 
 
 def describe_lines(study: Study) -> list[str]:
-    """A study's title, paper, profiles (time and what each covers) and settings per profile."""
+    """A study's title, paper, profiles (time and what each covers), settings per profile and
+    each profile's rows with their columns (what ``--row`` and ``--column`` name)."""
     width = min(console.width, LIST_WIDTH)
     lines = [f"{study.name}: {study.title}", f"paper: {study.paper}", "",
              f"profiles (robustlab run {study.name} --profile P):"]
@@ -79,6 +80,13 @@ def describe_lines(study: Study) -> list[str]:
         shown = (next(iter(values.values())) if len(set(values.values())) == 1
                  else "; ".join(f"{name} = {v}" for name, v in values.items()))
         lines += textwrap.wrap(f"{f.name}: {shown}", width, initial_indent="  ", subsequent_indent="      ")
+    lines += ["", *textwrap.wrap("rows and their columns per profile (--row and --column compute only these; "
+                                 "quote a label with spaces):", width)]
+    for name, cfg in configs.items():
+        lines.append(f"  {name}:")
+        for label, cols in study.plan(cfg, None).jobs:
+            lines += textwrap.wrap(f"{label}: {', '.join(cols)}", width, initial_indent="    ", subsequent_indent="        ",
+                                   break_on_hyphens=False)
     return lines
 
 
@@ -100,6 +108,8 @@ def run(
     workers: Annotated[int | None, typer.Option(min=1, help="tasks run at a time by --executor processes or ray (default: the cores over --threads; with --address, the cluster's CPUs over --threads)")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads per worker of --executor processes or ray (default: the cores over --workers; 1 with --address)")] = None,
     address: Annotated[str | None, typer.Option(help="the Ray cluster of --executor ray (auto: the one this machine belongs to; default: start a local one)")] = None,
+    row: Annotated[list[str] | None, typer.Option(help="compute only this row (a variant's label, as the report names it), and the models it reads; repeatable; a later run without it completes the study")] = None,
+    column: Annotated[list[str] | None, typer.Option(help="compute only this column (its name, as --describe lists them); repeatable")] = None,
 ) -> None:
     """Run a study that reproduces a paper's tables; writes OUT/report.md and resumes when rerun.
 
@@ -108,6 +118,8 @@ def run(
     an evaluation after the models it reads); every executor writes the same files.
 
     Example: robustlab run sd-study --profile quick --out runs/sd-quick --executor processes --workers 4
+
+    Example: robustlab run sparse-study --profile cpu --row Ours --row PGD-AT --column clean --column aa-rand
     """
     from ..experiments import STUDIES, run_study, study_config
 
@@ -137,7 +149,8 @@ def run(
     with on_interrupt(lambda: f"interrupted: what finished is kept in {folder}; to resume, rerun: {rerun()}"):
         r = run_study(recipe, folder, cfg, device=dev, baseline=None if baseline is None else str(baseline),
                       log=_log, callbacks=train_progress(), report_only=report_only, executor=executor,
-                      workers=workers, threads=threads, address=address)
+                      workers=workers, threads=threads, address=address, rows=tuple(row or ()),
+                      columns=tuple(column or ()))
     report = folder / "report.md"
     if report_only:
         state = "partial: some cells are not computed yet" if r.partial else "complete"

@@ -58,7 +58,7 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -209,12 +209,13 @@ def model_sources(columns: Mapping[str, Column], name: str) -> list[str]:
     return found
 
 
-def study_tasks(run: _Run, seeds: Iterable[int]) -> list[Task]:
+def study_tasks(run: _Run, seeds: Iterable[int], jobs: Sequence[tuple[str, Sequence[str]]] | None = None) -> list[Task]:
     """The tasks that complete ``run``'s folder for ``seeds``, each after the tasks it needs:
     the evaluations in the plan's order (seed by seed, job by job), each preceded by the models
     it reads that no earlier evaluation read (a source before its conversion). Records already
     on disk are left out, and models already trained are not remade (an evaluation then loads
-    them)."""
+    them). ``jobs``: only these ``(variant, columns)`` (a selection of the plan's, as
+    :func:`~.study.select_jobs` makes it; default: the whole plan)."""
     models: dict[TaskKey, Task] = {}
 
     def model(label: str, seed: int) -> TaskKey | None:
@@ -231,7 +232,7 @@ def study_tasks(run: _Run, seeds: Iterable[int]) -> list[Task]:
 
     todo: dict[tuple[str, int], dict[str, None]] = {}
     for seed in seeds:
-        for label, cols in run.plan.jobs:
+        for label, cols in run.plan.jobs if jobs is None else jobs:
             missing = [c for c in cols if not run.store.has(label, seed, c)]
             if missing:
                 todo.setdefault((label, seed), {}).update(dict.fromkeys(missing))
@@ -510,11 +511,12 @@ def _import_ray() -> Any:
     return ray
 
 
-def fan_out(study: Study, cfg: StudyConfig, run: _Run, *, executor: str, workers: int | None, threads: int | None,
-            address: str | None, device: str, baseline: str | None, state_dir: str | None,
-            log: Callable[[str], None]) -> None:
+def fan_out(study: Study, cfg: StudyConfig, run: _Run, jobs: Sequence[tuple[str, Sequence[str]]] | None = None, *,
+            executor: str, workers: int | None, threads: int | None, address: str | None, device: str,
+            baseline: str | None, state_dir: str | None, log: Callable[[str], None]) -> None:
     """Complete ``run``'s folder with the ``processes`` or ``ray`` executor (see the module
-    docstring): every missing model and record of ``cfg.seeds``, as the local executor makes them.
+    docstring): every missing model and record of ``cfg.seeds`` (of ``jobs`` only, when given),
+    as the local executor makes them.
 
     Raises:
         InputError: for a study a worker cannot find again (not registered and not defined at
@@ -533,7 +535,7 @@ def fan_out(study: Study, cfg: StudyConfig, run: _Run, *, executor: str, workers
         raise InputError(f"the {executor} executor runs study {study.name!r} in other processes, which find it by its "
                          f"name in module {module!r}: register it (register_study) or define it at the top level of "
                          "that module")
-    tasks = study_tasks(run, cfg.seeds)
+    tasks = study_tasks(run, cfg.seeds, jobs)
     if not tasks:
         return
     ray = _import_ray() if executor == "ray" else None

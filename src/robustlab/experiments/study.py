@@ -62,7 +62,7 @@ from .variants import Convert, Load, Train, Variant, Workshop
 logger = logging.getLogger(__name__)
 
 __all__ = ["STUDIES", "DemoPart", "FigureContext", "Plan", "Profile", "Study", "StudyConfig", "StudyResult",
-           "TrainingStudyConfig", "register_study", "run_study", "study_config"]
+           "TrainingStudyConfig", "register_study", "run_study", "select_jobs", "study_config"]
 
 
 @dataclass(frozen=True)
@@ -366,6 +366,33 @@ def _same_config(saved: Any, cfg: StudyConfig) -> bool:
     return all(now[k] == defaults.get(k, object()) for k in added) and {k: now[k] for k in saved if k in now} == saved
 
 
+Jobs = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def select_jobs(plan: Plan, rows: Sequence[str] = (), columns: Sequence[str] = ()) -> Jobs:
+    """The plan's jobs restricted to the variants ``rows`` and the columns ``columns`` (either
+    empty: all of them), in the plan's order; a job left with no column is dropped.
+
+    Raises:
+        InputError: for a row or column the plan does not have (the error lists the plan's), or a
+            selection that leaves nothing to run.
+    """
+    labels = list(dict.fromkeys(label for label, _ in plan.jobs))
+    names = list(dict.fromkeys(c for _, cols in plan.jobs for c in cols))
+    for wanted, known, what in ((rows, labels, "row"), (columns, names, "column")):
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise InputError(f"unknown {what} {', '.join(map(repr, unknown))}; this study's {what}s with these "
+                             f"settings: {', '.join(map(repr, known))}")
+    jobs = tuple((label, tuple(c for c in cols if not columns or c in columns))
+                 for label, cols in plan.jobs if not rows or label in rows)
+    jobs = tuple((label, cols) for label, cols in jobs if cols)
+    if not jobs:
+        raise InputError(f"no row among {', '.join(map(repr, rows))} has any of the columns "
+                         f"{', '.join(map(repr, columns))}: nothing to run")
+    return jobs
+
+
 def run_study(
     study: Study | str,
     out_dir: str | os.PathLike[str],
@@ -381,6 +408,8 @@ def run_study(
     workers: int | None = None,
     threads: int | None = None,
     address: str | None = None,
+    rows: Sequence[str] = (),
+    columns: Sequence[str] = (),
 ) -> StudyResult:
     """Run a study (resuming from what ``out_dir`` holds) and write its report.
 
@@ -409,23 +438,28 @@ def run_study(
             1 on a Ray cluster at ``address``).
         address: the Ray cluster to join (``"auto"``: the one this machine belongs to); default:
             a local one of ``workers * threads`` CPUs.
+        rows, columns: compute only these variants' cells (by label) and only these columns
+            (by name), and the models they read (:func:`select_jobs`; empty: all). The folder
+            and its configuration are the whole study's, so a later run without them completes
+            it; the report shows the cells not computed as ``—``.
 
     Raises:
-        InputError: for an unknown study, profile or executor, a folder holding another
-            configuration, or ``executor="ray"`` without Ray installed.
+        InputError: for an unknown study, profile, executor, row or column, a folder holding
+            another configuration, or ``executor="ray"`` without Ray installed.
         RobustlabError: when a worker process dies; everything finished is kept, and running
             the same call again resumes.
     """
     check_executor(executor, workers, threads, address)
     study = STUDIES.get(study) if isinstance(study, str) else study
     cfg = study_config(study, config) if isinstance(config, str) else config
+    plan = study.plan(cfg, None if baseline is None else str(baseline))
+    jobs = select_jobs(plan, rows, columns)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     config_dict = cfg.to_dict()
     resolved = {"study": study.name, "config": config_dict, "baseline": None if baseline is None else str(baseline)}
     say = log or (lambda s: logger.info("%s", s))
-    plan = study.plan(cfg, None if baseline is None else str(baseline))
     if saved.exists() and not _same_config(json.loads(saved.read_text()).get("config"), cfg):
         raise InputError(f"{out} holds a study run with another configuration; pass a new --out or delete the "
                          "folder to start over")
@@ -435,10 +469,10 @@ def run_study(
     run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks, None if state_dir is None else Path(state_dir))
     if not report_only and executor == "local":
         for seed in cfg.seeds:
-            for label, cols in plan.jobs:
+            for label, cols in jobs:
                 run.run_job(label, seed, cols)
     elif not report_only:
-        fan_out(study, cfg, run, executor=executor, workers=workers, threads=threads, address=address,
+        fan_out(study, cfg, run, jobs, executor=executor, workers=workers, threads=threads, address=address,
                 device=str(device), baseline=None if baseline is None else str(baseline),
                 state_dir=None if state_dir is None else str(state_dir), log=say)
         run.reload()  # the workers' records and models, for the report
