@@ -296,6 +296,26 @@ def test_a_selected_run_computes_only_its_cells_and_a_later_run_completes_it(ser
     assert_same_run(out, serial[0])
 
 
+def test_evaluations_attack_a_channels_last_copy_and_the_trained_model_stays_as_it_was(tmp_path):
+    run = _Run(TOY_STUDY, TOY, toy_plan(TOY, None), tmp_path, torch.device("cpu"), lambda s: None, ())
+    trained = run.workshop.model("base", 0)
+    attacked = run.attacked("base", 0)
+    assert run.ctx.model_of("base", 0) is attacked  # a transfer's source is the same copy
+
+    def convs(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    assert convs(trained) and all(w.is_contiguous() for w in convs(trained))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs(attacked))
+    # (with one input channel or a 1x1 kernel both layouts are the same strides)
+    assert any(w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1 for w in convs(attacked))
+    assert all(not w.is_contiguous() for w in convs(attacked) if w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1)
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain, fast = trained(x), attacked(x)
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5 * plain.abs().max().item())  # float rounding only
+
+
 def test_an_unknown_row_is_refused_before_the_folder_is_made(tmp_path):
     out = tmp_path / "none"
     r = CliRunner().invoke(app, ["run", "sd-study", "--out", str(out), "--row", "SD", "--row", "Basline"],

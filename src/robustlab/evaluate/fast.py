@@ -1,7 +1,9 @@
 """Opt-in fast paths for the model under attack: ``channels_last`` and ``torch.compile``.
 
 An evaluation spends nearly all its time in the forward and backward passes of the model under
-attack, so :func:`run_battery` can run those passes faster, on request only (never by default):
+attack, so :func:`run_battery` can run those passes faster, on request only (never by default;
+the studies ask for ``channels_last`` on every model they attack, see
+:meth:`robustlab.experiments.study._Run.attacked`):
 
 - ``"channels_last"``: a copy of the model (``copy.deepcopy``: the caller's model keeps its
   memory format) in ``torch.channels_last``, behind a thin :class:`ChannelsLast` wrapper that
