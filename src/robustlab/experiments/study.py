@@ -272,9 +272,9 @@ class _Run:
         self.ctx = EvalContext(cfg.dataset, ThreatModel(cfg.norm, cfg.eps), cfg.eval_n, cfg.clean_n, cfg.eval_batch_size,
                                device, out, self.columns, self.attacked,
                                {"recipe": study.name, "profile": cfg.profile}, state_dir)
+        self._attacked: dict[tuple[str, int], torch.nn.Module] = {}
         # per variant, its columns in job order (a set's order would follow the string hash, and
         # the worst case's tie-break with it, so a report would change from one process to the next)
-        self._attacked: dict[tuple[str, int], torch.nn.Module] = {}
         self.planned: dict[str, dict[str, None]] = {}
         for label, cols in plan.jobs:
             self.workshop.variant(label)
@@ -293,7 +293,7 @@ class _Run:
     def attacked(self, label: str, seed: int) -> torch.nn.Module:
         """The model of ``(label, seed)`` as every evaluation (and a transfer's source) runs it:
         a copy in ``torch.channels_last`` (:func:`~robustlab.evaluate.fast.prepare_fast`: oneDNN's
-        convolutions run a forward and backward pass in 0.72-0.87x the time on 2 CPU cores, the
+        convolutions make PGD 0.73-0.93x as long on one CPU thread, ``benchmarks/eval_layout.py``; the
         logits differ at float rounding, checked on 16 evaluation images; a model the layout
         breaks or changes beyond :data:`~robustlab.evaluate.fast.FAST_RTOL` is attacked as it
         is, with a warning). The workshop's model stays as trained: conversions start from it
