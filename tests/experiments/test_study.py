@@ -5,7 +5,7 @@ plus noise): ``trained`` (2 epochs, which reaches ~99% clean accuracy) and ``unt
 step at lr 1e-6 on 32 images, so it stays at chance, 10%), with a clean and a PGD column. The
 claim "trained is more accurate than untrained" must hold and its reverse must not, on 100
 clean images a gap of ~90 pp against a standard error of ~3 pp. The toy study runs uninterrupted,
-is killed and resumed, and is refused on a folder holding another configuration.
+is killed and resumed, is extended by more seeds, and is refused on a folder holding another configuration.
 """
 
 from __future__ import annotations
@@ -205,6 +205,27 @@ def test_a_folder_holding_another_configuration_is_refused(clean_run, tmp_path, 
     assert calls == [] and (out / "config.json").read_text() == saved
     assert records(out) == records(clean_run[0])
     assert not run_study(TOY_STUDY, out, TOY).partial and calls == []  # its own config: all done
+
+
+@pytest.mark.slow
+def test_more_seeds_extend_a_folder_and_compute_only_the_new_seeds(clean_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(clean_run[0], out)
+    seed0 = [out / "records" / v / "seed0" / f"{c}.json" for v, _, c in JOBS]
+    seed0 += [out / "models" / v / "seed0" / "model.safetensors" for v in ("trained", "untrained")]
+    stamps = mtimes(seed0)
+    calls = count_evaluations(monkeypatch)
+    extended = run_study(TOY_STUDY, out, replace(TOY, seeds=(0, 1)))
+    assert calls == [(v, 1, c) for v, _, c in JOBS]  # seed 1 only, in job order
+    assert mtimes(seed0) == stamps
+    assert json.loads((out / "config.json").read_text())["config"]["seeds"] == [0, 1]
+    assert not extended.partial and all(r.seeds == 2 for r in extended.claims)
+    alone = tmp_path / "seed1"  # seed 1 on its own folder: the same records bit for bit
+    run_study(TOY_STUDY, alone, replace(TOY, seeds=(1,)))
+    got, want = records(out), records(alone)
+    for v, _, c in JOBS:
+        assert got[v, 1, c].per_image == want[v, 1, c].per_image, (v, c)
+    assert {k: r.per_image for k, r in got.items() if k[1] == 0} == {k: r.per_image for k, r in records(clean_run[0]).items()}
 
 
 class Noisy(torch.nn.Module):

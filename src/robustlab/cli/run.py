@@ -100,7 +100,7 @@ def run(
     baseline: Annotated[Path | None, typer.Option(help="start from this trained model instead of training one")] = None,
     model: Annotated[str | None, typer.Option(help=f"architecture: {MODEL_NAMES} (default: resnet-mini; resnet18 with the full profile on a GPU)")] = None,
     eps: Annotated[str | None, typer.Option(help="L-inf radius in [0, 1] pixels, e.g. 4/255 or 0.1 (default: the study's)")] = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default: the profile's)")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="number of seeds (default: the profile's); more seeds extend a folder run with fewer")] = None,
     eval_n: Annotated[int | None, typer.Option(min=1, help="test images attacked (default: the profile's)")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="compute nothing; write the report from what OUT holds")] = False,
     device: Device = "auto",

@@ -375,11 +375,14 @@ def _trained_at(variants: Sequence[Variant]) -> dict[str, Path]:
 
 
 def _same_config(saved: Any, cfg: StudyConfig) -> bool:
-    """Whether a run folder's saved config is ``cfg``; a setting added to the library after the
-    run was written counts as equal when ``cfg`` holds that setting's default."""
-    now = cfg.to_dict()
+    """Whether a run folder's saved config is ``cfg``'s study; a setting added to the library after
+    the run was written counts as equal when ``cfg`` holds that setting's default. The seeds may
+    differ: records, models and evaluation state are kept per seed, so a run with more seeds
+    extends the folder (``--seeds 1`` today, ``--seeds 3`` tomorrow computes seeds 1 and 2 only)."""
+    now = {k: v for k, v in cfg.to_dict().items() if k != "seeds"}
     if not isinstance(saved, dict):
         return False
+    saved = {k: v for k, v in saved.items() if k != "seeds"}
     defaults = {f.name: f.default for f in fields(cfg)}
     added = {k for k in now if k not in saved}
     return all(now[k] == defaults.get(k, object()) for k in added) and {k: now[k] for k in saved if k in now} == saved
