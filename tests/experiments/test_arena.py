@@ -131,3 +131,8 @@ def test_a_toy_arena_ranks_the_robust_model_above_the_fragile_one(tmp_path, toy_
     assert rows["PGD-AT"][1:] == ["100.0", "n/a", "100.0", "—", "the reference (adversarial training)"]
     assert r.report.index("| defense |") < r.report.index("## Every defense under one battery")
     assert (tmp_path / "arena" / "report.html").exists() and not r.partial
+    # the same folder read as a two-seed run (seed 1 not computed): each row says it stands on 1 of 2
+    two = run_study("arena", tmp_path / "arena", dataclasses.replace(cfg, seeds=(0, 1)), report_only=True)
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in two.answer.splitlines()[2:]}
+    assert two.partial and rows["Standard"][1:] == ["100.0", "n/a", "0.0", "—", "below PGD-AT", "1/2"]
+    assert rows["PGD-AT"][-1] == "1/2"

@@ -102,7 +102,8 @@ def answer_table(fc: FigureContext, rows: Sequence[str], paper: Cell, reference:
     """One row per defense: clean accuracy, its paper's protocol, the per-sample worst case over
     every attack (means over seeds), the audit's verdict, and a short verdict: the worst case
     against ``reference``'s (paired, 95% interval) and whether the paper's protocol reports at
-    least ``gap`` more than the worst case."""
+    least ``gap`` more than the worst case. With several seeds planned, a ``seeds`` column says
+    how many of them each row's worst case is the mean of (a partial run mixes counts)."""
     assert fc.get is not None and fc.worst_of is not None
     table = []
     for row in rows:
@@ -112,10 +113,13 @@ def answer_table(fc: FigureContext, rows: Sequence[str], paper: Cell, reference:
                     if column and r is not None and r.applies and r.value is not None]
         worst = [sum(w) / len(w) for w in (fc.worst_of(row, s) for s in fc.seeds) if w]
         p, w = _mean(reported), _mean(worst)
-        table.append({"defense": row, "clean (%)": _pct(_mean(clean)),
-                      "paper's protocol (%)": _pct(p) if column else "n/a", "worst case (%)": _pct(w),
-                      "audit": _audit_verdict(fc, row, audit_column),
-                      "verdict": _verdict(row, reference, versus(fc, row, reference), p, w, gap)})
+        line = {"defense": row, "clean (%)": _pct(_mean(clean)),
+                "paper's protocol (%)": _pct(p) if column else "n/a", "worst case (%)": _pct(w),
+                "audit": _audit_verdict(fc, row, audit_column),
+                "verdict": _verdict(row, reference, versus(fc, row, reference), p, w, gap)}
+        if len(fc.seeds) > 1:
+            line["seeds"] = f"{len(worst)}/{len(fc.seeds)}"
+        table.append(line)
     return markdown_table(table)
 
 
