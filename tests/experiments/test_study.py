@@ -228,6 +228,25 @@ def test_more_seeds_extend_a_folder_and_compute_only_the_new_seeds(clean_run, tm
     assert {k: r.per_image for k, r in got.items() if k[1] == 0} == {k: r.per_image for k, r in records(clean_run[0]).items()}
 
 
+@pytest.mark.slow
+def test_a_folder_without_its_weights_retrains_only_the_models_a_missing_cell_reads(clean_run, tmp_path, monkeypatch):
+    # a published run folder (results/) keeps records, not weights: resuming it retrains, from its
+    # recipe and seed, only the model a missing cell reads, and the cell comes out bit for bit
+    out = tmp_path / "run"
+    shutil.copytree(clean_run[0], out)
+    for weights in out.rglob("*.safetensors"):
+        weights.unlink()
+    (out / "records" / "trained" / "seed0" / "pgd.json").unlink()
+    calls = count_evaluations(monkeypatch)
+    run_study(TOY_STUDY, out, TOY)
+    assert calls == [("trained", 0, "pgd")]
+    assert (out / "models" / "trained" / "seed0" / "model.safetensors").is_file()
+    assert not (out / "models" / "untrained" / "seed0" / "model.safetensors").exists()
+    want = records(clean_run[0])["trained", 0, "pgd"]
+    assert 0 < sum(want.per_image) < len(want.per_image)  # some images robust, some not: a real comparison
+    assert records(out)["trained", 0, "pgd"].per_image == want.per_image
+
+
 class Noisy(torch.nn.Module):
     """Randomness outside the Stochastic protocol: Gaussian noise on the logits, drawn in forward."""
 
