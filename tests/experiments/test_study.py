@@ -219,6 +219,10 @@ def test_more_seeds_extend_a_folder_and_compute_only_the_new_seeds(clean_run, tm
     assert calls == [(v, 1, c) for v, _, c in JOBS]  # seed 1 only, in job order
     assert mtimes(seed0) == stamps
     assert json.loads((out / "config.json").read_text())["config"]["seeds"] == [0, 1]
+    calls.clear()
+    again = run_study(TOY_STUDY, out, replace(TOY, seeds=(1,)))  # fewer seeds: nothing to do, none forgotten
+    assert calls == [] and not again.partial
+    assert json.loads((out / "config.json").read_text())["config"]["seeds"] == [0, 1]
     assert not extended.partial and all(r.seeds == 2 for r in extended.claims)
     alone = tmp_path / "seed1"  # seed 1 on its own folder: the same records bit for bit
     run_study(TOY_STUDY, alone, replace(TOY, seeds=(1,)))

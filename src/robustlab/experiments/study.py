@@ -482,11 +482,14 @@ def run_study(
     config_dict = cfg.to_dict()
     resolved = {"study": study.name, "config": config_dict, "baseline": None if baseline is None else str(baseline)}
     say = log or (lambda s: logger.info("%s", s))
-    if saved.exists() and not _same_config(json.loads(saved.read_text()).get("config"), cfg):
+    earlier = json.loads(saved.read_text()).get("config") if saved.exists() else None
+    if saved.exists() and not _same_config(earlier, cfg):
         raise InputError(f"{out} holds a study run with another configuration; pass a new --out or delete the "
                          "folder to start over")
-    if not report_only:
-        write_text_atomic(saved, json.dumps(resolved, indent=1))
+    if not report_only:  # config.json names every seed the folder was run with, this run's and earlier ones
+        held = earlier.get("seeds") if isinstance(earlier, dict) else None
+        seeds = sorted({*held, *cfg.seeds}) if isinstance(held, list) else list(cfg.seeds)
+        write_text_atomic(saved, json.dumps({**resolved, "config": {**config_dict, "seeds": seeds}}, indent=1))
     t_start = time.perf_counter()
     run = _Run(study, cfg, plan, out, torch.device(device), say, callbacks, None if state_dir is None else Path(state_dir))
     if not report_only and executor == "local":
