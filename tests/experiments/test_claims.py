@@ -87,6 +87,28 @@ def test_higher(ka, kb, diff, se, verdict):
     assert r.error_scale is False
 
 
+@pytest.mark.parametrize("ka, kb, n, verdict", [
+    # 20 vs 0 of 1000: diff 0.02; p = 0.02, s.e. sqrt(0.02 * 0.98 / 999) = 0.0044294; interval
+    # 0.02 -+ 0.00868 = [0.0113, 0.0287]: significant, yet wholly below the 0.05 threshold, so
+    # the negligible gain is not the claim (SD in the arena: +0.18 pp against a paper's 40)
+    (20, 0, 1000, "did not hold"),
+    # 60 vs 20 of 100: interval [0.3035, 0.4965] (as above), above 0.05
+    (60, 20, 100, "held"),
+    # 27 vs 20 of 100: diff 0.07; p = 0.07, s.e. sqrt(0.07 * 0.93 / 99) = 0.025644; interval
+    # 0.07 -+ 0.050262 = [0.0197, 0.1203] holds 0.05 (though it excludes 0)
+    (27, 20, 100, "not shown at this sample size"),
+], ids=["negligible", "material", "unclear"])
+def test_higher_by_a_threshold_needs_a_material_gain(ka, kb, n, verdict):
+    claim = Claim("A is robust", "paper: 40 vs 1", Side("A", "pgd"), Side("B", "pgd"), threshold=0.05, source="yardstick")
+    recs: Recs = {}
+    put(recs, "A", 0, "pgd", "attack", bits(ka, n))
+    put(recs, "B", 0, "pgd", "attack", bits(kb, n))
+    r = one(claim, recs)
+    assert r.verdict == verdict
+    assert r.comparison is not None and r.comparison.low > 0  # each "held" without the threshold
+    assert "higher by more than 5.0 pp, 95% CI beyond it (yardstick)" in render_verdict([r])
+
+
 def test_custom_words():
     # the verdict's words are the claim's own
     claim = Claim("c", "p", Side("A", "pgd"), Side("B", "pgd"), words=("yes", "maybe", "no"))

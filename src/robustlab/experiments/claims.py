@@ -9,7 +9,9 @@ writes them as one table: a study's verdict is that table, never bespoke code.
 Rules:
 
 - ``higher``: the first side is higher with a 95% interval above 0 (held), below 0 (did not
-  hold), or the interval holds 0 (not shown at this sample size);
+  hold), or the interval holds 0 (not shown at this sample size); with a ``threshold``, higher
+  by more than it (a material gain): the interval above the threshold holds, below it fails, so
+  a significant but negligible gain is not taken for the paper's claim;
 - ``no-worse-than``: the first side is at most ``threshold`` below the second (for a
   corruption column: its error at most ``threshold`` above), judged on the point estimate,
   the paper's own difference being the yardstick;
@@ -64,7 +66,8 @@ class Claim:
         a: the side the claim favours.
         b: the side it is compared with.
         rule: ``higher``, ``no-worse-than`` or ``describe``.
-        threshold: the allowed shortfall of ``no-worse-than`` (a fraction).
+        threshold: the allowed shortfall of ``no-worse-than``, or the least gain ``higher``
+            counts (a fraction; 0: any significant gain).
         source: where the threshold comes from.
         needs: columns a conclusion needs; when the study's profile runs none of some, the
             row says ``inconclusive`` instead of a verdict.
@@ -137,8 +140,8 @@ def check_claims(claims: Sequence[Claim], seeds: Sequence[int], get: Lookup, wor
             verdict = p.outcome if p.outcome.startswith("no ") else f"significantly {p.outcome}"
         elif c.rule == "no-worse-than":
             verdict = held if p.diff >= -c.threshold else failed
-        else:
-            verdict = held if p.outcome == "higher" else failed if p.outcome == "lower" else unclear
+        else:  # higher, by more than the threshold
+            verdict = held if p.low > c.threshold else failed if p.high < c.threshold else unclear
         missing = [n for n in c.needs if not planned(n)]
         if missing and c.rule != "describe":
             verdict = f"{c.inconclusive}; this profile runs no {' or '.join(missing)}"
@@ -162,6 +165,9 @@ def _measured(r: ClaimResult) -> str:
 
 
 def _rule(c: Claim, error_scale: bool) -> str:
+    if c.rule == "higher" and c.threshold:
+        what = "error lower by more than" if error_scale else "higher by more than"
+        return f"{what} {100 * c.threshold:.1f} pp, 95% CI beyond it" + (f" ({c.source})" if c.source else "")
     if c.rule == "higher":
         return "lower error, 95% CI below 0" if error_scale else "higher, 95% CI above 0"
     if c.rule == "describe":
