@@ -136,3 +136,39 @@ def test_a_toy_arena_ranks_the_robust_model_above_the_fragile_one(tmp_path, toy_
     rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in two.answer.splitlines()[2:]}
     assert two.partial and rows["Standard"][1:] == ["100.0", "n/a", "0.0", "—", "below PGD-AT", "1/2"]
     assert rows["PGD-AT"][-1] == "1/2"
+
+
+def test_a_partial_rows_numbers_share_the_seeds_of_its_worst_case(tmp_path):
+    """Hand-built records, two seeds planned: "D" has seed 0 complete (clean 80%, its paper's
+    protocol 50%, an attack 40%) and seed 1 without its attack (clean 60%, protocol 90%). The row
+    must read 80.0 / 50.0 / 40.0 on 1 of 2 seeds; mixing the seeds would read clean 70.0 and a
+    protocol of 70.0 against a worst case of 40.0. "R", the reference, is complete on both."""
+    from robustlab.experiments.arena import answer_table
+    from robustlab.experiments.figures import FigureContext
+    from robustlab.experiments.records import Record
+
+    def bits(k: int, n: int = 10) -> list[float]:
+        return [1.0] * k + [0.0] * (n - k)
+
+    recs = {}
+    for variant, seed, column, kind, k in [("D", 0, "clean", "clean", 8), ("D", 0, "paper-d", "attack", 5),
+                                           ("D", 0, "aa", "attack", 4), ("D", 1, "clean", "clean", 6),
+                                           ("D", 1, "paper-d", "attack", 9), ("R", 0, "clean", "clean", 7),
+                                           ("R", 0, "aa", "attack", 6), ("R", 1, "clean", "clean", 7),
+                                           ("R", 1, "aa", "attack", 6)]:
+        recs[variant, seed, column] = Record.of_outcomes(variant, seed, column, kind, bits(k))
+    attacks = {"D": ("paper-d", "aa"), "R": ("aa",)}
+
+    def worst_of(variant: str, seed: int) -> list[float] | None:
+        masks = [recs.get((variant, seed, c)) for c in attacks[variant]]
+        if any(m is None for m in masks):
+            return None
+        return [min(values) for values in zip(*(m.per_image for m in masks), strict=True)]
+
+    fc = FigureContext(tmp_path, lambda label, seed: None, None, lambda v, s, c: recs.get((v, s, c)), worst_of, (0, 1))
+    paper = Cell("paper", "Paper's protocol", per_row=(("D", "paper-d"), ("R", "")))
+    table = answer_table(fc, ("R", "D"), paper, "R", "audit-aa")
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in table.splitlines()[2:]}
+    assert rows["D"][1:4] == ["80.0", "50.0", "40.0"] and rows["D"][-1] == "1/2"
+    assert rows["R"][1:4] == ["70.0", "n/a", "60.0"] and rows["R"][-1] == "2/2"
+    assert rows["D"][5] == "level with R; paper's protocol overstates it"  # 50 - 40 >= 5 points, same seed

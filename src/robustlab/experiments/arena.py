@@ -103,15 +103,19 @@ def answer_table(fc: FigureContext, rows: Sequence[str], paper: Cell, reference:
     every attack (means over seeds), the audit's verdict, and a short verdict: the worst case
     against ``reference``'s (paired, 95% interval) and whether the paper's protocol reports at
     least ``gap`` more than the worst case. With several seeds planned, a ``seeds`` column says
-    how many of them each row's worst case is the mean of (a partial run mixes counts)."""
+    how many of them each row's worst case is the mean of (a partial run mixes counts); a row's
+    three numbers are means over those same seeds (until its first worst case is complete, over
+    the seeds each has), so its verdict never sets one seed's protocol against another's worst case."""
     assert fc.get is not None and fc.worst_of is not None
     table = []
     for row in rows:
-        clean = [r.value for r in (fc.get(row, s, "clean") for s in fc.seeds) if r is not None and r.value is not None]
+        done = [s for s in fc.seeds if fc.worst_of(row, s)]
+        seeds = done or list(fc.seeds)
+        clean = [r.value for r in (fc.get(row, s, "clean") for s in seeds) if r is not None and r.value is not None]
         column = paper.column_for(row)
-        reported = [r.value for r in (fc.get(row, s, column) for s in fc.seeds)
+        reported = [r.value for r in (fc.get(row, s, column) for s in seeds)
                     if column and r is not None and r.applies and r.value is not None]
-        worst = [sum(w) / len(w) for w in (fc.worst_of(row, s) for s in fc.seeds) if w]
+        worst = [sum(w) / len(w) for w in (fc.worst_of(row, s) for s in done) if w]
         p, w = _mean(reported), _mean(worst)
         line = {"defense": row, "clean (%)": _pct(_mean(clean)),
                 "paper's protocol (%)": _pct(p) if column else "n/a", "worst case (%)": _pct(w),
