@@ -109,13 +109,14 @@ def answer_table(fc: FigureContext, rows: Sequence[str], paper: Cell, reference:
     assert fc.get is not None and fc.worst_of is not None
     table = []
     for row in rows:
-        done = [s for s in fc.seeds if fc.worst_of(row, s)]
+        cases = {s: fc.worst_of(row, s) for s in fc.seeds}  # each read once
+        done = [s for s, case in cases.items() if case]
         seeds = done or list(fc.seeds)
         clean = [r.value for r in (fc.get(row, s, "clean") for s in seeds) if r is not None and r.value is not None]
         column = paper.column_for(row)
         reported = [r.value for r in (fc.get(row, s, column) for s in seeds)
                     if column and r is not None and r.applies and r.value is not None]
-        worst = [sum(w) / len(w) for w in (fc.worst_of(row, s) for s in done) if w]
+        worst = [sum(w) / len(w) for w in (cases[s] for s in done) if w]
         p, w = _mean(reported), _mean(worst)
         line = {"defense": row, "clean (%)": _pct(_mean(clean)),
                 "paper's protocol (%)": _pct(p) if column else "n/a", "worst case (%)": _pct(w),
